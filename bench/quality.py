@@ -1,0 +1,114 @@
+"""Retrieval quality of our bundles against BM25 over the product titles, on one split.
+
+    python -m bench.quality --data ../shared/data/homedepot/xc --split dev \
+        --bundle astra=models/homedepot --bundle zero-shot=models/homedepot-zeroshot
+
+Every method is scored with `training.metrics.evaluate` on the same points; the results go to
+`bench/results/quality_<dataset>_<split>.json` and a Markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import Stemmer
+
+from training.data import XCDataset, load_dataset
+from training.evaluate import EVAL_DEPTH, evaluate_bundle
+from training.metrics import METRIC_NAMES, evaluate, inverse_propensities
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# Keep one-character tokens: "2 x 4", "1/2 in." and "6 ft" carry meaning in product queries.
+TOKEN_PATTERN = r"(?u)\b\w+\b"
+
+
+def bm25_metrics(dataset: XCDataset, split: str) -> dict[str, float]:
+    """BM25 (bm25s, Lucene variant, English Snowball stemming) over the label texts."""
+    stemmer = Stemmer.Stemmer("english")
+
+    def tokens(texts: list[str]):
+        return bm25s.tokenize(
+            texts, token_pattern=TOKEN_PATTERN, stopwords="en", stemmer=stemmer.stemWords,
+            show_progress=False,
+        )
+
+    started = time.perf_counter()
+    retriever = bm25s.BM25()
+    retriever.index(tokens(dataset.label_titles), show_progress=False)
+    index_seconds = time.perf_counter() - started
+    data = dataset.split(split)
+    truth = data.positives(dataset.positive_min_weight)
+    gains = data.positive_gains(dataset.positive_min_weight, dataset.graded)
+    keep = [i for i, t in enumerate(truth) if len(t)]
+    started = time.perf_counter()
+    found, scores = retriever.retrieve(
+        tokens([data.texts[i] for i in keep]), k=EVAL_DEPTH, show_progress=False, n_threads=1
+    )
+    seconds = time.perf_counter() - started
+    ranked = np.where(scores > 0, found, -1)  # a zero score means no query term matched
+    full = dataset.split("trn")
+    inv_prop = inverse_propensities(
+        dataset.label_frequencies(full), len(full), dataset.propensity_a, dataset.propensity_b
+    )
+    metrics = evaluate(
+        ranked, [truth[i] for i in keep], [gains[i] for i in keep], inv_prop, METRIC_NAMES
+    )
+    metrics["ms_per_query_batched"] = 1000.0 * seconds / max(1, len(keep))
+    metrics["index_seconds"] = index_seconds
+    return metrics
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    """One row per method, the standard metrics as columns."""
+    header = "| method | " + " | ".join(METRIC_NAMES) + " | ms/query (batched) |"
+    rule = "|" + "---|" * (len(METRIC_NAMES) + 2)
+    rows = [
+        f"| {name} | "
+        + " | ".join(f"{m[k]:.4f}" for k in METRIC_NAMES)
+        + f" | {m['ms_per_query_batched']:.2f} |"
+        for name, m in results.items()
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def main() -> None:
+    """Score BM25 and each given bundle; write JSON and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH")
+    args = parser.parse_args()
+    dataset = load_dataset(args.data)
+    results = {"BM25 (bm25s, titles)": bm25_metrics(dataset, args.split)}
+    for item in args.bundle:
+        name, _, path = item.partition("=")
+        results[name] = evaluate_bundle(path, dataset, args.split)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"quality_{dataset.name}_{args.split}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "dataset": dataset.name,
+                "split": args.split,
+                "date": date.today().isoformat(),
+                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+                "bundles": dict(b.partition("=")[::2] for b in args.bundle),
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(markdown_table(results))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

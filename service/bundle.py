@@ -1,0 +1,252 @@
+"""The model bundle: the one contract between training and serving.
+
+A bundle is a directory holding `manifest.json` plus the files it names, each with its sha256.
+Training writes it with `write_manifest`; the service (and evaluation) read it with
+`load_bundle`, which verifies every checksum and every shape and refuses a bad bundle with a
+`BundleError` naming the file and what is wrong. This module imports neither torch nor faiss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# File names inside a bundle (the manifest lists them with their checksums).
+ENCODER_FILE = "encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+CLASSIFIERS_FILE = "classifiers.npy"
+INDEX_FILE = "index.faiss"
+LABEL_TITLES_FILE = "labels.txt"
+LABEL_IDS_FILE = "label_ids.txt"
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served: the message names the file and what is wrong."""
+
+
+class FileEntry(BaseModel):
+    """One file of the bundle with its size and checksum."""
+
+    model_config = ConfigDict(extra="forbid")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class EncoderSpec(BaseModel):
+    """How queries are turned into vectors: an ONNX model plus its HF tokenizer."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = ENCODER_FILE
+    tokenizer: str = TOKENIZER_FILE
+    base_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    pooling: Literal["mean"] = "mean"
+    normalize: bool = True
+    max_length: int = Field(ge=1, le=512)
+    dim: int = Field(ge=1)
+    inputs: list[str] = ["input_ids", "attention_mask", "token_type_ids"]
+    output: str = "sentence_embedding"
+
+
+class IndexSpec(BaseModel):
+    """The ANN index over the classifier vectors (inner product)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = INDEX_FILE
+    type: Literal["flat", "hnsw"]
+    metric: Literal["inner_product"] = "inner_product"
+    params: dict[str, int] = {}
+
+
+class AstraSpec(BaseModel):
+    """ASTRA: one classifier vector per label, searched with the index."""
+
+    model_config = ConfigDict(extra="forbid")
+    classifiers: str = CLASSIFIERS_FILE
+    index: IndexSpec
+    trained_labels: int = Field(ge=0, description="labels that had a training query")
+
+
+class LabelSpec(BaseModel):
+    """The label space: line i of `titles` (and of `ids`, when present) is label i."""
+
+    model_config = ConfigDict(extra="forbid")
+    count: int = Field(ge=1)
+    titles: str = LABEL_TITLES_FILE
+    ids: str | None = LABEL_IDS_FILE
+
+
+class Manifest(BaseModel):
+    """Everything needed to serve a bundle and to know where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+    format_version: int
+    name: str
+    version: str
+    created_at: str
+    kinds: list[Literal["astra", "mach"]] = Field(min_length=1)
+    default_model: Literal["astra", "mach"]
+    labels: LabelSpec
+    encoder: EncoderSpec
+    astra: AstraSpec | None = None
+    training: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    files: dict[str, FileEntry]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its manifest and the arrays and texts the service needs."""
+
+    path: Path
+    manifest: Manifest
+    label_titles: list[str]
+    label_ids: list[str]
+    classifiers: np.ndarray | None
+
+    def file(self, name: str) -> Path:
+        """Path of one of the bundle's files."""
+        return self.path / name
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so large classifier matrices stay out of memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp used for `created_at` and versions."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    """Write one item per line; newlines inside an item would shift every later label."""
+    for i, line in enumerate(lines):
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"{path.name}: line {i} contains a newline")
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def read_lines(path: Path) -> list[str]:
+    """Read one item per line (the inverse of `write_lines`)."""
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Manifest:
+    """Checksum every file in `bundle_dir` and write `manifest.json` describing them.
+
+    `manifest` holds every field of `Manifest` except `files` and `format_version`.
+    """
+    files = {
+        p.name: FileEntry(sha256=sha256_file(p), bytes=p.stat().st_size)
+        for p in sorted(bundle_dir.iterdir())
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+    model = Manifest(format_version=FORMAT_VERSION, files=files, **manifest)
+    (bundle_dir / MANIFEST_NAME).write_text(model.model_dump_json(indent=2) + "\n")
+    return model
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Parse and validate `manifest.json`, without checking the files it names."""
+    path = bundle_dir / MANIFEST_NAME
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: bundle directory does not exist")
+    if not path.is_file():
+        raise BundleError(f"{path}: manifest missing")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: format_version {raw.get('format_version')!r} is not supported "
+            f"(this service reads {FORMAT_VERSION})"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{path}: invalid manifest: {exc}") from exc
+
+
+def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Every referenced file must be listed, present and match its checksum."""
+    referenced = [manifest.encoder.file, manifest.encoder.tokenizer, manifest.labels.titles]
+    if manifest.labels.ids:
+        referenced.append(manifest.labels.ids)
+    if manifest.astra:
+        referenced += [manifest.astra.classifiers, manifest.astra.index.file]
+    for name in referenced:
+        if name not in manifest.files:
+            raise BundleError(f"{bundle_dir / name}: referenced but not listed in manifest files")
+    for name, entry in manifest.files.items():
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in the manifest but missing")
+        if path.stat().st_size != entry.bytes:
+            raise BundleError(
+                f"{path}: size {path.stat().st_size} bytes, manifest says {entry.bytes}"
+            )
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise BundleError(f"{path}: sha256 {actual} does not match manifest {entry.sha256}")
+
+
+def _read_label_file(path: Path, count: int) -> list[str]:
+    try:
+        lines = read_lines(path)
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: not UTF-8 ({exc})") from exc
+    if len(lines) != count:
+        raise BundleError(f"{path}: {len(lines)} lines, manifest says {count} labels")
+    return lines
+
+
+def _load_classifiers(path: Path, count: int, dim: int) -> np.ndarray:
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{path}: not a readable .npy array ({exc})") from exc
+    if matrix.dtype != np.float32:
+        raise BundleError(f"{path}: dtype {matrix.dtype}, expected float32")
+    if matrix.shape != (count, dim):
+        raise BundleError(f"{path}: shape {matrix.shape}, expected ({count}, {dim})")
+    return np.ascontiguousarray(matrix)
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    """Read and verify a bundle: checksums, label counts and classifier shapes.
+
+    The ONNX encoder's output width and the index's size are checked by their loaders,
+    which raise `BundleError` naming those files.
+    """
+    path = Path(bundle_dir).resolve()
+    manifest = read_manifest(path)
+    _verify_files(path, manifest)
+    count = manifest.labels.count
+    titles = _read_label_file(path / manifest.labels.titles, count)
+    if manifest.labels.ids:
+        ids = _read_label_file(path / manifest.labels.ids, count)
+    else:
+        ids = [str(i) for i in range(count)]
+    classifiers = None
+    if manifest.astra:
+        classifiers = _load_classifiers(
+            path / manifest.astra.classifiers, count, manifest.encoder.dim
+        )
+    return Bundle(path, manifest, titles, ids, classifiers)

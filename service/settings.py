@@ -1,0 +1,73 @@
+"""Service settings: one `Settings` object read from `XC_*` environment variables.
+
+Every knob the service has lives here, validated once at start-up so a typo in the
+environment fails fast with a message naming the variable instead of surfacing later.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+# Ceilings for the request limits: well above what a search box needs, low enough that one
+# request cannot tie up the encoder or the index for long.
+MAX_QUERY_CHARS_CEILING = 10_000
+MAX_K_CEILING = 10_000
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; each field can be set with `XC_<FIELD>` (e.g. `XC_PORT=9000`)."""
+
+    model_config = SettingsConfigDict(env_prefix="XC_", extra="forbid")
+
+    bundle: Path = Field(Path("models/demo"), description="model bundle directory to serve")
+    host: str = Field("127.0.0.1", min_length=1, description="interface to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
+    threads: int = Field(
+        0, ge=0, le=1024, description="ONNX Runtime intra-op threads (0 = library default)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the encoder and index run ('auto' = CUDA when available)"
+    )
+    log_level: LogLevel = Field("info", description="minimum level of the JSON log lines")
+    max_query_chars: int = Field(
+        512,
+        ge=1,
+        le=MAX_QUERY_CHARS_CEILING,
+        description="longest accepted query, in characters after trimming whitespace",
+    )
+    max_k: int = Field(1000, ge=1, le=MAX_K_CEILING, description="largest accepted k")
+    default_k: int = Field(10, ge=1, description="k when a request does not give one")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        """Accept `INFO` as well as `info` (uvicorn and the logging module use both)."""
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_k_within_max_k(self) -> Settings:
+        """A default k above max_k would make every request without k invalid."""
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once (tests call `cache_clear`)."""
+    return Settings()
+
+
+def default_settings() -> Settings:
+    """Settings with every field at its default, ignoring `XC_*` variables.
+
+    Used where the output must not depend on the environment: the generated OpenAPI contract.
+    """
+    return Settings(**{name: field.default for name, field in Settings.model_fields.items()})

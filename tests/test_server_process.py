@@ -1,0 +1,173 @@
+"""The service as a real process: `python -m service` over HTTP, SIGTERM, a corrupted bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.bundle import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 180
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without XC_* settings, so only the flags configure the server."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("XC_")}
+
+
+def start_server(bundle: Path, port: int, stderr_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m service --bundle ... --port ...`, stderr (the JSON log) to a file."""
+    command = [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)]
+    with stderr_path.open("wb") as stderr:
+        return subprocess.Popen(
+            command, cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=stderr
+        )
+
+
+def log_lines(stderr_path: Path) -> list[dict[str, Any]]:
+    """Every stderr line parsed as JSON (fails the test if one is not)."""
+    lines = stderr_path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def wait_ready(process: subprocess.Popen[bytes], base: str, stderr_path: Path) -> None:
+    """Poll /readyz until 200; /healthz must answer 200 whenever the server answers at all."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, stderr_path.read_text(encoding="utf-8")
+        try:
+            ready = httpx.get(f"{base}/readyz", timeout=5)
+        except httpx.TransportError:
+            time.sleep(0.1)
+            continue
+        if ready.status_code == 200:
+            return
+        assert ready.status_code == 503, ready.text
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        time.sleep(0.1)
+    pytest.fail(f"not ready after {READY_TIMEOUT_S}s:\n{stderr_path.read_text(encoding='utf-8')}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Make sure a server this test started is gone."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_serves_over_http_and_stops_on_sigterm(demo_bundle: Path, tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stderr_path = tmp_path / "stderr.log"
+    process = start_server(demo_bundle, port, stderr_path)
+    try:
+        wait_ready(process, base, stderr_path)
+        ready = httpx.get(f"{base}/readyz", timeout=5).json()
+        assert ready["bundle"] == read_manifest(demo_bundle).name
+
+        response = httpx.post(
+            f"{base}/search",
+            json={"query": "cordless drill", "k": 5},
+            headers={"X-Request-Id": "process-test-1"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == 5
+        assert response.headers["x-request-id"] == "process-test-1"
+
+        invalid = httpx.post(f"{base}/search", json={"query": "drill", "k": 0}, timeout=30)
+        assert invalid.status_code == 422
+        assert invalid.json()["detail"][0]["msg"] == "k: must be >= 1"
+
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        stop(process)
+
+    lines = log_lines(stderr_path)
+    assert {"ts", "level", "logger", "msg", "request_id"} <= set(lines[0])
+    access = [line for line in lines if line["logger"] == "service.access"]
+    [search_line] = [line for line in access if line["request_id"] == "process-test-1"]
+    assert (search_line["method"], search_line["path"], search_line["status"]) == (
+        "POST",
+        "/search",
+        200,
+    )
+    assert search_line["duration_ms"] > 0
+    assert any(line["msg"] == "ready" for line in lines)
+    assert any("Finished server process" in line["msg"] for line in lines)
+
+
+def test_corrupted_bundle_exits_nonzero_naming_the_file(demo_bundle: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_bundle, broken)
+    encoder = broken / read_manifest(demo_bundle).encoder.file
+    data = bytearray(encoder.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    encoder.write_bytes(bytes(data))
+
+    stderr_path = tmp_path / "stderr.log"
+    process = start_server(broken, free_port(), stderr_path)
+    try:
+        code = process.wait(timeout=120)
+    finally:
+        stop(process)
+    stderr = stderr_path.read_text(encoding="utf-8")
+    assert code == 1, stderr
+    assert str(encoder) in stderr
+    [error] = [line for line in log_lines(stderr_path) if line["level"] == "error"]
+    assert error["msg"].startswith("bundle failed to load: ")
+    assert encoder.name in error["msg"] and "sha256" in error["msg"]
+
+
+def test_serving_never_imports_torch(demo_bundle: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from fastapi.testclient import TestClient
+        import service.__main__, service.openapi
+        from service.app import create_app
+        from service.settings import Settings
+
+        with TestClient(create_app(Settings(bundle=sys.argv[1]))) as client:
+            deadline = time.monotonic() + 180
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "not ready"
+                time.sleep(0.05)
+            assert client.post("/search", json={"query": "drill"}).status_code == 200
+        loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+        assert not loaded, loaded
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(demo_bundle)],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr

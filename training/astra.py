@@ -1,0 +1,359 @@
+"""ASTRA training: a query encoder and one classifier vector per label, trained jointly.
+
+Each label's classifier vector starts as the (frozen, original) encoder's embedding of the
+label text. Labels that have a training query get a trainable copy; the others keep their
+text vector, so a product never seen in training is still searchable, and sampling it as a
+negative moves only the query encoder. The loss is binary cross-entropy over each query's
+positives and a shared set of sampled negatives:
+
+- hard negatives: the top labels for each query in a FAISS index over the *current* classifier
+  vectors, rebuilt every `refresh_every` steps (stale in between, as in ASTRA);
+- importance-sampled negatives drawn from q(l) ~ (freq_l + 1)^alpha, weighted by p/q so their
+  terms estimate the loss over all labels;
+- uniform negatives;
+- judged non-positives (pairs rated below the positive threshold) and the other queries'
+  positives in the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from service.retrieval import AnnIndex, build_index, default_index_spec
+from training.data import Split, XCDataset
+from training.encoder import (
+    SentenceEncoder,
+    cached_text_vectors,
+    embed_texts,
+    load_tokenizer,
+    tokenize,
+)
+from training.metrics import evaluate, inverse_propensities
+
+# An exact FAISS scan of up to this many classifier vectors costs milliseconds per batch.
+MINING_EXACT_MAX_LABELS = 200_000
+
+
+@dataclass
+class AstraConfig:
+    """Every knob of an ASTRA run (recorded in the bundle manifest)."""
+
+    epochs: int = 4
+    batch_size: int = 64
+    query_max_length: int = 32
+    label_max_length: int = 64
+    encoder_lr: float = 5e-5
+    classifier_lr: float = 2e-3
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    logit_scale: float = 20.0
+    hard_negatives: int = 8
+    importance_negatives: int = 64
+    uniform_negatives: int = 64
+    importance_alpha: float = 0.5
+    judged_negatives: bool = True
+    refresh_every: int = 100
+    mining_index: str = "auto"
+    train_split: str = "train"
+    max_steps: int | None = None
+    seed: int = 0
+
+
+class AstraModel(torch.nn.Module):
+    """Query encoder + classifier vectors (trainable for trained labels, text vectors otherwise)."""
+
+    def __init__(
+        self, encoder: SentenceEncoder, text_vectors: np.ndarray, trained_labels: np.ndarray
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        base = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32))
+        slots = torch.full((base.shape[0],), -1, dtype=torch.long)
+        slots[torch.from_numpy(trained_labels)] = torch.arange(len(trained_labels))
+        self.register_buffer("text_vectors", base)
+        self.register_buffer("slots", slots)
+        self.register_buffer("trained_ids", torch.from_numpy(trained_labels).long())
+        self.trained_vectors = torch.nn.Parameter(base[self.trained_ids].clone())
+        self.bias = torch.nn.Parameter(torch.tensor(-5.0))
+
+    def classifiers(self, labels: torch.Tensor) -> torch.Tensor:
+        """Classifier vectors of the given labels [n, d]."""
+        slots = self.slots[labels]
+        trained = self.trained_vectors[slots.clamp(min=0)]
+        return torch.where((slots >= 0).unsqueeze(1), trained, self.text_vectors[labels])
+
+    @torch.no_grad()
+    def all_classifiers(self) -> np.ndarray:
+        """The full [K, d] classifier matrix as served."""
+        matrix = self.text_vectors.clone()
+        matrix[self.trained_ids] = self.trained_vectors.detach()
+        return matrix.numpy()
+
+
+@dataclass
+class TrainingResult:
+    """What a run produced: the model, the per-step losses and per-epoch dev metrics."""
+
+    model: AstraModel
+    config: AstraConfig
+    losses: list[float] = field(default_factory=list)
+    dev_history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every random source the trainer uses, for reproducible runs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class NegativeSampler:
+    """Draws the three kinds of sampled negatives for a batch."""
+
+    def __init__(self, config: AstraConfig, label_freq: np.ndarray, rng: np.random.Generator):
+        self.config = config
+        self.rng = rng
+        self.num_labels = len(label_freq)
+        proposal = (label_freq.astype(np.float64) + 1.0) ** config.importance_alpha
+        self.proposal = proposal / proposal.sum()
+        self.mining_spec = default_index_spec(
+            self.num_labels,
+            "flat"
+            if config.mining_index == "auto" and self.num_labels <= MINING_EXACT_MAX_LABELS
+            else ("hnsw" if config.mining_index == "auto" else config.mining_index),
+        )
+        self.index: AnnIndex | None = None
+        self.refreshes = 0
+
+    def refresh(self, classifiers: np.ndarray) -> None:
+        """Rebuild the mining index over the current classifier vectors."""
+        self.index = AnnIndex(build_index(classifiers, self.mining_spec), self.mining_spec)
+        self.refreshes += 1
+
+    def hard(self, queries: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
+        """Top-scoring non-positive labels per query from the (stale) index."""
+        assert self.index is not None
+        want = self.config.hard_negatives
+        if want == 0:
+            return np.empty(0, dtype=np.int64)
+        depth = want + max(len(p) for p in positives)
+        _, found = self.index.search(queries, depth)
+        picked = []
+        for row, pos in zip(found, positives, strict=True):
+            row = row[(row >= 0) & ~np.isin(row, pos)]
+            picked.append(row[:want])
+        return np.concatenate(picked)
+
+    def importance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Labels drawn from the proposal, with weights p_uniform / q normalised to mean 1."""
+        n = self.config.importance_negatives
+        labels = self.rng.choice(self.num_labels, size=n, p=self.proposal)
+        weights = (1.0 / self.num_labels) / self.proposal[labels]
+        return labels, weights / weights.mean() if n else weights
+
+    def uniform(self) -> np.ndarray:
+        """Labels drawn uniformly."""
+        return self.rng.integers(0, self.num_labels, size=self.config.uniform_negatives)
+
+
+def _lr_lambda(total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def batch_loss(
+    model: AstraModel,
+    sampler: NegativeSampler,
+    tokenizer,
+    texts: list[str],
+    positives: list[np.ndarray],
+    judged_negatives: list[np.ndarray],
+    config: AstraConfig,
+) -> torch.Tensor:
+    """BCE over the batch's positives and its sampled negatives (one shared label set)."""
+    queries = model.encoder(**tokenize(tokenizer, texts))
+    hard = sampler.hard(queries.detach().numpy(), positives)
+    important, importance_weights = sampler.importance()
+    explicit = np.concatenate([*positives, *judged_negatives, hard])
+    uniform = sampler.uniform()
+    columns = np.concatenate([explicit, important, uniform]).astype(np.int64)
+    column_weights = np.concatenate(
+        [np.ones(len(explicit)), importance_weights, np.ones(len(uniform))]
+    )
+    labels, inverse = np.unique(columns, return_inverse=True)
+    # A label drawn twice keeps its smallest weight, so the result does not depend on order.
+    weights = np.full(len(labels), np.inf)
+    np.minimum.at(weights, inverse, column_weights)
+    column_of = {int(label): i for i, label in enumerate(labels)}
+    targets = torch.zeros(len(texts), len(labels))
+    for row, pos in enumerate(positives):
+        targets[row, [column_of[int(p)] for p in pos]] = 1.0
+    vectors = model.classifiers(torch.from_numpy(labels))
+    logits = config.logit_scale * queries @ vectors.T + model.bias
+    weight = torch.from_numpy(weights.astype(np.float32)).expand_as(logits).clone()
+    weight[targets > 0] = 1.0  # a positive never carries a negative's importance weight
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, targets, weight=weight, reduction="sum"
+    )
+    return loss / len(texts)
+
+
+@torch.no_grad()
+def dev_metrics(
+    model: AstraModel, tokenizer, dataset: XCDataset, dev: Split, inv_prop: np.ndarray
+) -> dict[str, float]:
+    """Exact-search metrics of the current model on the dev split (for the training curve)."""
+    truth = dev.positives(dataset.positive_min_weight)
+    keep = [i for i, t in enumerate(truth) if len(t)]
+    if not keep:
+        return {}
+    queries = embed_texts(model.encoder, tokenizer, [dev.texts[i] for i in keep])
+    index = build_index(model.all_classifiers(), default_index_spec(dataset.num_labels, "flat"))
+    _, ranked = index.search(queries, 100)
+    gains = dev.positive_gains(dataset.positive_min_weight, dataset.graded)
+    return evaluate(
+        ranked, [truth[i] for i in keep], [gains[i] for i in keep], inv_prop
+    )
+
+
+def train_astra(
+    dataset: XCDataset,
+    config: AstraConfig,
+    checkpoint_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> TrainingResult:
+    """Train ASTRA on `config.train_split` of `dataset`, evaluating on dev after each epoch.
+
+    `cache_dir` keeps the label-text vectors of the base encoder between runs.
+    """
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    started = time.perf_counter()
+    split = dataset.split(config.train_split)
+    positives = split.positives(dataset.positive_min_weight)
+    usable = [i for i, p in enumerate(positives) if len(p)]
+    judged = [
+        lab[w < dataset.positive_min_weight] if config.judged_negatives else lab[:0]
+        for lab, w in zip(split.labels, split.weights, strict=True)
+    ]
+    label_freq = dataset.label_frequencies(split)
+    trained_labels = np.flatnonzero(label_freq > 0)
+
+    encoder = SentenceEncoder()
+    label_tokenizer = load_tokenizer(config.label_max_length)
+    query_tokenizer = load_tokenizer(config.query_max_length)
+    text_vectors = cached_text_vectors(
+        encoder, label_tokenizer, dataset.label_titles, config.label_max_length, cache_dir
+    )
+    model = AstraModel(encoder, text_vectors, trained_labels)
+    result = TrainingResult(model, config)
+    dev = dataset.split("dev") if config.train_split != "trn" else None
+    full = dataset.split("trn")
+    inv_prop = inverse_propensities(
+        dataset.label_frequencies(full), len(full), dataset.propensity_a, dataset.propensity_b
+    )
+    steps_per_epoch = math.ceil(len(usable) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    if total == 0 or not usable:
+        result.seconds = time.perf_counter() - started
+        return result
+
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.encoder.parameters(), "lr": config.encoder_lr,
+             "weight_decay": config.weight_decay},
+            {"params": [model.trained_vectors, model.bias], "lr": config.classifier_lr,
+             "weight_decay": 0.0},
+        ]
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total, config.warmup_fraction)
+    )
+    sampler = NegativeSampler(config, label_freq, rng)
+    step = 0
+    progress = tqdm(total=total, desc="astra", unit="step")
+    model.train()
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(
+            config.seed + epoch)).tolist()
+        for start in range(0, len(order), config.batch_size):
+            if step >= total:
+                break
+            if step % config.refresh_every == 0:
+                sampler.refresh(model.all_classifiers())
+            rows = [usable[i] for i in order[start : start + config.batch_size]]
+            loss = batch_loss(
+                model,
+                sampler,
+                query_tokenizer,
+                [split.texts[r] for r in rows],
+                [positives[r] for r in rows],
+                [judged[r] for r in rows],
+                config,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            schedule.step()
+            result.losses.append(loss.item())
+            step += 1
+            progress.update(1)
+            progress.set_postfix(epoch=epoch + 1, loss=f"{result.losses[-1]:.3f}")
+        if dev is not None and len(dev):
+            metrics = dev_metrics(model, query_tokenizer, dataset, dev, inv_prop)
+            result.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})
+            progress.write(json.dumps(result.dev_history[-1]))
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, config, result)
+        if step >= total:
+            break
+    progress.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def save_checkpoint(
+    checkpoint_dir: Path,
+    epoch: int,
+    model: AstraModel,
+    optimizer: torch.optim.Optimizer,
+    config: AstraConfig,
+    result: TrainingResult,
+) -> Path:
+    """Write this epoch's checkpoint and drop the previous one (one model's worth of disk)."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / f"epoch_{epoch:03d}.pt"
+    torch.save(
+        {
+            "epoch": epoch,
+            "config": asdict(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "losses": result.losses,
+            "dev_history": result.dev_history,
+        },
+        path,
+    )
+    for old in checkpoint_dir.glob("epoch_*.pt"):
+        if old != path:
+            old.unlink()
+    return path

@@ -35,7 +35,10 @@ def bm25_metrics(dataset: XCDataset, split: str) -> dict[str, float]:
 
     def tokens(texts: list[str]):
         return bm25s.tokenize(
-            texts, token_pattern=TOKEN_PATTERN, stopwords="en", stemmer=stemmer.stemWords,
+            texts,
+            token_pattern=TOKEN_PATTERN,
+            stopwords="en",
+            stemmer=stemmer.stemWords,
             show_progress=False,
         )
 

@@ -322,13 +322,13 @@ def create_app(
     async def search(body: SearchRequest, engine: EngineDep) -> SearchResponse:
         """Encode the query and return the k best products of the requested model."""
         start = time.perf_counter()
-        model = body.model or engine.default_model
-        if model not in engine.kinds:
-            msg = f"model: {model!r} is not in this bundle (available: {', '.join(engine.kinds)})"
+        try:
+            model = engine.resolve_model(body.model)
+        except ValueError as exc:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND,
-                detail=error_response(["body", "model"], msg, "model_not_found")["detail"],
-            )
+                detail=error_response(["body", "model"], str(exc), "model_not_found")["detail"],
+            ) from exc
         hits = (await run_in_threadpool(engine.search, [body.query], body.k, model))[0]
         return SearchResponse(
             results=[SearchResult(id=hit.id, title=hit.title, score=hit.score) for hit in hits],

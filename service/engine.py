@@ -77,7 +77,8 @@ class SearchEngine:
         """The model that answers a request; ValueError names the field when it is absent."""
         chosen = model or self.default_model
         if chosen not in self.kinds:
-            raise ValueError(f"model: {chosen!r} is not in this bundle (available: {self.kinds})")
+            available = ", ".join(self.kinds)
+            raise ValueError(f"model: {chosen!r} is not in this bundle (available: {available})")
         return chosen
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

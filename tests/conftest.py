@@ -29,13 +29,22 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_bundle(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ASTRA bundle: one short epoch on the demo catalog, exported to ONNX."""
+    """A real ASTRA bundle: one epoch on the demo catalog, exported to ONNX."""
     from training.__main__ import main
 
     out = tmp_path_factory.mktemp("models") / "demo"
     status = main(
-        ["train", "--data", str(demo_data), "--out", str(out), "--epochs", "1",
-         "--max-steps", "12", "--batch-size", "32"]
+        [
+            "train",
+            "--data",
+            str(demo_data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+        ]
     )
     assert status == 0
     return out

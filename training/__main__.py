@@ -49,8 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     train.add_argument("--model", choices=["astra"], default="astra")
     train.add_argument("--index", choices=["auto", "flat", "hnsw"], default="auto")
-    train.add_argument("--checkpoint-dir", type=Path, default=None,
-                       help="default: models/.checkpoints/<bundle name>")
+    train.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="default: models/.checkpoints/<bundle name>",
+    )
     _add_config_flags(train)
 
     evaluate = commands.add_parser("evaluate", help="score a bundle on a split")
@@ -62,14 +66,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from service.bundle import write_manifest, read_manifest
+    from service.bundle import read_manifest, write_manifest
     from training.evaluate import evaluate_bundle
     from training.export import write_bundle
 
     dataset = load_dataset(args.data)
-    config = AstraConfig(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(AstraConfig)}
-    )
+    config = AstraConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AstraConfig)})
     checkpoints = args.checkpoint_dir or args.out.parent / ".checkpoints" / args.out.name
     result = train_astra(
         dataset, config, checkpoint_dir=checkpoints, cache_dir=args.out.parent / ".cache"

@@ -1,18 +1,25 @@
 """ASTRA training: a query encoder and one classifier vector per label, trained jointly.
 
-Each label's classifier vector starts as the (frozen, original) encoder's embedding of the
-label text. Labels that have a training query get a trainable copy; the others keep their
-text vector, so a product never seen in training is still searchable, and sampling it as a
-negative moves only the query encoder. The loss is binary cross-entropy over each query's
-positives and a shared set of sampled negatives:
+Each label's classifier vector starts as the encoder's embedding of the label text. Labels that
+have a training query get a trainable vector; the others keep their text vector, so a product
+never seen in training is still searchable. Classifier vectors are used at unit length, so
+trained and text-only labels share one scale. Each step trains both parts on one batch:
 
-- hard negatives: the top labels for each query in a FAISS index over the *current* classifier
-  vectors, rebuilt every `refresh_every` steps (stale in between, as in ASTRA);
-- importance-sampled negatives drawn from q(l) ~ (freq_l + 1)^alpha, weighted by p/q so their
-  terms estimate the loss over all labels;
-- uniform negatives;
-- judged non-positives (pairs rated below the positive threshold) and the other queries'
-  positives in the batch.
+- the classifier vectors with binary cross-entropy over each query's positives and a shared set
+  of negatives: hard negatives (the top labels for each query in a FAISS index over the
+  *current* classifier vectors, rebuilt every `refresh_every` steps and stale in between, as in
+  ASTRA), importance-sampled negatives drawn from q(l) ~ (freq_l + 1)^alpha and weighted by p/q
+  so they estimate the loss over all labels, uniform negatives, pairs judged below the positive
+  threshold, and the other queries' positives;
+- the encoder with a softmax loss between queries and label texts. With `label_tower="shared"`
+  (the default) the texts of one sampled positive per query go through the same trainable
+  encoder (in-batch negatives), and at the end every text-only label is re-embedded with the
+  trained encoder; with `"frozen"` the query is matched against the base encoder's text vectors.
+
+Dev tuning on Home Depot (see BENCHMARKS.md) chose to keep the BCE gradient away from the
+encoder (`bce_trains_encoder=False`): mined negatives among near-duplicate products are often
+unjudged relevant ones, and pushing the encoder away from them hurt exactly the products never
+seen in training.
 """
 
 from __future__ import annotations
@@ -56,6 +63,9 @@ class AstraConfig:
     warmup_fraction: float = 0.05
     weight_decay: float = 0.01
     logit_scale: float = 20.0
+    text_loss_weight: float = 1.0
+    bce_trains_encoder: bool = False
+    label_tower: str = "shared"
     hard_negatives: int = 8
     importance_negatives: int = 64
     uniform_negatives: int = 64
@@ -86,16 +96,20 @@ class AstraModel(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.tensor(-5.0))
 
     def classifiers(self, labels: torch.Tensor) -> torch.Tensor:
-        """Classifier vectors of the given labels [n, d]."""
+        """Unit-length classifier vectors of the given labels [n, d].
+
+        Unit length keeps trained and text-only labels on one scale, so products seen in
+        training do not crowd out the ones that were not.
+        """
         slots = self.slots[labels]
-        trained = self.trained_vectors[slots.clamp(min=0)]
+        trained = torch.nn.functional.normalize(self.trained_vectors[slots.clamp(min=0)], dim=1)
         return torch.where((slots >= 0).unsqueeze(1), trained, self.text_vectors[labels])
 
     @torch.no_grad()
     def all_classifiers(self) -> np.ndarray:
         """The full [K, d] classifier matrix as served."""
         matrix = self.text_vectors.clone()
-        matrix[self.trained_ids] = self.trained_vectors.detach()
+        matrix[self.trained_ids] = torch.nn.functional.normalize(self.trained_vectors, dim=1)
         return matrix.numpy()
 
 
@@ -177,6 +191,25 @@ def _lr_lambda(total_steps: int, warmup_fraction: float):
     return factor
 
 
+def shared_tower_loss(
+    model: AstraModel,
+    queries: torch.Tensor,
+    positives: list[np.ndarray],
+    label_texts: list[str],
+    label_tokenizer,
+    config: AstraConfig,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """In-batch softmax between queries and one sampled positive title each, both encoded by
+    the trainable encoder (a shared tower), so label texts move with the queries."""
+    picked = np.array([rng.choice(p) for p in positives])
+    titles = model.encoder(**tokenize(label_tokenizer, [label_texts[i] for i in picked]))
+    logits = config.logit_scale * queries @ titles.T
+    targets = torch.from_numpy(np.stack([np.isin(picked, p) for p in positives]).astype(np.float32))
+    log_probs = torch.log_softmax(logits, dim=1)
+    return (-(log_probs * targets).sum(dim=1) / targets.sum(dim=1)).sum()
+
+
 def batch_loss(
     model: AstraModel,
     sampler: NegativeSampler,
@@ -185,9 +218,13 @@ def batch_loss(
     positives: list[np.ndarray],
     judged_negatives: list[np.ndarray],
     config: AstraConfig,
+    label_texts: list[str] | None = None,
+    label_tokenizer=None,
 ) -> torch.Tensor:
-    """BCE over the batch's positives and its sampled negatives (one shared label set)."""
-    queries = model.encoder(**tokenize(tokenizer, texts))
+    """BCE over the batch's positives and its sampled negatives (one shared label set),
+    plus the text loss that trains the encoder."""
+    with torch.set_grad_enabled(config.encoder_lr > 0):
+        queries = model.encoder(**tokenize(tokenizer, texts))
     hard = sampler.hard(queries.detach().numpy(), positives)
     important, importance_weights = sampler.importance()
     explicit = np.concatenate([*positives, *judged_negatives, hard])
@@ -204,13 +241,28 @@ def batch_loss(
     targets = torch.zeros(len(texts), len(labels))
     for row, pos in enumerate(positives):
         targets[row, [column_of[int(p)] for p in pos]] = 1.0
-    vectors = model.classifiers(torch.from_numpy(labels))
-    logits = config.logit_scale * queries @ vectors.T + model.bias
-    weight = torch.from_numpy(weights.astype(np.float32)).expand_as(logits).clone()
+    weight = torch.from_numpy(weights.astype(np.float32)).expand(len(texts), -1).clone()
     weight[targets > 0] = 1.0  # a positive never carries a negative's importance weight
+    label_ids = torch.from_numpy(labels)
+
+    # Sampled negatives near a query are often unjudged relevant products; by default they
+    # shape only the classifier vectors, and the encoder learns from the text loss below.
+    bce_queries = queries if config.bce_trains_encoder else queries.detach()
+    logits = config.logit_scale * bce_queries @ model.classifiers(label_ids).T + model.bias
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, targets, weight=weight, reduction="sum"
     )
+    if config.text_loss_weight and config.encoder_lr > 0 and config.label_tower == "shared":
+        loss = loss + config.text_loss_weight * shared_tower_loss(
+            model, queries, positives, label_texts, label_tokenizer, config, sampler.rng
+        )
+    elif config.text_loss_weight and config.encoder_lr > 0:
+        # A softmax loss against the label *texts* keeps the query encoder matching titles,
+        # which is all that ranks products never seen in training.
+        logits = config.logit_scale * queries @ model.text_vectors[label_ids].T
+        log_probs = torch.log_softmax(logits, dim=1)
+        text_loss = -(log_probs * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)
+        loss = loss + config.text_loss_weight * text_loss.sum()
     return loss / len(texts)
 
 
@@ -227,9 +279,7 @@ def dev_metrics(
     index = build_index(model.all_classifiers(), default_index_spec(dataset.num_labels, "flat"))
     _, ranked = index.search(queries, 100)
     gains = dev.positive_gains(dataset.positive_min_weight, dataset.graded)
-    return evaluate(
-        ranked, [truth[i] for i in keep], [gains[i] for i in keep], inv_prop
-    )
+    return evaluate(ranked, [truth[i] for i in keep], [gains[i] for i in keep], inv_prop)
 
 
 def train_astra(
@@ -278,10 +328,16 @@ def train_astra(
 
     optimizer = torch.optim.AdamW(
         [
-            {"params": model.encoder.parameters(), "lr": config.encoder_lr,
-             "weight_decay": config.weight_decay},
-            {"params": [model.trained_vectors, model.bias], "lr": config.classifier_lr,
-             "weight_decay": 0.0},
+            {
+                "params": model.encoder.parameters(),
+                "lr": config.encoder_lr,
+                "weight_decay": config.weight_decay,
+            },
+            {
+                "params": [model.trained_vectors, model.bias],
+                "lr": config.classifier_lr,
+                "weight_decay": 0.0,
+            },
         ]
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -292,8 +348,9 @@ def train_astra(
     progress = tqdm(total=total, desc="astra", unit="step")
     model.train()
     for epoch in range(config.epochs):
-        order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(
-            config.seed + epoch)).tolist()
+        order = torch.randperm(
+            len(usable), generator=torch.Generator().manual_seed(config.seed + epoch)
+        ).tolist()
         for start in range(0, len(order), config.batch_size):
             if step >= total:
                 break
@@ -308,16 +365,31 @@ def train_astra(
                 [positives[r] for r in rows],
                 [judged[r] for r in rows],
                 config,
+                dataset.label_titles,
+                label_tokenizer,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), 5.0)
             optimizer.step()
             schedule.step()
             result.losses.append(loss.item())
             step += 1
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{result.losses[-1]:.3f}")
+        last_epoch = epoch + 1 == config.epochs or step >= total
+        if config.label_tower == "shared" and last_epoch:
+            # Products without training queries take the trained encoder's view of their text.
+            model.text_vectors.copy_(
+                torch.from_numpy(
+                    embed_texts(
+                        model.encoder,
+                        label_tokenizer,
+                        dataset.label_titles,
+                        desc="re-embedding labels",
+                    )
+                )
+            )
         if dev is not None and len(dev):
             metrics = dev_metrics(model, query_tokenizer, dataset, dev, inv_prop)
             result.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})

@@ -14,7 +14,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO_DATA := data/demo
 # Extra flags for `python -m training train` (e.g. TRAIN_ARGS="--epochs 4").
-TRAIN_ARGS ?= $(if $(DATA),,--epochs 2)
+TRAIN_ARGS ?= $(if $(DATA),,--epochs 1)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

@@ -81,6 +81,29 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def plot_comparison(results: dict[str, dict[str, float]], title: str, path: Path) -> Path:
+    """Grouped bars of P@1, nDCG@10 and R@10 per method, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("P@1", "nDCG@10", "R@10")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(results)
+    for i, (name, metrics) in enumerate(results.items()):
+        xs = np.arange(len(shown)) + i * width
+        bars = ax.bar(xs, [metrics[m] for m in shown], width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(np.arange(len(shown)) + 0.4 - width / 2, shown)
+    ax.set(ylabel="score", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     """Score BM25 and each given bundle; write JSON and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -109,8 +132,9 @@ def main() -> None:
         )
         + "\n"
     )
+    plot = plot_comparison(results, f"{dataset.name}, {args.split} split", out.with_suffix(".png"))
     print(markdown_table(results))
-    print(f"written {out}")
+    print(f"written {out} and {plot}")
 
 
 if __name__ == "__main__":

@@ -23,14 +23,20 @@ def plot_training_curve(
         window = max(5, len(losses) // 50)
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
         loss_ax.plot(steps[window - 1 :], smooth, color="#08519c", label=f"mean of {window}")
-    loss_ax.set(xlabel="step", ylabel="BCE per query", title="training loss")
+    loss_ax.set(xlabel="step", ylabel="loss per query", title="training loss (BCE + text softmax)")
     loss_ax.legend()
     for name in ("P@1", "nDCG@10", "R@100"):
         points = [(h["epoch"], h[name]) for h in dev_history if name in h]
         if points:
             epochs, values = zip(*points, strict=True)
             dev_ax.plot(epochs, values, marker="o", label=name)
-    dev_ax.set(xlabel="epoch", ylabel="dev score", title="dev split (exact search)")
+    dev_ax.set(
+        xlabel="epoch\n(shared label tower: products without training queries\n"
+        "are re-embedded after the last epoch only)",
+        ylabel="dev score",
+        title="dev split (exact search)",
+    )
+    dev_ax.xaxis.get_major_locator().set_params(integer=True)
     if dev_history:
         dev_ax.legend()
     fig.suptitle(title)

@@ -21,8 +21,8 @@ import numpy as np
 import Stemmer
 
 from training.data import XCDataset, load_dataset
-from training.evaluate import EVAL_DEPTH, evaluate_bundle
-from training.metrics import METRIC_NAMES, evaluate, inverse_propensities
+from training.evaluate import EVAL_DEPTH, EvalSet, evaluate_bundle
+from training.metrics import METRIC_NAMES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Keep one-character tokens: "2 x 4", "1/2 in." and "6 ft" carry meaning in product queries.
@@ -46,24 +46,14 @@ def bm25_metrics(dataset: XCDataset, split: str) -> dict[str, float]:
     retriever = bm25s.BM25()
     retriever.index(tokens(dataset.label_titles), show_progress=False)
     index_seconds = time.perf_counter() - started
-    data = dataset.split(split)
-    truth = data.positives(dataset.positive_min_weight)
-    gains = data.positive_gains(dataset.positive_min_weight, dataset.graded)
-    keep = [i for i, t in enumerate(truth) if len(t)]
+    points = EvalSet.of(dataset, split)
     started = time.perf_counter()
     found, scores = retriever.retrieve(
-        tokens([data.texts[i] for i in keep]), k=EVAL_DEPTH, show_progress=False, n_threads=1
+        tokens(points.texts), k=EVAL_DEPTH, show_progress=False, n_threads=1
     )
     seconds = time.perf_counter() - started
     ranked = np.where(scores > 0, found, -1)  # a zero score means no query term matched
-    full = dataset.split("trn")
-    inv_prop = inverse_propensities(
-        dataset.label_frequencies(full), len(full), dataset.propensity_a, dataset.propensity_b
-    )
-    metrics = evaluate(
-        ranked, [truth[i] for i in keep], [gains[i] for i in keep], inv_prop, METRIC_NAMES
-    )
-    metrics["ms_per_query_batched"] = 1000.0 * seconds / max(1, len(keep))
+    metrics = points.score(ranked, seconds)
     metrics["index_seconds"] = index_seconds
     return metrics
 

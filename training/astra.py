@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from service.retrieval import AnnIndex, build_index, default_index_spec
-from training.data import Split, XCDataset
+from training.data import XCDataset
 from training.encoder import (
     SentenceEncoder,
     cached_text_vectors,
@@ -44,7 +44,7 @@ from training.encoder import (
     load_tokenizer,
     tokenize,
 )
-from training.metrics import evaluate, inverse_propensities
+from training.evaluate import EVAL_DEPTH, EvalSet
 
 # An exact FAISS scan of up to this many classifier vectors costs milliseconds per batch.
 MINING_EXACT_MAX_LABELS = 200_000
@@ -267,19 +267,12 @@ def batch_loss(
 
 
 @torch.no_grad()
-def dev_metrics(
-    model: AstraModel, tokenizer, dataset: XCDataset, dev: Split, inv_prop: np.ndarray
-) -> dict[str, float]:
+def dev_metrics(model: AstraModel, tokenizer, num_labels: int, dev: EvalSet) -> dict[str, float]:
     """Exact-search metrics of the current model on the dev split (for the training curve)."""
-    truth = dev.positives(dataset.positive_min_weight)
-    keep = [i for i, t in enumerate(truth) if len(t)]
-    if not keep:
-        return {}
-    queries = embed_texts(model.encoder, tokenizer, [dev.texts[i] for i in keep])
-    index = build_index(model.all_classifiers(), default_index_spec(dataset.num_labels, "flat"))
-    _, ranked = index.search(queries, 100)
-    gains = dev.positive_gains(dataset.positive_min_weight, dataset.graded)
-    return evaluate(ranked, [truth[i] for i in keep], [gains[i] for i in keep], inv_prop)
+    queries = embed_texts(model.encoder, tokenizer, dev.texts)
+    index = build_index(model.all_classifiers(), default_index_spec(num_labels, "flat"))
+    _, ranked = index.search(queries, EVAL_DEPTH)
+    return dev.score(ranked)
 
 
 def train_astra(
@@ -313,11 +306,7 @@ def train_astra(
     )
     model = AstraModel(encoder, text_vectors, trained_labels)
     result = TrainingResult(model, config)
-    dev = dataset.split("dev") if config.train_split != "trn" else None
-    full = dataset.split("trn")
-    inv_prop = inverse_propensities(
-        dataset.label_frequencies(full), len(full), dataset.propensity_a, dataset.propensity_b
-    )
+    dev = EvalSet.of(dataset, "dev") if config.train_split != "trn" else None
     steps_per_epoch = math.ceil(len(usable) / config.batch_size)
     total = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -390,8 +379,8 @@ def train_astra(
                     )
                 )
             )
-        if dev is not None and len(dev):
-            metrics = dev_metrics(model, query_tokenizer, dataset, dev, inv_prop)
+        if dev is not None and dev.texts:
+            metrics = dev_metrics(model, query_tokenizer, dataset.num_labels, dev)
             result.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})
             progress.write(json.dumps(result.dev_history[-1]))
         if checkpoint_dir is not None:

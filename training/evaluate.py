@@ -7,6 +7,7 @@ all. Propensities come from the positives of the full training split of the data
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,41 @@ from training.data import XCDataset
 from training.metrics import METRIC_NAMES, evaluate, inverse_propensities
 
 EVAL_DEPTH = 100
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The points of one split that have a positive label, with what scoring them needs."""
+
+    texts: list[str]
+    truth: list[np.ndarray]
+    gains: list[np.ndarray]
+    inv_propensity: np.ndarray
+
+    @classmethod
+    def of(cls, dataset: XCDataset, split: str) -> EvalSet:
+        """Points of `split` with >= 1 positive; propensities from the full training split."""
+        data = dataset.split(split)
+        truth = data.positives(dataset.positive_min_weight)
+        gains = data.positive_gains(dataset.positive_min_weight, dataset.graded)
+        keep = [i for i, t in enumerate(truth) if len(t)]
+        full = dataset.split("trn")
+        inv_prop = inverse_propensities(
+            dataset.label_frequencies(full), len(full), dataset.propensity_a, dataset.propensity_b
+        )
+        return cls(
+            [data.texts[i] for i in keep],
+            [truth[i] for i in keep],
+            [gains[i] for i in keep],
+            inv_prop,
+        )
+
+    def score(self, ranked: np.ndarray, seconds: float | None = None) -> dict[str, float]:
+        """The standard metrics of `ranked` [points, k]; with `seconds`, also ms per query."""
+        metrics = evaluate(ranked, self.truth, self.gains, self.inv_propensity, METRIC_NAMES)
+        if seconds is not None:
+            metrics["ms_per_query_batched"] = 1000.0 * seconds / max(1, len(self.texts))
+        return metrics
 
 
 def evaluate_bundle(
@@ -34,24 +70,12 @@ def evaluate_bundle(
             f"bundle has {engine.manifest.labels.count} labels, "
             f"dataset {dataset.name} has {dataset.num_labels}"
         )
-    data = dataset.split(split)
-    truth = data.positives(dataset.positive_min_weight)
-    gains = data.positive_gains(dataset.positive_min_weight, dataset.graded)
-    keep = [i for i, t in enumerate(truth) if len(t)]
-    ranked = np.full((len(keep), EVAL_DEPTH), -1, dtype=np.int64)
+    points = EvalSet.of(dataset, split)
+    ranked = np.full((len(points.texts), EVAL_DEPTH), -1, dtype=np.int64)
     started = time.perf_counter()
-    for start in tqdm(range(0, len(keep), batch_size), desc=f"evaluate {split}", unit="batch"):
-        rows = keep[start : start + batch_size]
-        vectors = engine.encoder.encode([data.texts[i] for i in rows])
+    starts = range(0, len(points.texts), batch_size)
+    for start in tqdm(starts, desc=f"evaluate {split}", unit="batch"):
+        vectors = engine.encoder.encode(points.texts[start : start + batch_size])
         _, found = engine.search_vectors(vectors, EVAL_DEPTH)
-        ranked[start : start + len(rows), : found.shape[1]] = found
-    seconds = time.perf_counter() - started
-    full = dataset.split("trn")
-    inv_prop = inverse_propensities(
-        dataset.label_frequencies(full), len(full), dataset.propensity_a, dataset.propensity_b
-    )
-    metrics = evaluate(
-        ranked, [truth[i] for i in keep], [gains[i] for i in keep], inv_prop, METRIC_NAMES
-    )
-    metrics["ms_per_query_batched"] = 1000.0 * seconds / max(1, len(keep))
-    return metrics
+        ranked[start : start + len(found), : found.shape[1]] = found
+    return points.score(ranked, time.perf_counter() - started)

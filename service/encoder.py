@@ -6,7 +6,6 @@ vectors that are searched against the classifier vectors.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,6 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from service.bundle import BundleError, EncoderSpec
-
-log = logging.getLogger(__name__)
 
 
 def configure_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:

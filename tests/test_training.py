@@ -186,3 +186,11 @@ def test_training_beats_the_untrained_encoder_on_unseen_demo_queries(
     untrained = evaluate_bundle(zero_shot, dataset, "tst")
     assert trained["P@1"] > untrained["P@1"]
     assert trained["nDCG@10"] > untrained["nDCG@10"]
+
+
+def test_mining_index_is_exact_until_a_scan_gets_expensive() -> None:
+    from training.astra import MINING_EXACT_MAX_LABELS, mining_index_type
+
+    assert mining_index_type("auto", MINING_EXACT_MAX_LABELS) == "flat"
+    assert mining_index_type("auto", MINING_EXACT_MAX_LABELS + 1) == "hnsw"
+    assert mining_index_type("hnsw", 10) == "hnsw"

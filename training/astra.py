@@ -131,6 +131,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def mining_index_type(requested: str, num_labels: int) -> str:
+    """The hard-negative index: exact while a scan is cheap, HNSW beyond (or as requested)."""
+    if requested != "auto":
+        return requested
+    return "flat" if num_labels <= MINING_EXACT_MAX_LABELS else "hnsw"
+
+
 class NegativeSampler:
     """Draws the three kinds of sampled negatives for a batch."""
 
@@ -141,10 +148,7 @@ class NegativeSampler:
         proposal = (label_freq.astype(np.float64) + 1.0) ** config.importance_alpha
         self.proposal = proposal / proposal.sum()
         self.mining_spec = default_index_spec(
-            self.num_labels,
-            "flat"
-            if config.mining_index == "auto" and self.num_labels <= MINING_EXACT_MAX_LABELS
-            else ("hnsw" if config.mining_index == "auto" else config.mining_index),
+            self.num_labels, mining_index_type(config.mining_index, self.num_labels)
         )
         self.index: AnnIndex | None = None
         self.refreshes = 0

@@ -6,7 +6,6 @@ produces the files and hands them to `write_manifest`.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -31,8 +30,6 @@ from service.bundle import (
 )
 from service.retrieval import AnnIndex, build_index, default_index_spec
 from training.encoder import SentenceEncoder, base_model_dir, load_tokenizer, tokenize
-
-log = logging.getLogger(__name__)
 
 ENCODER_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 

@@ -155,9 +155,14 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> Manifest:
         for p in sorted(bundle_dir.iterdir())
         if p.is_file() and p.name != MANIFEST_NAME
     }
-    model = Manifest(format_version=FORMAT_VERSION, files=files, **manifest)
-    (bundle_dir / MANIFEST_NAME).write_text(model.model_dump_json(indent=2) + "\n")
-    return model
+    manifest_model = Manifest(format_version=FORMAT_VERSION, files=files, **manifest)
+    return save_manifest(bundle_dir, manifest_model)
+
+
+def save_manifest(bundle_dir: Path, manifest: Manifest) -> Manifest:
+    """Write an already checksummed manifest (e.g. with metrics added after evaluation)."""
+    (bundle_dir / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return manifest
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from service.bundle import read_manifest, write_manifest
+    from service.bundle import save_manifest
     from training.evaluate import evaluate_bundle
     from training.export import write_bundle
 
@@ -108,10 +108,7 @@ def _train(args: argparse.Namespace) -> dict:
     metrics = {}
     if config.train_split != "trn" and len(dataset.split("dev")):
         metrics = {"dev": evaluate_bundle(args.out, dataset, "dev")}
-        update = manifest.model_dump(exclude={"files", "format_version"})
-        update["metrics"] = metrics
-        write_manifest(args.out, update)
-        read_manifest(args.out)
+        save_manifest(args.out, manifest.model_copy(update={"metrics": metrics}))
     return {"bundle": str(args.out), "seconds": round(result.seconds, 1), **metrics}
 
 

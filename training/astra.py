@@ -195,6 +195,13 @@ def _lr_lambda(total_steps: int, warmup_fraction: float):
     return factor
 
 
+def multi_positive_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy with several positives per row: the mean negative log-probability
+    of each row's positives, summed over rows."""
+    log_probs = torch.log_softmax(logits, dim=1)
+    return (-(log_probs * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)).sum()
+
+
 def shared_tower_loss(
     model: AstraModel,
     queries: torch.Tensor,
@@ -208,10 +215,8 @@ def shared_tower_loss(
     the trainable encoder (a shared tower), so label texts move with the queries."""
     picked = np.array([rng.choice(p) for p in positives])
     titles = model.encoder(**tokenize(label_tokenizer, [label_texts[i] for i in picked]))
-    logits = config.logit_scale * queries @ titles.T
     targets = torch.from_numpy(np.stack([np.isin(picked, p) for p in positives]).astype(np.float32))
-    log_probs = torch.log_softmax(logits, dim=1)
-    return (-(log_probs * targets).sum(dim=1) / targets.sum(dim=1)).sum()
+    return multi_positive_softmax(config.logit_scale * queries @ titles.T, targets)
 
 
 def batch_loss(
@@ -222,8 +227,8 @@ def batch_loss(
     positives: list[np.ndarray],
     judged_negatives: list[np.ndarray],
     config: AstraConfig,
-    label_texts: list[str] | None = None,
-    label_tokenizer=None,
+    label_texts: list[str],
+    label_tokenizer,
 ) -> torch.Tensor:
     """BCE over the batch's positives and its sampled negatives (one shared label set),
     plus the text loss that trains the encoder."""
@@ -256,17 +261,17 @@ def batch_loss(
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, targets, weight=weight, reduction="sum"
     )
-    if config.text_loss_weight and config.encoder_lr > 0 and config.label_tower == "shared":
-        loss = loss + config.text_loss_weight * shared_tower_loss(
-            model, queries, positives, label_texts, label_tokenizer, config, sampler.rng
-        )
-    elif config.text_loss_weight and config.encoder_lr > 0:
+    if config.text_loss_weight and config.encoder_lr > 0:
         # A softmax loss against the label *texts* keeps the query encoder matching titles,
         # which is all that ranks products never seen in training.
-        logits = config.logit_scale * queries @ model.text_vectors[label_ids].T
-        log_probs = torch.log_softmax(logits, dim=1)
-        text_loss = -(log_probs * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)
-        loss = loss + config.text_loss_weight * text_loss.sum()
+        if config.label_tower == "shared":
+            text_loss = shared_tower_loss(
+                model, queries, positives, label_texts, label_tokenizer, config, sampler.rng
+            )
+        else:
+            logits = config.logit_scale * queries @ model.text_vectors[label_ids].T
+            text_loss = multi_positive_softmax(logits, targets)
+        loss = loss + config.text_loss_weight * text_loss
     return loss / len(texts)
 
 
@@ -372,17 +377,16 @@ def train_astra(
             progress.set_postfix(epoch=epoch + 1, loss=f"{result.losses[-1]:.3f}")
         last_epoch = epoch + 1 == config.epochs or step >= total
         if config.label_tower == "shared" and last_epoch:
-            # Products without training queries take the trained encoder's view of their text.
-            model.text_vectors.copy_(
-                torch.from_numpy(
-                    embed_texts(
-                        model.encoder,
-                        label_tokenizer,
-                        dataset.label_titles,
-                        desc="re-embedding labels",
-                    )
-                )
+            # Products without training queries take the trained encoder's view of their text
+            # (the others are served by their trained vectors).
+            cold = np.flatnonzero(model.slots.numpy() < 0)
+            vectors = embed_texts(
+                model.encoder,
+                label_tokenizer,
+                [dataset.label_titles[i] for i in cold],
+                desc="re-embedding labels",
             )
+            model.text_vectors[torch.from_numpy(cold)] = torch.from_numpy(vectors)
         if dev is not None and dev.texts:
             metrics = dev_metrics(model, query_tokenizer, dataset.num_labels, dev)
             result.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})

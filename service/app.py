@@ -107,7 +107,11 @@ async def load_engine(
     log.info("loading bundle", extra={"bundle": str(settings.bundle)})
     try:
         engine = await asyncio.to_thread(
-            SearchEngine.load, settings.bundle, settings.threads, settings.device
+            SearchEngine.load,
+            settings.bundle,
+            settings.threads,
+            settings.device,
+            settings.hybrid_weight,
         )
         await asyncio.to_thread(engine.warm)
     except Exception as exc:

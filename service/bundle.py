@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -28,6 +28,8 @@ CLASSIFIERS_FILE = "classifiers.npy"
 INDEX_FILE = "index.faiss"
 LABEL_TITLES_FILE = "labels.txt"
 LABEL_IDS_FILE = "label_ids.txt"
+MACH_HEADS_FILE = "mach_heads.onnx"
+MACH_IDF_FILE = "mach_idf.npy"
 
 
 class BundleError(Exception):
@@ -76,6 +78,39 @@ class AstraSpec(BaseModel):
     trained_labels: int = Field(ge=0, description="labels that had a training query")
 
 
+class NgramSpec(BaseModel):
+    """MACH's hashed word n-gram TF-IDF input (see `service.mach_features`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dim: int = Field(ge=2, description="hashed slots; 0 is padding")
+    ngram_max: int = Field(ge=1, le=3)
+    max_terms: int = Field(ge=1, description="terms kept per query (the heaviest)")
+    idf: str = MACH_IDF_FILE
+
+
+class MachSpec(BaseModel):
+    """MACH: R heads over B hashed buckets, exported as one ONNX model.
+
+    The heads output bucket log-probabilities [n, R, B] (log-sigmoid for BCE heads, log-softmax
+    for softmax heads); a label's score is their sum over r (see `service.mach_decode`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    heads: str = MACH_HEADS_FILE
+    reps: int = Field(ge=1, le=1024)
+    buckets: int = Field(ge=2, le=1 << 24)
+    hash_seed: int = Field(ge=0)
+    hash_prime: int = (1 << 61) - 1
+    hidden: int = Field(ge=1)
+    loss: Literal["bce", "softmax"]
+    uses_embedding: bool = True
+    ngrams: NgramSpec | None = None
+    top_buckets: int = Field(ge=1, description="buckets per repetition the fast decoder opens")
+    hybrid_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="MACH's share of the hybrid score"
+    )
+
+
 class LabelSpec(BaseModel):
     """The label space: line i of `titles` (and of `ids`, when present) is label i."""
 
@@ -94,13 +129,24 @@ class Manifest(BaseModel):
     version: str
     created_at: str
     kinds: list[Literal["astra", "mach"]] = Field(min_length=1)
-    default_model: Literal["astra", "mach"]
+    default_model: Literal["astra", "mach", "hybrid"]
     labels: LabelSpec
     encoder: EncoderSpec
     astra: AstraSpec | None = None
+    mach: MachSpec | None = None
     training: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     files: dict[str, FileEntry]
+
+    @model_validator(mode="after")
+    def _kinds_match_sections(self) -> Manifest:
+        for kind, section in (("astra", self.astra), ("mach", self.mach)):
+            if (kind in self.kinds) != (section is not None):
+                raise ValueError(f"kinds: {kind!r} listed without its section, or the reverse")
+        answerable = set(self.kinds) | ({"hybrid"} if len(set(self.kinds)) == 2 else set())
+        if self.default_model not in answerable:
+            raise ValueError(f"default_model: {self.default_model!r} is not among {self.kinds}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -112,6 +158,7 @@ class Bundle:
     label_titles: list[str]
     label_ids: list[str]
     classifiers: np.ndarray | None
+    mach_idf: np.ndarray | None
 
     def file(self, name: str) -> Path:
         """Path of one of the bundle's files."""
@@ -196,6 +243,10 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
         referenced.append(manifest.labels.ids)
     if manifest.astra:
         referenced += [manifest.astra.classifiers, manifest.astra.index.file]
+    if manifest.mach:
+        referenced.append(manifest.mach.heads)
+        if manifest.mach.ngrams:
+            referenced.append(manifest.mach.ngrams.idf)
     for name in referenced:
         if name not in manifest.files:
             raise BundleError(f"{bundle_dir / name}: referenced but not listed in manifest files")
@@ -222,20 +273,20 @@ def _read_label_file(path: Path, count: int) -> list[str]:
     return lines
 
 
-def _load_classifiers(path: Path, count: int, dim: int) -> np.ndarray:
+def _load_float32(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise BundleError(f"{path}: not a readable .npy array ({exc})") from exc
     if matrix.dtype != np.float32:
         raise BundleError(f"{path}: dtype {matrix.dtype}, expected float32")
-    if matrix.shape != (count, dim):
-        raise BundleError(f"{path}: shape {matrix.shape}, expected ({count}, {dim})")
+    if matrix.shape != shape:
+        raise BundleError(f"{path}: shape {matrix.shape}, expected {shape}")
     return np.ascontiguousarray(matrix)
 
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:
-    """Read and verify a bundle: checksums, label counts and classifier shapes.
+    """Read and verify a bundle: checksums, label counts, classifier and IDF shapes.
 
     The ONNX encoder's output width and the index's size are checked by their loaders,
     which raise `BundleError` naming those files.
@@ -251,7 +302,11 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         ids = [str(i) for i in range(count)]
     classifiers = None
     if manifest.astra:
-        classifiers = _load_classifiers(
-            path / manifest.astra.classifiers, count, manifest.encoder.dim
+        classifiers = _load_float32(
+            path / manifest.astra.classifiers, (count, manifest.encoder.dim)
         )
-    return Bundle(path, manifest, titles, ids, classifiers)
+    mach_idf = None
+    if manifest.mach and manifest.mach.ngrams:
+        ngrams = manifest.mach.ngrams
+        mach_idf = _load_float32(path / ngrams.idf, (ngrams.dim,))
+    return Bundle(path, manifest, titles, ids, classifiers, mach_idf)

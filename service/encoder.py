@@ -35,6 +35,18 @@ def select_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def open_session(model_path: Path, threads: int, device: str) -> ort.InferenceSession:
+    """An ONNX Runtime session on the chosen device; BundleError names a file it cannot load."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=select_providers(device))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from exc
+
+
 class QueryEncoder:
     """Turns query strings into unit-length float32 vectors with the bundle's ONNX encoder."""
 
@@ -48,17 +60,8 @@ class QueryEncoder:
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
             raise BundleError(f"{tokenizer_path}: not a valid tokenizer.json ({exc})") from exc
         self.tokenizer = configure_tokenizer(tokenizer, spec.max_length)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         model_path = bundle_dir / spec.file
-        try:
-            self.session = ort.InferenceSession(
-                str(model_path), options, providers=select_providers(device)
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from exc
+        self.session = open_session(model_path, threads, device)
         self.providers = self.session.get_providers()
         self._input_names = [i.name for i in self.session.get_inputs()]
         missing = set(self._input_names) - set(spec.inputs)

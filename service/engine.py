@@ -1,7 +1,11 @@
-"""The loaded model behind the API: a verified bundle, its query encoder and its ANN index.
+"""The loaded model behind the API: a verified bundle, its query encoder, ASTRA and MACH.
 
 `SearchEngine.search` is blocking (ONNX Runtime and FAISS release the GIL); the app runs it off
 the event loop. Evaluation uses the same object, so offline metrics measure what is served.
+
+Hybrid fuses the two models over the union of their candidates: each candidate gets both exact
+scores, ASTRA's inner product (a cosine, in [-1, 1]) and MACH's mean bucket log-probability over
+the R repetitions (in (-inf, 0]), and is ranked by (1 - w)·astra + w·mach.
 """
 
 from __future__ import annotations
@@ -14,11 +18,40 @@ import numpy as np
 
 from service.bundle import Bundle, Manifest, load_bundle
 from service.encoder import QueryEncoder
+from service.mach import MachModel
 from service.retrieval import AnnIndex
 
 log = logging.getLogger(__name__)
 
 WARM_QUERIES = ["cordless drill", "white paint 1 gal", "led light bulb 60w", "garden hose"]
+# Candidates each model contributes to the hybrid (or k, when k is larger).
+HYBRID_CANDIDATES = 100
+
+
+def available_models(manifest: Manifest) -> list[str]:
+    """Models a bundle can answer with: its kinds, plus hybrid when it holds both."""
+    kinds = list(manifest.kinds)
+    return [*kinds, "hybrid"] if {"astra", "mach"} <= set(kinds) else kinds
+
+
+def _unique_per_row(labels: np.ndarray) -> np.ndarray:
+    """Each row's labels with repeats (and -1 padding) replaced by -1, order not kept."""
+    ordered = np.sort(labels, axis=1)
+    repeat = np.zeros_like(ordered, dtype=bool)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    return np.where(repeat | (ordered < 0), -1, ordered)
+
+
+def top_k(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (score, label) pairs of each row, best first; -1 labels never win."""
+    scores = np.where(labels >= 0, scores, -np.inf)
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(-scores, part, axis=1).argsort(axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    out_scores = np.take_along_axis(scores, best, axis=1).astype(np.float32)
+    out_labels = np.where(np.isfinite(out_scores), np.take_along_axis(labels, best, axis=1), -1)
+    return out_scores, out_labels.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -34,16 +67,33 @@ class Hit:
 class SearchEngine:
     """Answers top-k queries for every model kind the bundle holds."""
 
-    def __init__(self, bundle: Bundle, encoder: QueryEncoder, index: AnnIndex | None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        encoder: QueryEncoder,
+        index: AnnIndex | None,
+        mach: MachModel | None = None,
+        hybrid_weight: float | None = None,
+    ) -> None:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
         self.encoder = encoder
         self.index = index
-        self.kinds: list[str] = list(self.manifest.kinds)
+        self.mach = mach
+        self.kinds: list[str] = available_models(self.manifest)
         self.default_model: str = self.manifest.default_model
+        if hybrid_weight is None and self.manifest.mach is not None:
+            hybrid_weight = self.manifest.mach.hybrid_weight
+        self.hybrid_weight = 0.5 if hybrid_weight is None else hybrid_weight
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, threads: int = 0, device: str = "auto") -> SearchEngine:
+    def load(
+        cls,
+        bundle_dir: str | Path,
+        threads: int = 0,
+        device: str = "auto",
+        hybrid_weight: float | None = None,
+    ) -> SearchEngine:
         """Verify and load a bundle; raises `BundleError` naming the bad file."""
         bundle = load_bundle(bundle_dir)
         manifest = bundle.manifest
@@ -53,6 +103,11 @@ class SearchEngine:
             spec = manifest.astra.index
             index = AnnIndex.read(
                 bundle.file(spec.file), spec, manifest.labels.count, manifest.encoder.dim
+            )
+        mach = None
+        if manifest.mach:
+            mach = MachModel(
+                bundle.path, manifest.mach, manifest.labels.count, bundle.mach_idf, threads, device
             )
         log.info(
             "bundle loaded",
@@ -65,7 +120,7 @@ class SearchEngine:
                 "index": manifest.astra.index.type if manifest.astra else None,
             },
         )
-        return cls(bundle, encoder, index)
+        return cls(bundle, encoder, index, mach, hybrid_weight)
 
     def warm(self) -> None:
         """Run a few queries through every model so the first request pays no start-up cost."""
@@ -81,15 +136,40 @@ class SearchEngine:
             raise ValueError(f"model: {chosen!r} is not in this bundle (available: {available})")
         return chosen
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """ASTRA retrieval for already-encoded queries -> (scores, label ids) [n, k]."""
-        assert self.index is not None
-        return self.index.search(vectors, k)
+    def rank(
+        self, queries: list[str], k: int, model: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, label ids) [n, k] of one model; label -1 pads a short row."""
+        chosen = self.resolve_model(model)
+        vectors = self.encoder.encode(queries)
+        if chosen == "astra":
+            assert self.index is not None
+            return self.index.search(vectors, k)
+        assert self.mach is not None
+        if chosen == "mach":
+            return self.mach.search(vectors, queries, k)
+        return self._hybrid(vectors, queries, k)
+
+    def _hybrid(
+        self, vectors: np.ndarray, queries: list[str], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert self.index is not None and self.mach is not None
+        assert self.bundle.classifiers is not None
+        depth = max(k, HYBRID_CANDIDATES)
+        _, astra_labels = self.index.search(vectors, depth)
+        bucket_scores = self.mach.bucket_scores(vectors, queries)
+        top_buckets = min(self.mach.spec.top_buckets, self.mach.spec.buckets)
+        _, mach_labels = self.mach.decoder.fast(bucket_scores, depth, top_buckets)
+        labels = _unique_per_row(np.concatenate([astra_labels, mach_labels], axis=1))
+        safe = np.maximum(labels, 0)
+        astra = np.einsum("nd,ncd->nc", vectors, self.bundle.classifiers[safe])
+        mach = self.mach.decoder.rescore(bucket_scores, safe) / self.mach.spec.reps
+        fused = (1.0 - self.hybrid_weight) * astra + self.hybrid_weight * mach
+        return top_k(fused, labels, k)
 
     def search(self, queries: list[str], k: int, model: str | None = None) -> list[list[Hit]]:
         """Top-k products for each query, best first."""
-        self.resolve_model(model)
-        scores, labels = self.search_vectors(self.encoder.encode(queries), k)
+        scores, labels = self.rank(queries, k, model)
         titles, ids = self.bundle.label_titles, self.bundle.label_ids
         return [
             [

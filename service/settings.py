@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     )
     max_k: int = Field(1000, ge=1, le=MAX_K_CEILING, description="largest accepted k")
     default_k: int = Field(10, ge=1, description="k when a request does not give one")
+    hybrid_weight: float | None = Field(
+        None, ge=0.0, le=1.0, description="MACH's share of the hybrid score (default: bundle's)"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,8 +1,9 @@
-"""Command line: `python -m training {demo,train,evaluate}`.
+"""Command line: `python -m training {demo,train,merge,evaluate}`.
 
-`train` reads a dataset (XC text layout or fastText), trains ASTRA, writes a bundle, scores it
-on the dev split and records those metrics in the manifest. `evaluate` prints one JSON object
-on the last line of standard output.
+`train` reads a dataset (XC text layout or fastText), trains ASTRA or MACH, writes a bundle,
+scores it on the dev split and records those metrics in the manifest. `train --model mach
+--reps 0-7` trains only those heads and writes a shard; `merge` joins shards into a bundle.
+`evaluate` prints one JSON object on the last line of standard output.
 """
 
 from __future__ import annotations
@@ -15,24 +16,64 @@ import sys
 from pathlib import Path
 
 from training.astra import AstraConfig, train_astra
-from training.data import DataError, load_dataset
+from training.data import DataError, XCDataset, load_dataset
 from training.demo import DEMO_SEED, generate_demo
-from training.plots import plot_training_curve
+from training.mach import MachConfig
+from training.plots import plot_mach_curve, plot_training_curve
 
 CURVE_FILE = "training_curve.png"
+MACH_CURVE_FILE = "mach_training_curve.png"
+HYBRID_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
+CONFIGS = {"astra": AstraConfig, "mach": MachConfig}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per AstraConfig field, so the CLI and the config never drift apart."""
-    for f in dataclasses.fields(AstraConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif f.type in ("int | None",):
-            parser.add_argument(flag, type=int, default=f.default)
-        else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=f.default)
+    """One flag per config field of either model, so the CLI and the configs never drift apart.
+
+    Flags default to "not given"; each model's config supplies its own default.
+    """
+    seen: dict[str, str] = {}
+    for model, config in CONFIGS.items():
+        for f in dataclasses.fields(config):
+            if f.name in seen:
+                continue
+            seen[f.name] = model
+            flag = "--" + f.name.replace("_", "-")
+            owners = [m for m, c in CONFIGS.items() if f.name in c.__dataclass_fields__]
+            defaults = ", ".join(
+                f"{m}: {c.__dataclass_fields__[f.name].default}"
+                for m, c in CONFIGS.items()
+                if m in owners
+            )
+            kwargs = {"default": argparse.SUPPRESS, "help": f"default {defaults}"}
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            else:
+                kind = {"int": int, "float": float, "str": str, "int | None": int}[str(f.type)]
+                parser.add_argument(flag, type=kind, **kwargs)
+
+
+def _config(args: argparse.Namespace, model: str):
+    """The model's config from the flags given (its own defaults otherwise)."""
+    config = CONFIGS[model]
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(config) if hasattr(args, f.name)
+    }
+    return config(**given)
+
+
+def parse_reps(text: str | None, total: int) -> range:
+    """`--reps 0-7` (inclusive) or `--reps 3` -> a range inside 0..total-1 (all when None)."""
+    if text is None:
+        return range(total)
+    try:
+        first, _, last = text.partition("-")
+        reps = range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise ValueError(f"reps: expected A-B or A, got {text!r}") from None
+    if not reps or reps.start < 0 or reps.stop > total:
+        raise ValueError(f"reps: {text!r} is not inside 0-{total - 1}")
+    return reps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,8 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model and write a bundle")
     train.add_argument("--data", type=Path, required=True, help="dataset dir or fastText file")
     train.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    train.add_argument("--model", choices=["astra"], default="astra")
+    train.add_argument("--model", choices=["astra", "mach"], default="astra")
     train.add_argument("--index", choices=["auto", "flat", "hnsw"], default="auto")
+    train.add_argument(
+        "--reps", default=None, help="mach: heads to train, e.g. 0-7 (a shard); default all"
+    )
+    train.add_argument(
+        "--encoder-from",
+        type=Path,
+        default=None,
+        help="mach: add the heads to this ASTRA bundle, on its encoder (default: base encoder)",
+    )
+    train.add_argument("--default-model", choices=["astra", "mach", "hybrid"], default=None)
     train.add_argument(
         "--checkpoint-dir",
         type=Path,
@@ -57,21 +108,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(train)
 
+    merge = commands.add_parser("merge", help="join MACH shards into one bundle")
+    merge.add_argument("--shards", type=Path, nargs="+", required=True)
+    merge.add_argument("--out", type=Path, required=True)
+    merge.add_argument("--default-model", choices=["astra", "mach", "hybrid"], default=None)
+
     evaluate = commands.add_parser("evaluate", help="score a bundle on a split")
     evaluate.add_argument("--bundle", type=Path, required=True)
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--split", choices=["dev", "tst", "trn", "train"], default="dev")
-    evaluate.add_argument("--model", default=None)
+    evaluate.add_argument("--model", choices=["astra", "mach", "hybrid"], default=None)
+    evaluate.add_argument("--hybrid-weight", type=float, default=None)
     return parser
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from service.bundle import save_manifest
-    from training.evaluate import evaluate_bundle
     from training.export import write_bundle
 
     dataset = load_dataset(args.data)
-    config = AstraConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AstraConfig)})
+    config = _config(args, "astra")
     checkpoints = args.checkpoint_dir or args.out.parent / ".checkpoints" / args.out.name
     result = train_astra(
         dataset, config, checkpoint_dir=checkpoints, cache_dir=args.out.parent / ".cache"
@@ -80,7 +135,7 @@ def _train(args: argparse.Namespace) -> dict:
     checkpoints.mkdir(parents=True, exist_ok=True)
     plot_training_curve(result.losses, result.dev_history, curve, f"ASTRA on {dataset.name}")
     trained_labels = len(result.model.trained_ids)
-    manifest = write_bundle(
+    write_bundle(
         args.out,
         encoder=result.model.encoder,
         query_max_length=config.query_max_length,
@@ -105,11 +160,122 @@ def _train(args: argparse.Namespace) -> dict:
         },
         extra_files={CURVE_FILE: curve},
     )
-    metrics = {}
-    if config.train_split != "trn" and len(dataset.split("dev")):
-        metrics = {"dev": evaluate_bundle(args.out, dataset, "dev")}
-        save_manifest(args.out, manifest.model_copy(update={"metrics": metrics}))
+    metrics = _dev_metrics(args.out, dataset, config.train_split)
     return {"bundle": str(args.out), "seconds": round(result.seconds, 1), **metrics}
+
+
+def _dev_metrics(bundle: Path, dataset: XCDataset, split: str) -> dict:
+    """Dev metrics of every model in a fresh bundle, tuning the hybrid weight on dev first.
+
+    The tuned weight (best dev nDCG@10) is written into the manifest; nothing is tuned on tst.
+    """
+    from service.bundle import read_manifest, save_manifest
+    from service.engine import available_models
+    from training.evaluate import evaluate_bundle
+
+    manifest = read_manifest(bundle)
+    if split == "trn" or not len(dataset.split("dev")):
+        return {}
+    by_model = {}
+    if "hybrid" in available_models(manifest):
+        trials = {
+            w: evaluate_bundle(bundle, dataset, "dev", "hybrid", hybrid_weight=w)
+            for w in HYBRID_WEIGHTS
+        }
+        weight = max(trials, key=lambda w: trials[w]["nDCG@10"])
+        manifest = manifest.model_copy(
+            update={"mach": manifest.mach.model_copy(update={"hybrid_weight": weight})}
+        )
+        by_model["hybrid"] = {
+            **trials[weight],
+            "weight_trials": {str(w): trials[w]["nDCG@10"] for w in trials},
+        }
+    for model in manifest.kinds:
+        by_model[model] = evaluate_bundle(bundle, dataset, "dev", model)
+    metrics = {"dev": by_model[manifest.default_model], "dev_by_model": by_model}
+    save_manifest(bundle, manifest.model_copy(update={"metrics": metrics}))
+    return metrics
+
+
+def _mach_meta(args: argparse.Namespace, dataset: XCDataset, config: MachConfig) -> dict:
+    return {
+        "data_path": str(args.data),
+        "encoder_from": str(args.encoder_from) if args.encoder_from else None,
+        "dataset": dataset.name,
+        "split": config.train_split,
+        "points": len(dataset.split(config.train_split)),
+        "labels": dataset.num_labels,
+    }
+
+
+def _write_mach(
+    out: Path,
+    dataset: XCDataset,
+    config: MachConfig,
+    results,
+    meta: dict,
+    default_model: str | None,
+) -> dict:
+    """Stack all heads, export them and write the bundle, then score it on dev."""
+    from training.mach import stack_heads
+    from training.mach_bundle import build_featurizer, write_mach_bundle
+
+    curve = out.parent / ".checkpoints" / out.name / MACH_CURVE_FILE
+    curve.parent.mkdir(parents=True, exist_ok=True)
+    plot_mach_curve(
+        {r.rep: r.epoch_losses for r in results}, curve, f"MACH heads on {dataset.name}"
+    )
+    encoder_from = Path(meta["encoder_from"]) if meta["encoder_from"] else None
+    write_mach_bundle(
+        out,
+        dataset=dataset,
+        heads=stack_heads(results, config),
+        featurizer=build_featurizer(dataset.split(config.train_split).texts, config),
+        config=config,
+        encoder_from=encoder_from,
+        cache_dir=out.parent / ".cache",
+        default_model=default_model,
+        training={**meta, "config": dataclasses.asdict(config)},
+        extra_files={MACH_CURVE_FILE: curve},
+    )
+    return {"bundle": str(out), **_dev_metrics(out, dataset, config.train_split)}
+
+
+def _train_mach(args: argparse.Namespace) -> dict:
+    from service.encoder import QueryEncoder
+    from training.mach import train_mach
+    from training.mach_bundle import build_featurizer, encoder_dir, query_inputs, write_shard
+
+    dataset = load_dataset(args.data)
+    config = _config(args, "mach")
+    reps = parse_reps(args.reps, config.repetitions)
+    split = dataset.split(config.train_split)
+    source, spec = encoder_dir(args.encoder_from, args.out.parent / ".cache")
+    inputs = query_inputs(
+        split.texts, QueryEncoder(source, spec), build_featurizer(split.texts, config), spec.dim
+    )
+    positives = split.positives(dataset.positive_min_weight)
+    results, seconds = train_mach(inputs, positives, dataset.num_labels, config, reps)
+    meta = {**_mach_meta(args, dataset, config), "dim": spec.dim, "seconds": round(seconds, 1)}
+    if len(reps) < config.repetitions:
+        write_shard(args.out, results, config, meta)
+        return {
+            "shard": str(args.out),
+            "reps": f"{reps.start}-{reps.stop - 1}",
+            "seconds": meta["seconds"],
+        }
+    return {
+        **_write_mach(args.out, dataset, config, results, meta, args.default_model),
+        "seconds": meta["seconds"],
+    }
+
+
+def _merge(args: argparse.Namespace) -> dict:
+    from training.mach_bundle import read_shards
+
+    config, results, meta = read_shards(args.shards)
+    dataset = load_dataset(meta["data_path"])
+    return _write_mach(args.out, dataset, config, results, meta, args.default_model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,12 +287,17 @@ def main(argv: list[str] | None = None) -> int:
             out = generate_demo(args.out, num_products=args.products, seed=args.seed)
             print(json.dumps({"demo": str(out)}))
         elif args.command == "train":
-            print(json.dumps(_train(args)))
+            print(json.dumps(_train_mach(args) if args.model == "mach" else _train(args)))
+        elif args.command == "merge":
+            print(json.dumps(_merge(args)))
         else:
             from training.evaluate import evaluate_bundle
 
             dataset = load_dataset(args.data)
-            print(json.dumps(evaluate_bundle(args.bundle, dataset, args.split, args.model)))
+            metrics = evaluate_bundle(
+                args.bundle, dataset, args.split, args.model, hybrid_weight=args.hybrid_weight
+            )
+            print(json.dumps(metrics))
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

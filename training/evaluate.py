@@ -61,9 +61,10 @@ def evaluate_bundle(
     split: str,
     model: str | None = None,
     batch_size: int = 256,
+    hybrid_weight: float | None = None,
 ) -> dict[str, float]:
     """Metrics of a bundle's model on one split; also reports points and per-query time."""
-    engine = SearchEngine.load(bundle_dir)
+    engine = SearchEngine.load(bundle_dir, hybrid_weight=hybrid_weight)
     engine.resolve_model(model)
     if engine.manifest.labels.count != dataset.num_labels:
         raise ValueError(
@@ -75,7 +76,6 @@ def evaluate_bundle(
     started = time.perf_counter()
     starts = range(0, len(points.texts), batch_size)
     for start in tqdm(starts, desc=f"evaluate {split}", unit="batch"):
-        vectors = engine.encoder.encode(points.texts[start : start + batch_size])
-        _, found = engine.search_vectors(vectors, EVAL_DEPTH)
+        _, found = engine.rank(points.texts[start : start + batch_size], EVAL_DEPTH, model)
         ranked[start : start + len(found), : found.shape[1]] = found
     return points.score(ranked, time.perf_counter() - started)

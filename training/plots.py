@@ -44,3 +44,23 @@ def plot_training_curve(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_mach_curve(epoch_losses: dict[int, list[float]], path: Path, title: str) -> Path:
+    """Write a PNG of every MACH head's mean training loss per epoch and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for rep, losses in sorted(epoch_losses.items()):
+        ax.plot(np.arange(1, len(losses) + 1), losses, linewidth=0.9, label=f"head {rep}")
+    ax.set(xlabel="epoch", ylabel="mean loss per query", title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(epoch_losses) <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,74 @@
+"""MACH at serving time: the heads' ONNX session, the n-gram featuriser and the bucket decoder.
+
+The bucket tables are rebuilt at load from the manifest's hash parameters with the same
+`HashFamily` training used, so the bundle stores no O(K) table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from service.bundle import BundleError, MachSpec
+from service.encoder import open_session
+from service.mach_decode import MachDecoder
+from service.mach_features import NgramFeaturizer
+from service.mach_hash import HashFamily
+
+HEADS_OUTPUT = "bucket_log_probs"
+
+
+class MachModel:
+    """Bucket log-probabilities for queries, and label scores decoded from them."""
+
+    def __init__(
+        self,
+        bundle_dir: Path,
+        spec: MachSpec,
+        num_labels: int,
+        idf: np.ndarray | None,
+        threads: int = 0,
+        device: str = "auto",
+    ) -> None:
+        self.spec = spec
+        family = HashFamily(spec.hash_seed, spec.reps, spec.buckets, spec.hash_prime)
+        self.decoder = MachDecoder(family.bucket_table(num_labels), spec.buckets)
+        self.featurizer = None
+        if spec.ngrams is not None:
+            assert idf is not None, "load_bundle reads the IDF of every n-gram MACH model"
+            ngrams = spec.ngrams
+            self.featurizer = NgramFeaturizer(ngrams.dim, ngrams.ngram_max, ngrams.max_terms, idf)
+        path = bundle_dir / spec.heads
+        self.session = open_session(path, threads, device)
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        probe = self.bucket_scores(np.zeros((1, self._embedding_dim()), np.float32), ["probe"])
+        if probe.shape != (1, spec.reps, spec.buckets):
+            raise BundleError(
+                f"{path}: output shape {probe.shape}, manifest says "
+                f"(1, {spec.reps}, {spec.buckets})"
+            )
+
+    def _embedding_dim(self) -> int:
+        for node in self.session.get_inputs():
+            if node.name == "embedding":
+                return int(node.shape[1])
+        return 1
+
+    def bucket_scores(self, embeddings: np.ndarray, texts: list[str]) -> np.ndarray:
+        """Bucket log-probabilities float32 [n, R, B] of queries (embedded and as text)."""
+        feeds: dict[str, np.ndarray] = {}
+        if "embedding" in self._inputs:
+            feeds["embedding"] = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if self.featurizer is not None:
+            feeds["ngram_ids"], feeds["ngram_weights"] = self.featurizer.transform(texts)
+        (scores,) = self.session.run([HEADS_OUTPUT], feeds)
+        return scores
+
+    def search(
+        self, embeddings: np.ndarray, texts: list[str], k: int, top_buckets: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k labels by fast decoding -> (summed log-probabilities, label ids) [n, k]."""
+        scores = self.bucket_scores(embeddings, texts)
+        buckets = min(top_buckets or self.spec.top_buckets, self.spec.buckets)
+        return self.decoder.fast(scores, k, buckets)

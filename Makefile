@@ -15,6 +15,8 @@ PORT   ?= 8000
 DEMO_DATA := data/demo
 # Extra flags for `python -m training train` (e.g. TRAIN_ARGS="--epochs 4").
 TRAIN_ARGS ?= $(if $(DATA),,--epochs 1)
+# Flags for the MACH heads added to the bundle (MACH_ARGS=none builds ASTRA only).
+MACH_ARGS ?= $(if $(DATA),,--epochs 20 --repetitions 8)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -37,6 +39,8 @@ $(DEMO_DATA)/lbl_X.txt: | $(STAMP)
 
 $(BUNDLE)/manifest.json: | $(STAMP) $(if $(DATA),,$(DEMO_DATA)/lbl_X.txt)
 	$(PY) -m training train --data $(if $(DATA),$(DATA),$(DEMO_DATA)) --out $(BUNDLE) $(TRAIN_ARGS)
+	$(if $(filter none,$(MACH_ARGS)),,$(PY) -m training train --model mach \
+	    --data $(if $(DATA),$(DATA),$(DEMO_DATA)) --encoder-from $(BUNDLE) --out $(BUNDLE) $(MACH_ARGS))
 
 bundle: $(BUNDLE)/manifest.json
 

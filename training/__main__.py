@@ -164,10 +164,13 @@ def _train(args: argparse.Namespace) -> dict:
     return {"bundle": str(args.out), "seconds": round(result.seconds, 1), **metrics}
 
 
-def _dev_metrics(bundle: Path, dataset: XCDataset, split: str) -> dict:
+def _dev_metrics(
+    bundle: Path, dataset: XCDataset, split: str, default_model: str | None = None
+) -> dict:
     """Dev metrics of every model in a fresh bundle, tuning the hybrid weight on dev first.
 
-    The tuned weight (best dev nDCG@10) is written into the manifest; nothing is tuned on tst.
+    The tuned weight and, unless `default_model` is given, the default model (both by best dev
+    nDCG@10) are written into the manifest; nothing is tuned on tst.
     """
     from service.bundle import read_manifest, save_manifest
     from service.engine import available_models
@@ -192,8 +195,11 @@ def _dev_metrics(bundle: Path, dataset: XCDataset, split: str) -> dict:
         }
     for model in manifest.kinds:
         by_model[model] = evaluate_bundle(bundle, dataset, "dev", model)
-    metrics = {"dev": by_model[manifest.default_model], "dev_by_model": by_model}
-    save_manifest(bundle, manifest.model_copy(update={"metrics": metrics}))
+    if default_model is None:
+        default_model = max(by_model, key=lambda m: by_model[m]["nDCG@10"])
+    metrics = {"dev": by_model[default_model], "dev_by_model": by_model}
+    update = {"metrics": metrics, "default_model": default_model}
+    save_manifest(bundle, manifest.model_copy(update=update))
     return metrics
 
 
@@ -238,7 +244,7 @@ def _write_mach(
         training={**meta, "config": dataclasses.asdict(config)},
         extra_files={MACH_CURVE_FILE: curve},
     )
-    return {"bundle": str(out), **_dev_metrics(out, dataset, config.train_split)}
+    return {"bundle": str(out), **_dev_metrics(out, dataset, config.train_split, default_model)}
 
 
 def _train_mach(args: argparse.Namespace) -> dict:

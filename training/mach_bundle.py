@@ -190,7 +190,9 @@ def write_mach_bundle(
         for name in base_manifest.files:
             shutil.copyfile(encoder_from / name, staging / name)
         base = base_manifest.model_dump(exclude={"files", "format_version", "mach"})
-        base["training"] = {"astra": base_manifest.training} if base_manifest.astra else {}
+        base["kinds"] = [kind for kind in base_manifest.kinds if kind != "mach"]
+        astra_training = base_manifest.training.get("astra", base_manifest.training)
+        base["training"] = {"astra": astra_training} if base_manifest.astra else {}
     else:
         shutil.copyfile(source / ENCODER_FILE, staging / ENCODER_FILE)
         shutil.copyfile(source / TOKENIZER_FILE, staging / TOKENIZER_FILE)

@@ -57,12 +57,19 @@ class MachModel:
 
     def bucket_scores(self, embeddings: np.ndarray, texts: list[str]) -> np.ndarray:
         """Bucket log-probabilities float32 [n, R, B] of queries (embedded and as text)."""
-        feeds: dict[str, np.ndarray] = {}
-        if "embedding" in self._inputs:
-            feeds["embedding"] = np.ascontiguousarray(embeddings, dtype=np.float32)
         if self.featurizer is not None:
-            feeds["ngram_ids"], feeds["ngram_weights"] = self.featurizer.transform(texts)
-        (scores,) = self.session.run([HEADS_OUTPUT], feeds)
+            ids, weights = self.featurizer.transform(texts)
+        else:  # heads without n-grams ignore these inputs
+            ids, weights = (
+                np.zeros((len(texts), 1), np.int64),
+                np.zeros((len(texts), 1), np.float32),
+            )
+        feeds = {
+            "embedding": np.ascontiguousarray(embeddings, dtype=np.float32),
+            "ngram_ids": ids,
+            "ngram_weights": weights,
+        }
+        (scores,) = self.session.run([HEADS_OUTPUT], {name: feeds[name] for name in self._inputs})
         return scores
 
     def search(

@@ -196,6 +196,13 @@ def test_mach_only_bundle_serves_log_probabilities(mach_bundle: Path) -> None:
     assert [len(h) for h in hits] == [5, 5, 5]
 
 
+@pytest.mark.parametrize("inputs", [["--ngram-dim", "0"], ["--no-use-embedding"]])
+def test_heads_with_one_input_serve(inputs: list[str], demo_data: Path, tmp_path: Path) -> None:
+    _train_mach(demo_data, tmp_path / "one", "--epochs", "2", *inputs)
+    engine = SearchEngine.load(tmp_path / "one")
+    assert [len(hits) for hits in engine.search(["drill", "hose"], k=3)] == [3, 3]
+
+
 def test_shards_merge_to_the_same_bundle(demo_data: Path, tmp_path: Path) -> None:
     whole, left, right, merged = (tmp_path / n for n in ["whole", "left", "right", "merged"])
     _train_mach(demo_data, whole)

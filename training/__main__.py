@@ -32,28 +32,23 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     Flags default to "not given"; each model's config supplies its own default.
     """
-    seen: dict[str, str] = {}
-    for model, config in CONFIGS.items():
-        for f in dataclasses.fields(config):
-            if f.name in seen:
-                continue
-            seen[f.name] = model
-            flag = "--" + f.name.replace("_", "-")
-            owners = [m for m, c in CONFIGS.items() if f.name in c.__dataclass_fields__]
-            defaults = ", ".join(
-                f"{m}: {c.__dataclass_fields__[f.name].default}"
-                for m, c in CONFIGS.items()
-                if m in owners
-            )
-            kwargs = {"default": argparse.SUPPRESS, "help": f"default {defaults}"}
-            if f.type in ("bool", bool):
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-            else:
-                kind = {"int": int, "float": float, "str": str, "int | None": int}[str(f.type)]
-                parser.add_argument(flag, type=kind, **kwargs)
+    fields = {f.name: f for config in CONFIGS.values() for f in dataclasses.fields(config)}
+    for name, field in fields.items():
+        defaults = ", ".join(
+            f"{model}: {config.__dataclass_fields__[name].default}"
+            for model, config in CONFIGS.items()
+            if name in config.__dataclass_fields__
+        )
+        kwargs = {"default": argparse.SUPPRESS, "help": f"default {defaults}"}
+        flag = "--" + name.replace("_", "-")
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            kind = {"int": int, "float": float, "str": str, "int | None": int}[str(field.type)]
+            parser.add_argument(flag, type=kind, **kwargs)
 
 
-def _config(args: argparse.Namespace, model: str):
+def _config(args: argparse.Namespace, model: str) -> AstraConfig | MachConfig:
     """The model's config from the flags given (its own defaults otherwise)."""
     config = CONFIGS[model]
     given = {

@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -68,11 +69,15 @@ def _log_sigmoid_(logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def graded_scores(
-    decoder: MachDecoder, queries: int, args: argparse.Namespace, seed: int
+def _synthetic_scores(
+    decoder: MachDecoder,
+    queries: int,
+    args: argparse.Namespace,
+    seed: int,
+    draw: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Bucket log-probabilities float32 [queries, R, B] and each query's related labels, best
-    first (see the module doc)."""
+    """Background logits N(background, noise²) with, per query, `draw`'s labels lifted to their
+    logits [count, R] in their buckets (a bucket keeps the max); log-sigmoid of it all."""
     reps, buckets = decoder.reps, decoder.buckets
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((queries, reps, buckets), dtype=np.float32)
@@ -81,38 +86,40 @@ def graded_scores(
     rep_offsets = np.arange(reps) * buckets
     truth = []
     for q in range(queries):
-        count = int(rng.integers(args.related_min, args.related_max + 1))
-        labels = rng.choice(decoder.num_labels, count, replace=False)
-        relevance = np.linspace(args.top_logit, args.bottom_logit, count, dtype=np.float32)
-        values = relevance[:, None] + args.rep_noise * rng.standard_normal(
-            (count, reps), dtype=np.float32
-        )
+        labels, values = draw(rng)
         where = decoder.label_buckets(labels) + rep_offsets  # [count, R] into the flat [R·B]
         np.maximum.at(logits[q].reshape(-1), where.reshape(-1), values.reshape(-1))
         truth.append(labels)
     return _log_sigmoid_(logits), truth
 
 
+def graded_scores(
+    decoder: MachDecoder, queries: int, args: argparse.Namespace, seed: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Bucket log-probabilities float32 [queries, R, B] and each query's related labels, best
+    first (see the module doc)."""
+
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        count = int(rng.integers(args.related_min, args.related_max + 1))
+        labels = rng.choice(decoder.num_labels, count, replace=False)
+        relevance = np.linspace(args.top_logit, args.bottom_logit, count, dtype=np.float32)
+        noise = rng.standard_normal((count, decoder.reps), dtype=np.float32)
+        return labels, relevance[:, None] + args.rep_noise * noise
+
+    return _synthetic_scores(decoder, queries, args, seed, draw)
+
+
 def planted_scores(
     decoder: MachDecoder, queries: int, args: argparse.Namespace, seed: int
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Bucket log-probabilities float32 [queries, R, B] and each query's planted labels."""
-    reps, buckets = decoder.reps, decoder.buckets
-    rng = np.random.default_rng(seed)
-    logits = rng.standard_normal((queries, reps, buckets), dtype=np.float32)
-    logits *= args.noise
-    logits += args.background
-    rep_offsets = np.arange(reps) * buckets
-    truth = []
-    for q in range(queries):
+
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         labels = rng.choice(decoder.num_labels, args.planted, replace=False)
-        values = args.planted_logit + args.noise * rng.standard_normal(
-            (args.planted, reps), dtype=np.float32
-        )
-        where = decoder.label_buckets(labels) + rep_offsets
-        np.maximum.at(logits[q].reshape(-1), where.reshape(-1), values.reshape(-1))
-        truth.append(labels)
-    return _log_sigmoid_(logits), truth
+        noise = rng.standard_normal((args.planted, decoder.reps), dtype=np.float32)
+        return labels, args.planted_logit + args.noise * noise
+
+    return _synthetic_scores(decoder, queries, args, seed, draw)
 
 
 def summarize(ms: list[float]) -> dict[str, float]:

@@ -138,13 +138,18 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = {}
     files: dict[str, FileEntry]
 
+    @property
+    def models(self) -> list[str]:
+        """Models the bundle can answer with: its kinds, plus hybrid when it holds both."""
+        kinds = list(self.kinds)
+        return [*kinds, "hybrid"] if {"astra", "mach"} <= set(kinds) else kinds
+
     @model_validator(mode="after")
     def _kinds_match_sections(self) -> Manifest:
         for kind, section in (("astra", self.astra), ("mach", self.mach)):
             if (kind in self.kinds) != (section is not None):
                 raise ValueError(f"kinds: {kind!r} listed without its section, or the reverse")
-        answerable = set(self.kinds) | ({"hybrid"} if len(set(self.kinds)) == 2 else set())
-        if self.default_model not in answerable:
+        if self.default_model not in self.models:
             raise ValueError(f"default_model: {self.default_model!r} is not among {self.kinds}")
         return self
 

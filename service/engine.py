@@ -28,12 +28,6 @@ WARM_QUERIES = ["cordless drill", "white paint 1 gal", "led light bulb 60w", "ga
 HYBRID_CANDIDATES = 100
 
 
-def available_models(manifest: Manifest) -> list[str]:
-    """Models a bundle can answer with: its kinds, plus hybrid when it holds both."""
-    kinds = list(manifest.kinds)
-    return [*kinds, "hybrid"] if {"astra", "mach"} <= set(kinds) else kinds
-
-
 def _unique_per_row(labels: np.ndarray) -> np.ndarray:
     """Each row's labels with repeats (and -1 padding) replaced by -1, order not kept."""
     ordered = np.sort(labels, axis=1)
@@ -80,7 +74,7 @@ class SearchEngine:
         self.encoder = encoder
         self.index = index
         self.mach = mach
-        self.kinds: list[str] = available_models(self.manifest)
+        self.kinds: list[str] = self.manifest.models
         self.default_model: str = self.manifest.default_model
         if hybrid_weight is None and self.manifest.mach is not None:
             hybrid_weight = self.manifest.mach.hybrid_weight
@@ -158,8 +152,7 @@ class SearchEngine:
         depth = max(k, HYBRID_CANDIDATES)
         _, astra_labels = self.index.search(vectors, depth)
         bucket_scores = self.mach.bucket_scores(vectors, queries)
-        top_buckets = min(self.mach.spec.top_buckets, self.mach.spec.buckets)
-        _, mach_labels = self.mach.decoder.fast(bucket_scores, depth, top_buckets)
+        _, mach_labels = self.mach.decode(bucket_scores, depth)
         labels = _unique_per_row(np.concatenate([astra_labels, mach_labels], axis=1))
         safe = np.maximum(labels, 0)
         astra = np.einsum("nd,ncd->nc", vectors, self.bundle.classifiers[safe])

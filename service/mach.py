@@ -13,7 +13,7 @@ import numpy as np
 from service.bundle import BundleError, MachSpec
 from service.encoder import open_session
 from service.mach_decode import MachDecoder
-from service.mach_features import NgramFeaturizer
+from service.mach_features import NgramFeaturizer, empty_rows
 from service.mach_hash import HashFamily
 
 HEADS_OUTPUT = "bucket_log_probs"
@@ -60,10 +60,7 @@ class MachModel:
         if self.featurizer is not None:
             ids, weights = self.featurizer.transform(texts)
         else:  # heads without n-grams ignore these inputs
-            ids, weights = (
-                np.zeros((len(texts), 1), np.int64),
-                np.zeros((len(texts), 1), np.float32),
-            )
+            ids, weights = empty_rows(len(texts))
         feeds = {
             "embedding": np.ascontiguousarray(embeddings, dtype=np.float32),
             "ngram_ids": ids,
@@ -72,10 +69,13 @@ class MachModel:
         (scores,) = self.session.run([HEADS_OUTPUT], {name: feeds[name] for name in self._inputs})
         return scores
 
-    def search(
-        self, embeddings: np.ndarray, texts: list[str], k: int, top_buckets: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, bucket_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k labels by fast decoding -> (summed log-probabilities, label ids) [n, k]."""
-        scores = self.bucket_scores(embeddings, texts)
-        buckets = min(top_buckets or self.spec.top_buckets, self.spec.buckets)
-        return self.decoder.fast(scores, k, buckets)
+        top_buckets = min(self.spec.top_buckets, self.spec.buckets)
+        return self.decoder.fast(bucket_scores, k, top_buckets)
+
+    def search(
+        self, embeddings: np.ndarray, texts: list[str], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k labels of queries (embedded and as text), by fast decoding."""
+        return self.decode(self.bucket_scores(embeddings, texts), k)

@@ -61,6 +61,11 @@ class NgramFeaturizer:
         return out_ids, out_weights
 
 
+def empty_rows(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, weights) [count, 1] of queries without n-gram features (heads that use none)."""
+    return np.full((count, 1), PAD_ID, dtype=np.int64), np.zeros((count, 1), dtype=np.float32)
+
+
 def term_ids(text: str, dim: int, ngram_max: int) -> list[int]:
     """Hashed ids in 1..dim-1 of the lower-cased word n-grams (n = 1..ngram_max) of `text`."""
     words = TOKEN_PATTERN.findall(text.lower())

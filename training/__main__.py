@@ -168,14 +168,13 @@ def _dev_metrics(
     nDCG@10) are written into the manifest; nothing is tuned on tst.
     """
     from service.bundle import read_manifest, save_manifest
-    from service.engine import available_models
     from training.evaluate import evaluate_bundle
 
     manifest = read_manifest(bundle)
     if split == "trn" or not len(dataset.split("dev")):
         return {}
     by_model = {}
-    if "hybrid" in available_models(manifest):
+    if "hybrid" in manifest.models:
         trials = {
             w: evaluate_bundle(bundle, dataset, "dev", "hybrid", hybrid_weight=w)
             for w in HYBRID_WEIGHTS
@@ -214,12 +213,13 @@ def _write_mach(
     dataset: XCDataset,
     config: MachConfig,
     results,
+    featurizer,
     meta: dict,
     default_model: str | None,
 ) -> dict:
     """Stack all heads, export them and write the bundle, then score it on dev."""
     from training.mach import stack_heads
-    from training.mach_bundle import build_featurizer, write_mach_bundle
+    from training.mach_bundle import write_mach_bundle
 
     curve = out.parent / ".checkpoints" / out.name / MACH_CURVE_FILE
     curve.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +231,7 @@ def _write_mach(
         out,
         dataset=dataset,
         heads=stack_heads(results, config),
-        featurizer=build_featurizer(dataset.split(config.train_split).texts, config),
+        featurizer=featurizer,
         config=config,
         encoder_from=encoder_from,
         cache_dir=out.parent / ".cache",
@@ -252,9 +252,8 @@ def _train_mach(args: argparse.Namespace) -> dict:
     reps = parse_reps(args.reps, config.repetitions)
     split = dataset.split(config.train_split)
     source, spec = encoder_dir(args.encoder_from, args.out.parent / ".cache")
-    inputs = query_inputs(
-        split.texts, QueryEncoder(source, spec), build_featurizer(split.texts, config), spec.dim
-    )
+    featurizer = build_featurizer(split.texts, config)
+    inputs = query_inputs(split.texts, QueryEncoder(source, spec), featurizer, spec.dim)
     positives = split.positives(dataset.positive_min_weight)
     results, seconds = train_mach(inputs, positives, dataset.num_labels, config, reps)
     meta = {**_mach_meta(args, dataset, config), "dim": spec.dim, "seconds": round(seconds, 1)}
@@ -266,17 +265,18 @@ def _train_mach(args: argparse.Namespace) -> dict:
             "seconds": meta["seconds"],
         }
     return {
-        **_write_mach(args.out, dataset, config, results, meta, args.default_model),
+        **_write_mach(args.out, dataset, config, results, featurizer, meta, args.default_model),
         "seconds": meta["seconds"],
     }
 
 
 def _merge(args: argparse.Namespace) -> dict:
-    from training.mach_bundle import read_shards
+    from training.mach_bundle import build_featurizer, read_shards
 
     config, results, meta = read_shards(args.shards)
     dataset = load_dataset(meta["data_path"])
-    return _write_mach(args.out, dataset, config, results, meta, args.default_model)
+    featurizer = build_featurizer(dataset.split(config.train_split).texts, config)
+    return _write_mach(args.out, dataset, config, results, featurizer, meta, args.default_model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,7 +235,6 @@ def train_mach(
     reps: range,
 ) -> tuple[list[HeadResult], float]:
     """Train the heads `reps` one after another -> (results, seconds)."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     keep = np.array([i for i, p in enumerate(positives) if len(p)], dtype=np.int64)
     inputs = MachInputs(inputs.embeddings[keep], inputs.ngram_ids[keep], inputs.ngram_weights[keep])
     positives = [positives[i] for i in keep]

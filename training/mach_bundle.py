@@ -24,7 +24,6 @@ from service.bundle import (
     LABEL_IDS_FILE,
     LABEL_TITLES_FILE,
     MACH_HEADS_FILE,
-    MANIFEST_NAME,
     TOKENIZER_FILE,
     EncoderSpec,
     LabelSpec,
@@ -38,7 +37,7 @@ from service.bundle import (
 )
 from service.encoder import QueryEncoder
 from service.mach import HEADS_OUTPUT
-from service.mach_features import NgramFeaturizer, fit_idf
+from service.mach_features import NgramFeaturizer, empty_rows, fit_idf
 from training.data import XCDataset
 from training.encoder import SentenceEncoder, base_model_dir
 from training.export import export_encoder
@@ -74,11 +73,7 @@ def query_inputs(
     starts = range(0, len(texts), 256)
     for start in tqdm(starts, desc="embedding queries", unit="batch", leave=False):
         embeddings[start : start + 256] = encoder.encode(texts[start : start + 256])
-    if featurizer is None:
-        return MachInputs(
-            embeddings, np.zeros((len(texts), 1), np.int64), np.zeros((len(texts), 1), np.float32)
-        )
-    ids, weights = featurizer.transform(texts)
+    ids, weights = featurizer.transform(texts) if featurizer else empty_rows(len(texts))
     return MachInputs(embeddings, ids, weights)
 
 
@@ -174,7 +169,6 @@ def write_mach_bundle(
     extra_files: dict[str, Path] | None = None,
 ) -> Manifest:
     """Write a bundle holding MACH, on its own or beside `encoder_from`'s ASTRA model."""
-    source, encoder_spec = encoder_dir(encoder_from, cache_dir)
     staging = out_dir.with_name(out_dir.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)
@@ -182,6 +176,7 @@ def write_mach_bundle(
     base: dict[str, Any] = {}
     if encoder_from is not None:
         base_manifest = load_bundle(encoder_from).manifest
+        encoder_spec = base_manifest.encoder
         if base_manifest.labels.count != dataset.num_labels:
             raise ValueError(
                 f"encoder_from: bundle has {base_manifest.labels.count} labels, "
@@ -194,6 +189,7 @@ def write_mach_bundle(
         astra_training = base_manifest.training.get("astra", base_manifest.training)
         base["training"] = {"astra": astra_training} if base_manifest.astra else {}
     else:
+        source, encoder_spec = encoder_dir(None, cache_dir)
         shutil.copyfile(source / ENCODER_FILE, staging / ENCODER_FILE)
         shutil.copyfile(source / TOKENIZER_FILE, staging / TOKENIZER_FILE)
         write_lines(staging / LABEL_TITLES_FILE, dataset.label_titles)
@@ -240,5 +236,4 @@ def write_mach_bundle(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    assert (out_dir / MANIFEST_NAME).is_file()
     return manifest

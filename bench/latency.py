@@ -14,11 +14,7 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -26,42 +22,10 @@ import httpx
 import numpy as np
 from tqdm.auto import tqdm
 
+from bench.server import free_port, running_server
 from training.data import load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    """An unused loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def running_server(bundle: Path, port: int, threads: int, timeout_s: float = 300.0):
-    """A `python -m service` subprocess, ready to answer, stopped on exit."""
-    env = {**os.environ, "XC_THREADS": str(threads), "XC_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("server not ready in time")
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

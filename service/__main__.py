@@ -3,7 +3,8 @@
 Flags override the `XC_*` environment (see `service.settings`). One uvicorn worker serves the
 app with our JSON logging (`log_config=None`). Exit status: 0 after a clean shutdown (uvicorn
 re-raises SIGTERM/SIGINT after shutting down gracefully, so a signalled stop ends by that
-signal), 1 when the bundle cannot be loaded, 2 for invalid settings.
+signal), 1 when the bundle cannot be loaded, 2 for invalid settings. SIGTERM drains in-flight
+requests for up to `XC_SHUTDOWN_TIMEOUT_S`; SIGHUP reloads the bundle (see `service.registry`).
 """
 
 from __future__ import annotations
@@ -72,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,  # RequestContextMiddleware logs one JSON access line per request
         server_header=False,
+        # SIGTERM: stop accepting, let in-flight requests finish for up to this long.
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
     server = uvicorn.Server(config)
     server.run()
-    return EXIT_LOAD_FAILED if getattr(app.state, "load_error", None) else 0
+    return EXIT_LOAD_FAILED if app.state.registry.load_error else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""The FastAPI application: loads the bundle, serves `/search`, `/healthz` and `/readyz`.
+"""The FastAPI application: search, model description, hot reload, health and metrics.
 
-`create_app` builds one app per `Settings`. Its lifespan starts loading the bundle in a worker
-thread and returns at once, so the server listens (and `/healthz` answers) while a large bundle
-loads; `/readyz` and `/search` answer 503 until the engine is loaded and warmed. A bundle that
-cannot be loaded is fatal: the error is logged and `on_fatal` is called (`python -m service`
-uses it to stop the server and exit non-zero).
+`create_app` builds one app per `Settings`. Its lifespan starts the micro-batcher and loads the
+bundle in a worker thread, returning at once, so the server listens (and `/healthz` answers)
+while a large bundle loads; `/readyz` and `/search` answer 503 until the engine is warmed. A
+bundle that cannot be loaded at start-up is fatal: the error is logged and `on_fatal` is called
+(`python -m service` uses it to stop the server and exit non-zero).
+
+`/search` never runs a model on the event loop: it admits the request into the batcher
+(`service.batcher`) and awaits the answer, watching for the client to go away meanwhile.
 
 Every error answer has the `ErrorResponse` shape (see `service.schemas`).
 
@@ -14,42 +17,57 @@ model built from the settings, which FastAPI can only resolve when annotations a
 
 import asyncio
 import contextlib
-import json
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Body, Depends, FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import require_api_key
+from service.batcher import Answer, Dropped, Job, MicroBatcher, Overloaded, QueryTooLong
 from service.bundle import BundleError
-from service.engine import SearchEngine
+from service.engine import Hit, SearchEngine
+from service.errors import (
+    BodyLimitMiddleware,
+    api_error,
+    http_error_handler,
+    internal_error_body,
+    validation_error_handler,
+)
 from service.logs import RequestContextMiddleware
+from service.metrics import CONTENT_TYPE, ServiceMetrics
+from service.registry import EngineRegistry, ReloadInProgress
 from service.schemas import (
+    BatchSearchResponse,
     ErrorResponse,
     HealthResponse,
+    ModelsResponse,
+    QueryResults,
     ReadyResponse,
+    ReloadRequest,
+    ReloadResponse,
     SearchResponse,
     SearchResult,
-    error_response,
     search_request_model,
-    validation_details,
 )
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-# A query is at most a few KiB of JSON even fully \u-escaped; anything far bigger is not a search.
-SEARCH_MAX_BODY_BYTES = 64 * 1024
+# 256 queries of 512 characters, every one \u-escaped (6 bytes), fit with room to spare.
+SEARCH_MAX_BODY_BYTES = 1024 * 1024
+RELOAD_MAX_BODY_BYTES = 16 * 1024
 # Seconds a client is told to wait before retrying while the bundle loads.
 RETRY_AFTER_S = 5
+# Status for a request whose client disconnected before the answer (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
 
 DESCRIPTION = """\
 Top-k product search over a catalog of up to tens of millions of products, answered by
@@ -57,16 +75,31 @@ extreme-classification models loaded from a model bundle: **ASTRA** (a text enco
 approximate maximum-inner-product search over one learned classifier vector per product) and
 **MACH** (hashed bucket classifiers decoded with a count-min sketch).
 
-* `POST /search` returns the top-k products for a query.
+* `POST /search` returns the top-k products for a `query`, or for each of up to 256 `queries`.
+  Concurrent requests are micro-batched into shared model calls.
+* `GET /v1/models` describes the loaded bundle: version, models, label count, dimensions,
+  index parameters.
+* `POST /admin/reload` (or SIGHUP) loads a bundle version, warms it and swaps it in atomically;
+  a bundle that fails to load is refused and the old one keeps serving.
 * `GET /healthz` is liveness: 200 as soon as the process serves HTTP.
 * `GET /readyz` is readiness: 503 while the bundle loads, 200 (with the bundle's name and
   version) once it is loaded and warmed.
+* `GET /metrics` is Prometheus text: per-stage latency histograms, batch sizes, queue depth,
+  answers by status, rejected and dropped requests, the bundle version.
+
+**Overload.** Admitted queries wait in a bounded queue; when it is full the answer is 429 with
+`Retry-After`. A query still queued when the server's deadline passes is dropped (429 too),
+and so is one whose client disconnected.
+
+**Auth.** When the server has an API key, `/search`, `/v1/models` and `/admin/*` require
+`Authorization: Bearer <key>` (401 otherwise); health, readiness and metrics stay open.
 
 **Errors.** Every non-2xx answer has one shape, `ErrorResponse`:
 `{"detail": [{"loc": ["body", "k"], "msg": "k: must be <= 1000", "type": "less_than_equal"}]}`.
 `msg` starts with the field it is about and states the limit; `type` is a stable code.
-Bad input is a 4xx (400 unparseable body, 404 model not in the bundle, 413 body too large,
-422 invalid field); 500 means a server fault, 503 not ready yet (see `Retry-After`).
+Bad input is a 4xx (400 unparseable body, 401 missing key, 404 model not in the bundle, 413
+body too large, 422 invalid field, 429 overloaded); 500 means a server fault, 503 not ready yet
+(see `Retry-After`).
 
 **Request ids.** Send `X-Request-Id` (1-128 printable ASCII characters) to tag a request, or
 let the server generate one; it is echoed in the `X-Request-Id` response header, appears on
@@ -74,13 +107,47 @@ every log line about the request, and is quoted in 500 answers.
 """
 
 _ERROR = {"model": ErrorResponse}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        **_ERROR,
+        "description": "The server has an API key and the bearer token is missing or wrong.",
+    },
+}
 SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {**_ERROR, "description": "The body is not valid JSON (or not UTF-8)."},
+    **AUTH_RESPONSES,
     404: {**_ERROR, "description": "The requested model is not in the loaded bundle."},
     413: {**_ERROR, "description": f"The body is larger than {SEARCH_MAX_BODY_BYTES} bytes."},
-    422: {**_ERROR, "description": "A field is missing, of the wrong type, or out of range."},
+    422: {
+        **_ERROR,
+        "description": "A field is missing, of the wrong type, or out of range "
+        "(including a query over the token limit).",
+    },
+    429: {
+        **_ERROR,
+        "headers": _RETRY_AFTER,
+        "description": "Overloaded: the queue is full, or "
+        "the query waited past the server's deadline. Retry after `Retry-After` seconds.",
+    },
     500: {**_ERROR, "description": "Server fault; `msg` quotes the request id."},
-    503: {**_ERROR, "description": "The bundle is not loaded yet (or failed to load)."},
+    503: {
+        **_ERROR,
+        "headers": _RETRY_AFTER,
+        "description": "The bundle is not loaded yet (or "
+        "failed to load), or the server is shutting down.",
+    },
+}
+RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: SEARCH_RESPONSES[400],
+    **AUTH_RESPONSES,
+    409: {**_ERROR, "description": "Another reload is still running."},
+    413: {**_ERROR, "description": f"The body is larger than {RELOAD_MAX_BODY_BYTES} bytes."},
+    422: {
+        **_ERROR,
+        "description": "The body is invalid, or the bundle was refused (the message "
+        "says why); the old bundle keeps serving.",
+    },
 }
 
 
@@ -92,38 +159,33 @@ def api_version() -> str:
         return "0.0.0"
 
 
-# --- lifespan: load the engine in the background --------------------------------------------
+# --- lifespan: load the engine in the background, run the batcher ------------------------
 
 
-async def load_engine(
-    app: FastAPI, settings: Settings, on_fatal: Callable[[], None] | None = None
+async def load_first_engine(
+    registry: EngineRegistry, on_fatal: Callable[[], None] | None = None
 ) -> None:
-    """Load and warm the bundle in worker threads, then publish it on `app.state`.
+    """Load and warm the configured bundle in worker threads, then serve it.
 
     Runs as a background task so the event loop keeps serving `/healthz` meanwhile. Any
     failure is fatal for the service: it is logged, kept for `/readyz`, and `on_fatal` runs.
     """
     start = time.perf_counter()
-    log.info("loading bundle", extra={"bundle": str(settings.bundle)})
+    log.info("loading bundle", extra={"bundle": str(registry.settings.bundle)})
     try:
-        engine = await asyncio.to_thread(
-            SearchEngine.load,
-            settings.bundle,
-            settings.threads,
-            settings.device,
-            settings.hybrid_weight,
-        )
-        await asyncio.to_thread(engine.warm)
+        await registry.load_initial()
     except Exception as exc:
         if isinstance(exc, BundleError):
-            log.error("bundle failed to load: %s", exc, extra={"bundle": str(settings.bundle)})
+            log.error(
+                "bundle failed to load: %s", exc, extra={"bundle": str(registry.settings.bundle)}
+            )
         else:
             log.exception("engine failed to start: %s", exc)
-        app.state.load_error = str(exc)
         if on_fatal is not None:
             on_fatal()
         return
-    app.state.engine = engine
+    engine = registry.engine
+    assert engine is not None
     log.info(
         "ready",
         extra={
@@ -135,152 +197,124 @@ async def load_engine(
     )
 
 
+def _reload_on_sighup(registry: EngineRegistry) -> Callable[[], None]:
+    """The SIGHUP handler: reload the current bundle path in the background."""
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def reload() -> None:
+        with contextlib.suppress(Exception):  # reload() logs the refusal itself
+            await registry.reload()
+
+    def handle() -> None:
+        log.info("SIGHUP: reloading the bundle")
+        task = asyncio.get_running_loop().create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return handle
+
+
 def make_lifespan(
-    settings: Settings, on_fatal: Callable[[], None] | None
+    registry: EngineRegistry, batcher: MicroBatcher, on_fatal: Callable[[], None] | None
 ) -> Callable[[FastAPI], Any]:
-    """The app's lifespan: start loading at start-up, stop waiting for it at shutdown."""
+    """The app's lifespan: start the batcher and the first load; stop both at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.engine = None
-        app.state.load_error = None
-        loader = asyncio.create_task(load_engine(app, settings, on_fatal))
+        batcher.start()
+        loader = asyncio.create_task(load_first_engine(registry, on_fatal))
+        loop = asyncio.get_running_loop()
+        # Only possible in the main thread of a POSIX process (not under a test client).
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup(registry))
         try:
             yield
         finally:
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.remove_signal_handler(signal.SIGHUP)
             # A load still running in its thread finishes there; nothing waits for its result.
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
+            # In-flight requests are done (the server drained them); fail what never ran.
+            await asyncio.to_thread(batcher.stop)
 
     return lifespan
-
-
-# --- request body size ----------------------------------------------------------------------
-
-
-def body_too_large(limit: int) -> HTTPException:
-    """The 413 for a body over `limit` bytes, in the `ErrorResponse` shape."""
-    detail = error_response(["body"], f"body: must be at most {limit} bytes", "body_too_large")
-    return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=detail["detail"])
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over a per-path byte limit before they are buffered.
-
-    A declared `Content-Length` over the limit is answered at once; a chunked body is counted
-    as it arrives and the read fails with the same 413. (Starlette's own limiter answers plain
-    text when the length is declared, which would break the one error shape.)
-    """
-
-    def __init__(self, app: ASGIApp, limits: Mapping[str, int]) -> None:
-        self.app = app
-        self.limits = dict(limits)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on with a byte-counting `receive`, or answer 413."""
-        limit = self.limits.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if limit is None:
-            await self.app(scope, receive, send)
-            return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            exc = body_too_large(limit)
-            response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise body_too_large(limit)
-            return message
-
-        await self.app(scope, counting_receive, send)
 
 
 # --- dependencies -------------------------------------------------------------------------
 
 
 def get_engine(request: Request) -> SearchEngine:
-    """The loaded engine, or a 503 telling the client to retry (or that loading failed)."""
-    engine: SearchEngine | None = getattr(request.app.state, "engine", None)
+    """The engine serving now, or a 503 telling the client to retry (or that loading failed)."""
+    registry: EngineRegistry = request.app.state.registry
+    engine = registry.engine
     if engine is not None:
         return engine
-    load_error = getattr(request.app.state, "load_error", None)
-    if load_error is not None:
-        detail = error_response(
-            [], f"not ready: the model bundle failed to load: {load_error}", "bundle_error"
-        )
+    if registry.load_error is not None:
+        msg = f"not ready: the model bundle failed to load: {registry.load_error}"
+        code = "bundle_error"
     else:
-        detail = error_response(
-            [], "not ready: the model bundle is still loading; retry shortly", "not_ready"
-        )
-    raise HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        detail=detail["detail"],
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
+        msg, code = "not ready: the model bundle is still loading; retry shortly", "not_ready"
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    raise api_error(status.HTTP_503_SERVICE_UNAVAILABLE, [], msg, code, headers)
 
 
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+Authorized = [Depends(require_api_key)]
 
 
-# --- error handlers -----------------------------------------------------------------------
+# --- search: admission, waiting, answers --------------------------------------------------
 
 
-def _body_field_limits(request: Request) -> Mapping[str, str]:
-    """What each body field of the matched route accepts (its model's `field_limits`)."""
-    body_field = getattr(request.scope.get("route"), "body_field", None)
-    model = getattr(getattr(body_field, "field_info", None), "annotation", None)
-    return getattr(model, "field_limits", {})
+async def _client_disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
-async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """422 for invalid fields, 400 for a body that is not JSON; messages name field and limit."""
-    assert isinstance(exc, RequestValidationError)
-    details = validation_details(exc.errors(), _body_field_limits(request))
-    malformed = all(detail["type"] == "json_invalid" for detail in details)
-    code = status.HTTP_400_BAD_REQUEST if malformed else status.HTTP_422_UNPROCESSABLE_CONTENT
-    return JSONResponse({"detail": details}, status_code=code)
+async def wait_for_answer(job: Job, request: Request) -> Answer:
+    """The job's answer; if the client goes away first, the job is abandoned (never run)."""
+    watcher = asyncio.ensure_future(_client_disconnected(request))
+    try:
+        await asyncio.wait({job.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server gave up on this request (shutdown timeout)
+        job.abandoned = True
+        raise
+    finally:
+        watcher.cancel()
+    if job.future.done():
+        return job.future.result()
+    job.abandoned = True
+    raise api_error(CLIENT_CLOSED_REQUEST, [], "client closed the request", "client_closed")
 
 
-def _http_error_detail(request: Request, exc: StarletteHTTPException) -> list[dict[str, Any]]:
-    """Our own `detail` lists pass through; Starlette's plain strings get a loc and a code."""
-    if isinstance(exc.detail, list):
-        return exc.detail
-    path, method = request.url.path, request.method
-    if exc.status_code == status.HTTP_404_NOT_FOUND:
-        return error_response(["path"], f"path: {path} does not exist", "not_found")["detail"]
-    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
-        allowed = (exc.headers or {}).get("Allow", "")
-        msg = f"method: {method} is not allowed on {path} (allowed: {allowed})"
-        return error_response(["method"], msg, "method_not_allowed")["detail"]
-    if exc.status_code == status.HTTP_400_BAD_REQUEST:
-        # FastAPI's answer when the JSON parser fails other than on syntax: bytes that are not
-        # UTF-8, nesting too deep, an integer with thousands of digits.
-        msg = "body: could not be parsed as JSON (it must be UTF-8 JSON of modest size and depth)"
-        return error_response(["body"], msg, "body_unreadable")["detail"]
-    return error_response([], str(exc.detail), f"http_{exc.status_code}")["detail"]
+def _results(hits: list[Hit]) -> list[SearchResult]:
+    return [SearchResult(id=hit.id, title=hit.title, score=hit.score) for hit in hits]
 
 
-async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Every `HTTPException` (ours and Starlette's) answered in the `ErrorResponse` shape."""
-    assert isinstance(exc, StarletteHTTPException)
-    return JSONResponse(
-        {"detail": _http_error_detail(request, exc)},
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
-
-
-def internal_error_body(request_id: str) -> bytes:
-    """The 500 body: no internals, just the id the client can quote."""
-    msg = f"internal server error: quote request id {request_id} when reporting it"
-    return json.dumps(error_response([], msg, "internal_error")).encode()
+def _refusal(exc: Exception, batched: bool) -> Exception:
+    """The HTTP answer for a job the batcher would not or could not run."""
+    if isinstance(exc, Overloaded):
+        msg = (
+            f"queue: the server is at capacity ({exc.queued} queries waiting, limit "
+            f"{exc.limit}); retry after {exc.retry_after_s} s"
+        )
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return api_error(status.HTTP_429_TOO_MANY_REQUESTS, [], msg, "overloaded", headers)
+    if isinstance(exc, QueryTooLong):
+        loc: list[str | int] = ["body", "queries", exc.position] if batched else ["body", "query"]
+        field = f"queries.{exc.position}" if batched else "query"
+        msg = f"{field}: must be at most {exc.limit} tokens (has {exc.tokens})"
+        return api_error(status.HTTP_422_UNPROCESSABLE_CONTENT, loc, msg, "query_too_many_tokens")
+    if isinstance(exc, Dropped) and exc.reason == "deadline":
+        headers = {"Retry-After": "1"}
+        return api_error(status.HTTP_429_TOO_MANY_REQUESTS, [], str(exc), "deadline", headers)
+    if isinstance(exc, Dropped):
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        msg = f"not available: {exc}; retry shortly"
+        return api_error(status.HTTP_503_SERVICE_UNAVAILABLE, [], msg, exc.reason, headers)
+    return exc
 
 
 # --- the app ------------------------------------------------------------------------------
@@ -296,48 +330,156 @@ def create_app(
     """
     settings = settings or get_settings()
     SearchRequest = search_request_model(
-        settings.max_query_chars, settings.max_k, settings.default_k
+        settings.max_query_chars, settings.max_k, settings.default_k, settings.max_batch_queries
+    )
+    metrics = ServiceMetrics()
+    registry = EngineRegistry(settings, metrics)
+    batcher = MicroBatcher(
+        max_batch=settings.max_batch,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue=settings.max_queue,
+        max_query_tokens=settings.max_query_tokens,
+        workers=settings.batch_workers,
+        metrics=metrics,
     )
 
     app = FastAPI(
         title="XC product search",
         version=api_version(),
         description=DESCRIPTION,
-        lifespan=make_lifespan(settings, on_fatal),
+        lifespan=make_lifespan(registry, batcher, on_fatal),
         openapi_tags=[
-            {"name": "search", "description": "Top-k products for a text query."},
-            {"name": "operations", "description": "Liveness and readiness probes."},
+            {"name": "search", "description": "Top-k products for text queries."},
+            {"name": "models", "description": "The loaded bundle, and swapping in a new one."},
+            {"name": "operations", "description": "Liveness, readiness and metrics."},
         ],
     )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    known_paths = {"/search", "/v1/models", "/admin/reload", "/healthz", "/readyz", "/metrics"}
+
+    def count_request(method: str, path: str, status_code: int) -> None:
+        route = path if path in known_paths else "other"
+        metrics.requests.labels(route, str(status_code)).inc()
+
     # Added inner first: the request-context middleware wraps everything, 413s included.
-    app.add_middleware(BodyLimitMiddleware, limits={"/search": SEARCH_MAX_BODY_BYTES})
-    app.add_middleware(RequestContextMiddleware, internal_error=internal_error_body)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limits={"/search": SEARCH_MAX_BODY_BYTES, "/admin/reload": RELOAD_MAX_BODY_BYTES},
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware, internal_error=internal_error_body, on_response=count_request
+    )
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
 
     @app.post(
         "/search",
         tags=["search"],
-        summary="Top-k products for a query",
+        summary="Top-k products for a query or a list of queries",
         operation_id="search",
-        response_description="The top-k products, best first.",
+        response_description="The top-k products of each query, best first.",
         responses=SEARCH_RESPONSES,
+        dependencies=Authorized,
     )
-    async def search(body: SearchRequest, engine: EngineDep) -> SearchResponse:
-        """Encode the query and return the k best products of the requested model."""
+    async def search(
+        body: SearchRequest, request: Request, engine: EngineDep
+    ) -> SearchResponse | BatchSearchResponse:
+        """Answer with the k best products of the requested model for each query."""
         start = time.perf_counter()
         try:
             model = engine.resolve_model(body.model)
         except ValueError as exc:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND,
-                detail=error_response(["body", "model"], str(exc), "model_not_found")["detail"],
+            raise api_error(
+                status.HTTP_404_NOT_FOUND, ["body", "model"], str(exc), "model_not_found"
             ) from exc
-        hits = (await run_in_threadpool(engine.search, [body.query], body.k, model))[0]
-        return SearchResponse(
-            results=[SearchResult(id=hit.id, title=hit.title, score=hit.score) for hit in hits],
+        queries = body.texts
+        loop = asyncio.get_running_loop()
+        job = Job(
+            engine=engine,
+            queries=queries,
+            k=body.k,
             model=model,
-            took_ms=round((time.perf_counter() - start) * 1000, 3),
+            deadline=time.monotonic() + settings.request_timeout_ms / 1000,
+            future=loop.create_future(),
+            loop=loop,
+        )
+        batched = body.queries is not None
+        try:
+            batcher.submit(job)
+            answer = await wait_for_answer(job, request)
+        except (Overloaded, Dropped, QueryTooLong) as exc:
+            if isinstance(exc, Overloaded):
+                metrics.rejected.labels("queue_full").inc()
+            raise _refusal(exc, batched) from exc
+        took = time.perf_counter() - start
+        version = engine.manifest.version
+        for stage, seconds in (*answer.stages.items(), ("total", took)):
+            metrics.stage_seconds.labels(stage, model, version).observe(seconds)
+        took_ms = round(took * 1000, 3)
+        if not batched:
+            return SearchResponse(
+                results=_results(answer.hits[0]), model=model, version=version, took_ms=took_ms
+            )
+        return BatchSearchResponse(
+            responses=[
+                QueryResults(query=query, results=_results(hits))
+                for query, hits in zip(queries, answer.hits, strict=True)
+            ],
+            model=model,
+            version=version,
+            took_ms=took_ms,
+        )
+
+    @app.get(
+        "/v1/models",
+        tags=["models"],
+        summary="The loaded bundle",
+        operation_id="models",
+        response_description="The bundle being served and its parameters.",
+        responses={**AUTH_RESPONSES, 503: SEARCH_RESPONSES[503]},
+        dependencies=[*Authorized, Depends(get_engine)],
+    )
+    async def models() -> ModelsResponse:
+        """Name, version, models, label count, encoder and index parameters of the bundle."""
+        assert registry.served is not None  # get_engine answered 503 otherwise
+        return ModelsResponse(data=[registry.served.info()])
+
+    @app.post(
+        "/admin/reload",
+        tags=["models"],
+        summary="Load a bundle version and swap it in",
+        operation_id="reload",
+        response_description="The bundle served before and the one served now.",
+        responses=RELOAD_RESPONSES,
+        dependencies=Authorized,
+    )
+    async def reload(body: Annotated[ReloadRequest | None, Body()] = None) -> ReloadResponse:
+        """Load, warm and atomically swap in a bundle; refused bundles leave the old one."""
+        path = Path(body.bundle) if body is not None and body.bundle is not None else None
+        try:
+            previous, current, took = await registry.reload(path)
+        except ReloadInProgress as exc:
+            raise api_error(status.HTTP_409_CONFLICT, [], str(exc), "reload_in_progress") from exc
+        except Exception as exc:
+            msg = f"bundle: refused, the old bundle keeps serving: {exc}"
+            raise api_error(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, ["body", "bundle"], msg, "bundle_refused"
+            ) from exc
+        return ReloadResponse(
+            previous=previous.info() if previous is not None else None,
+            current=current.info(),
+            load_s=round(took, 3),
         )
 
     @app.get(
@@ -369,5 +511,22 @@ def create_app(
             default_model=engine.default_model,
             labels=manifest.labels.count,
         )
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        operation_id="metrics",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+                "description": "Metrics in the Prometheus text format.",
+            }
+        },
+    )
+    async def prometheus_metrics() -> Response:
+        """Stage latencies, batch sizes, queue depth, answers by status, the bundle version."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app

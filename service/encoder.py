@@ -59,6 +59,10 @@ class QueryEncoder:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
             raise BundleError(f"{tokenizer_path}: not a valid tokenizer.json ({exc})") from exc
+        # A second, untruncated copy counts each query's tokens against the request limit.
+        self.counter = Tokenizer.from_str(tokenizer.to_str())
+        self.counter.no_truncation()
+        self.counter.no_padding()
         self.tokenizer = configure_tokenizer(tokenizer, spec.max_length)
         model_path = bundle_dir / spec.file
         self.session = open_session(model_path, threads, device)
@@ -73,15 +77,25 @@ class QueryEncoder:
                 f"{model_path}: output shape {probe.shape[1:]}, manifest says dim {spec.dim}"
             )
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """Embed a batch of texts -> float32 [n, dim], each row of unit length."""
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Word-piece tokens in each text, special tokens excluded and nothing truncated."""
+        return [len(e.ids) for e in self.counter.encode_batch(texts, add_special_tokens=False)]
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The encoder's input arrays for a batch (truncated to max_length, padded)."""
         encodings = self.tokenizer.encode_batch(texts)
         feeds = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
-        (vectors,) = self.session.run(
-            [self.spec.output], {name: feeds[name] for name in self._input_names}
-        )
+        return {name: feeds[name] for name in self._input_names}
+
+    def embed(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the encoder on tokenized inputs -> float32 [n, dim], each row of unit length."""
+        (vectors,) = self.session.run([self.spec.output], feeds)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed a batch of texts -> float32 [n, dim], each row of unit length."""
+        return self.embed(self.tokenize(texts))

@@ -134,8 +134,13 @@ class SearchEngine:
         self, queries: list[str], k: int, model: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, label ids) [n, k] of one model; label -1 pads a short row."""
+        return self.rank_encoded(self.encoder.encode(queries), queries, k, model)
+
+    def rank_encoded(
+        self, vectors: np.ndarray, queries: list[str], k: int, model: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`rank` for queries already embedded by `self.encoder` (the batcher encodes once)."""
         chosen = self.resolve_model(model)
-        vectors = self.encoder.encode(queries)
         if chosen == "astra":
             assert self.index is not None
             return self.index.search(vectors, k)
@@ -162,7 +167,10 @@ class SearchEngine:
 
     def search(self, queries: list[str], k: int, model: str | None = None) -> list[list[Hit]]:
         """Top-k products for each query, best first."""
-        scores, labels = self.rank(queries, k, model)
+        return self.hits(*self.rank(queries, k, model))
+
+    def hits(self, scores: np.ndarray, labels: np.ndarray) -> list[list[Hit]]:
+        """Ranked (scores, label ids) rows as products; -1 padding is dropped."""
         titles, ids = self.bundle.label_titles, self.bundle.label_ids
         return [
             [

@@ -110,14 +110,23 @@ def _incoming_request_id(scope: Scope) -> str | None:
 class RequestContextMiddleware:
     """Pure ASGI middleware: request id, one access line per request, last-resort 500.
 
-    An exception that escapes the app is logged here with the request id and answered with
-    `internal_error(request_id)` (a JSON body) so the client gets the id to report; it is not
-    re-raised, so the server does not log it a second time without the id.
+    `on_response(method, path, status)` is called once per request after it is answered (the
+    app counts answers by route and status with it).
+
+        An exception that escapes the app is logged here with the request id and answered with
+        `internal_error(request_id)` (a JSON body) so the client gets the id to report; it is not
+        re-raised, so the server does not log it a second time without the id.
     """
 
-    def __init__(self, app: ASGIApp, internal_error: Callable[[str], bytes]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        internal_error: Callable[[str], bytes],
+        on_response: Callable[[str, str, int], None] | None = None,
+    ) -> None:
         self.app = app
         self.internal_error = internal_error
+        self.on_response = on_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request inside its request-id context."""
@@ -163,6 +172,8 @@ class RequestContextMiddleware:
                 },
             )
             request_id_var.reset(token)
+            if self.on_response is not None:
+                self.on_response(scope["method"], scope["path"], status)
 
     async def _send_internal_error(self, send: Send, request_id: str) -> None:
         body = self.internal_error(request_id)

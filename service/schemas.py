@@ -12,7 +12,14 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 ModelName = Literal["astra", "mach", "hybrid"]
@@ -39,12 +46,13 @@ def _check_query_text(query: str) -> str:
     return query
 
 
-# The query after pydantic's own checks (strip, then length), plus the character checks.
-QueryText = Annotated[str, AfterValidator(_check_query_text)]
+def _without_default(schema: dict[str, Any]) -> None:
+    """Document a field as optional without a `null` default its type does not allow."""
+    schema.pop("default", None)
 
 
 def search_request_model(
-    max_query_chars: int = 512, max_k: int = 1000, default_k: int = 10
+    max_query_chars: int = 512, max_k: int = 1000, default_k: int = 10, max_queries: int = 256
 ) -> type[BaseModel]:
     """Build the `/search` request model with the configured limits.
 
@@ -52,33 +60,52 @@ def search_request_model(
     model here (rather than checking limits in the route) keeps the validation, the error
     messages and the OpenAPI schema in agreement.
     """
+    query_limit = f"1 to {max_query_chars} characters after trimming whitespace"
+    BoundedQuery = Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=max_query_chars),
+        AfterValidator(_check_query_text),
+    ]
 
     class SearchRequest(BaseModel):
-        """One search: a free-text query, how many products to return, and which model."""
+        """A search: one free-text `query` or a list of `queries`, k, and which model."""
 
         model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
         # What each field accepts, in words: appended to type errors so they state the limit.
         field_limits: ClassVar[dict[str, str]] = {
-            "query": f"a string of 1 to {max_query_chars} characters",
+            "query": f"a string of {query_limit}",
+            "queries": f"a list of 1 to {max_queries} strings, each of {query_limit}",
             "k": f"an integer from 1 to {max_k}",
             "model": "one of 'astra', 'mach', 'hybrid', or null",
         }
 
-        query: QueryText = Field(
-            min_length=1,
-            max_length=max_query_chars,
+        # Not nullable: an explicit null is a type error; absent means `queries` is used.
+        query: BoundedQuery = Field(  # type: ignore[assignment]
+            default=None,
+            json_schema_extra=_without_default,
             description=(
                 "Free text, trimmed of surrounding whitespace; must not be empty, must be at "
                 f"most {max_query_chars} characters, and must not contain control characters "
-                "other than tab and newline."
+                "other than tab and newline. Give `query` or `queries`, not both."
             ),
             examples=["cordless drill"],
+        )
+        queries: list[BoundedQuery] = Field(  # type: ignore[assignment]
+            default=None,
+            json_schema_extra=_without_default,
+            min_length=1,
+            max_length=max_queries,
+            description=(
+                f"Up to {max_queries} queries answered in one call, each checked like `query`; "
+                "the answer lists their results in the same order."
+            ),
+            examples=[["cordless drill", "white paint 1 gal"]],
         )
         k: int = Field(
             default=default_k,
             ge=1,
             le=max_k,
-            description=f"How many products to return (1 to {max_k}).",
+            description=f"How many products to return per query (1 to {max_k}).",
         )
         model: ModelName | None = Field(
             default=None,
@@ -88,6 +115,24 @@ def search_request_model(
                 "A model the bundle does not hold is answered 404."
             ),
         )
+
+        @model_validator(mode="after")
+        def _one_of_query_or_queries(self) -> SearchRequest:
+            # Reported at `query` (see `validation_details`): the field a client most likely meant.
+            if self.query is None and self.queries is None:
+                raise PydanticCustomError(
+                    "query_missing",
+                    "is required ({query}), unless queries is given",
+                    {"query": SearchRequest.field_limits["query"]},
+                )
+            if self.query is not None and self.queries is not None:
+                raise PydanticCustomError("query_and_queries", "give query or queries, not both")
+            return self
+
+        @property
+        def texts(self) -> list[str]:
+            """The request's queries as a list (one element for `query`)."""
+            return [self.query] if self.query is not None else list(self.queries or [])
 
     return SearchRequest
 
@@ -104,15 +149,36 @@ class SearchResult(BaseModel):
     score: float = Field(description="Model score; higher is better, comparable within a model.")
 
 
-class SearchResponse(BaseModel):
-    """The top-k products for one query."""
+RESULTS_DESCRIPTION = (
+    "At most k products sorted by score, best first (fewer if the catalog is smaller than k)."
+)
 
-    results: list[SearchResult] = Field(
-        description="At most k products sorted by score, best first (fewer if the catalog is "
-        "smaller than k)."
-    )
+
+class AnsweredBy(BaseModel):
+    """Which model and bundle version answered, and how long the server took."""
+
     model: str = Field(description="The model that answered.")
+    version: str = Field(description="Version of the bundle that answered (see /v1/models).")
     took_ms: float = Field(description="Server-side time spent answering, in milliseconds.")
+
+
+class SearchResponse(AnsweredBy):
+    """The top-k products for a `query`."""
+
+    results: list[SearchResult] = Field(description=RESULTS_DESCRIPTION)
+
+
+class QueryResults(BaseModel):
+    """The top-k products for one of the `queries`."""
+
+    query: str = Field(description="The query as it was searched (trimmed).")
+    results: list[SearchResult] = Field(description=RESULTS_DESCRIPTION)
+
+
+class BatchSearchResponse(AnsweredBy):
+    """The top-k products for each of the `queries`, in request order."""
+
+    responses: list[QueryResults] = Field(description="One entry per query, in request order.")
 
 
 class ErrorDetail(BaseModel):
@@ -167,7 +233,9 @@ def _describe(error: Mapping[str, Any], field: str, limits: Mapping[str, str]) -
     """The text after `<field>: ` for one pydantic error, naming the limit where there is one."""
     kind = error["type"]
     ctx = error.get("ctx") or {}
-    expected = f" ({limits[field]})" if field in limits else ""
+    # `queries.3` is an element of `queries`: its limit is stated with the list's.
+    limit = limits.get(field.split(".")[0])
+    expected = f" ({limit})" if limit else ""
     if kind == "missing":
         return f"is required{expected}"
     if kind == "extra_forbidden":
@@ -180,10 +248,14 @@ def _describe(error: Mapping[str, Any], field: str, limits: Mapping[str, str]) -
         return "must not be empty or whitespace only"
     if kind == "string_too_long":
         return f"must be at most {ctx['max_length']} characters after trimming whitespace"
-    if kind == "literal_error" and field in limits:
-        return f"must be {limits[field]}"
+    if kind == "literal_error" and limit:
+        return f"must be {limit}"
     if field == "body" and kind in {"model_type", "model_attributes_type", "dict_type"}:
         return f"must be a JSON object with the fields {', '.join(limits) or '(none)'}"
+    if kind == "too_short" and limit:
+        return f"must be {limit}"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items"
     if kind.startswith("query_"):  # our own checks already say what is allowed
         return str(error["msg"])
     return f"{error['msg']}{expected}"
@@ -214,6 +286,8 @@ def validation_details(
                 }
             )
             continue
+        if error["type"] in {"query_missing", "query_and_queries"}:
+            loc = [*loc, "query"]  # a whole-body check, but about which query field to give
         field = _field_name(loc)
         details.append(
             {
@@ -223,3 +297,74 @@ def validation_details(
             }
         )
     return details
+
+
+class EncoderInfo(BaseModel):
+    """The query encoder of a bundle."""
+
+    base_model: str = Field(description="Model the encoder was fine-tuned from.")
+    dim: int = Field(description="Embedding dimension.")
+    max_length: int = Field(description="Tokens per query the encoder reads (longer: truncated).")
+    providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
+
+
+class IndexInfo(BaseModel):
+    """ASTRA's nearest-neighbour index over the classifier vectors."""
+
+    type: str = Field(description="FAISS index kind: flat (exact) or hnsw.")
+    metric: str = Field(description="Similarity the index ranks by.")
+    params: dict[str, int] = Field(description="Index parameters (HNSW: M, ef_construction, ...).")
+
+
+class MachInfo(BaseModel):
+    """MACH's hashed heads and how they are decoded."""
+
+    repetitions: int = Field(description="Independent hashed classifiers (R).")
+    buckets: int = Field(description="Buckets per classifier (B).")
+    top_buckets: int = Field(description="Buckets per repetition the fast decoder opens.")
+    hybrid_weight: float = Field(description="MACH's share of the hybrid score in use.")
+
+
+class ModelInfo(BaseModel):
+    """The loaded bundle: identity, models it answers with, and their parameters."""
+
+    name: str = Field(description="Bundle name from its manifest.")
+    version: str = Field(description="Bundle version; answers carry it.")
+    created_at: str = Field(description="When the bundle was built (ISO 8601).")
+    path: str = Field(description="Directory the bundle was loaded from.")
+    loaded_at: str = Field(description="When this process loaded it (ISO 8601).")
+    models: list[str] = Field(description="Models this bundle answers with.")
+    default_model: str = Field(description="Model used when a request names none.")
+    labels: int = Field(description="Products in the catalog.")
+    encoder: EncoderInfo
+    index: IndexInfo | None = Field(description="ASTRA's index (null without ASTRA).")
+    mach: MachInfo | None = Field(description="MACH's parameters (null without MACH).")
+
+
+class ModelsResponse(BaseModel):
+    """What this server is serving (one bundle at a time; a list so clients need not change)."""
+
+    data: list[ModelInfo]
+
+
+class ReloadRequest(BaseModel):
+    """Which bundle directory to load; absent or null reloads the one being served."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    field_limits: ClassVar[dict[str, str]] = {"bundle": "a bundle directory path, or null"}
+
+    bundle: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Bundle directory on the server. Point it (or a symlink used as an alias) "
+        "at a new version and reload; null reloads the current path.",
+    )
+
+
+class ReloadResponse(BaseModel):
+    """The outcome of a reload: the bundle served before and the one served now."""
+
+    previous: ModelInfo | None = Field(description="The bundle served before (null if none).")
+    current: ModelInfo
+    load_s: float = Field(description="Seconds spent loading and warming the new bundle.")

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -19,6 +19,8 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 # request cannot tie up the encoder or the index for long.
 MAX_QUERY_CHARS_CEILING = 10_000
 MAX_K_CEILING = 10_000
+MAX_QUERY_TOKENS_CEILING = 4096
+MAX_BATCH_QUERIES_CEILING = 4096
 
 
 class Settings(BaseSettings):
@@ -47,6 +49,54 @@ class Settings(BaseSettings):
     hybrid_weight: float | None = Field(
         None, ge=0.0, le=1.0, description="MACH's share of the hybrid score (default: bundle's)"
     )
+    max_query_tokens: int = Field(
+        128,
+        ge=1,
+        le=MAX_QUERY_TOKENS_CEILING,
+        description="longest accepted query in word-piece tokens (the encoder reads the first "
+        "max_length of them)",
+    )
+    max_batch_queries: int = Field(
+        256, ge=1, le=MAX_BATCH_QUERIES_CEILING, description="most queries in one request"
+    )
+    max_batch: int = Field(
+        64, ge=1, le=4096, description="most queries the batcher gathers into one model call"
+    )
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="how long a batch may wait for more queries before it runs (0: run as soon "
+        "as the model is free; batches still form while it is busy)",
+    )
+    max_queue: int = Field(
+        512, ge=1, le=1_000_000, description="queries waiting for the model before 429s start"
+    )
+    batch_workers: int = Field(
+        1, ge=1, le=64, description="threads that run batches (each uses XC_THREADS)"
+    )
+    request_timeout_ms: float = Field(
+        2000.0,
+        gt=0.0,
+        le=600_000.0,
+        description="a query still queued this long after it arrived is dropped (answered 429)",
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0.0, le=3600.0, description="how long SIGTERM waits for in-flight requests"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="bearer token required on /search, /v1/models and /admin/* when set"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed by CORS (JSON list; empty = CORS off, '*' = any)",
+    )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        """`XC_API_KEY=` (empty) means no key, not a key that is the empty string."""
+        return None if value == "" else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -55,10 +105,15 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _default_k_within_max_k(self) -> Settings:
-        """A default k above max_k would make every request without k invalid."""
+    def _limits_agree(self) -> Settings:
+        """Limits that would make every request of some kind invalid are refused at start-up."""
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+        if self.max_batch_queries > self.max_queue:
+            raise ValueError(
+                f"max_batch_queries ({self.max_batch_queries}) must be <= max_queue "
+                f"({self.max_queue}): a full request would never be admitted"
+            )
         return self
 
 

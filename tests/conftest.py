@@ -48,3 +48,20 @@ def demo_bundle(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     )
     assert status == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_bundle_v2(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo bundle re-issued as version "v2" with every title marked, to tell them apart."""
+    from service.bundle import read_lines, read_manifest, write_lines, write_manifest
+
+    out = tmp_path_factory.mktemp("v2") / "demo-v2"
+    out.mkdir()
+    for path in demo_bundle.iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    manifest = read_manifest(out)
+    titles_file = out / manifest.labels.titles
+    write_lines(titles_file, [f"v2 {title}" for title in read_lines(titles_file)])
+    fields = manifest.model_dump(exclude={"files", "format_version"})
+    write_manifest(out, {**fields, "version": "v2"})
+    return out

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.app import SEARCH_MAX_BODY_BYTES, create_app
 from service.bundle import Bundle, load_bundle
 from service.logs import JsonFormatter
 from service.settings import Settings
@@ -141,7 +141,7 @@ def test_search_returns_k_results_best_first(client: TestClient, bundle: Bundle)
     elapsed_ms = (time.perf_counter() - started) * 1000
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"results", "model", "took_ms"}
+    assert set(body) == {"results", "model", "version", "took_ms"}
     results = body["results"]
     assert len(results) == min(7, bundle.manifest.labels.count)
     scores = [result["score"] for result in results]
@@ -267,8 +267,9 @@ def test_non_finite_k_is_422(client: TestClient, raw_k: bytes, fragment: str) ->
 @pytest.mark.parametrize(
     ("body", "fragments"),
     [
-        ({}, ["is required", "1 to 512 characters"]),
+        ({}, ["is required", "1 to 512 characters", "unless queries is given"]),
         ({"k": 5}, ["is required"]),
+        ({"query": "drill", "queries": ["saw"]}, ["not both"]),
         ({"query": ""}, ["must not be empty"]),
         ({"query": "   "}, ["must not be empty"]),
         ({"query": " \t\n \n"}, ["must not be empty"]),
@@ -307,7 +308,7 @@ def test_lone_surrogate_is_422(client: TestClient) -> None:
 
 def test_unknown_field_is_422(client: TestClient) -> None:
     response = search(client, {"query": "drill", "limit": 5})
-    assert_error(response, 422, "limit", "not a known field", "query, k, model")
+    assert_error(response, 422, "limit", "not a known field", "query, queries, k, model")
 
 
 def test_unknown_model_name_is_422(client: TestClient) -> None:
@@ -341,7 +342,7 @@ def test_every_problem_is_reported(client: TestClient) -> None:
         (b'{"query": "drill"}', {}, 422, "JSON object"),
         (b'{"query": "drill"}', {"content-type": "text/plain"}, 422, "JSON object"),
         (b"query=drill", {"content-type": "application/x-www-form-urlencoded"}, 422, ""),
-        (b" " * 70_000, JSON, 413, "65536 bytes"),
+        (b" " * (SEARCH_MAX_BODY_BYTES + 1), JSON, 413, f"{SEARCH_MAX_BODY_BYTES} bytes"),
     ],
     ids=[
         "not-json",
@@ -372,10 +373,11 @@ def test_malformed_bodies_are_4xx_naming_the_body(
 
 def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
     def chunks() -> Iterator[bytes]:
-        for _ in range(100):
+        for _ in range(SEARCH_MAX_BODY_BYTES // 1000 + 1):
             yield b" " * 1000
 
-    assert_error(search(client, content=chunks(), headers=JSON), 413, "body", "65536 bytes")
+    response = search(client, content=chunks(), headers=JSON)
+    assert_error(response, 413, "body", f"{SEARCH_MAX_BODY_BYTES} bytes")
 
 
 def test_wrong_method_and_path(client: TestClient) -> None:

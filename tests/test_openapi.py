@@ -27,15 +27,35 @@ def test_render_is_stable_and_independent_of_env(monkeypatch: pytest.MonkeyPatch
 def test_contract_documents_routes_limits_and_error_shape() -> None:
     spec = yaml.safe_load(render())
     assert spec["info"]["title"] and spec["info"]["version"]
-    assert set(spec["paths"]) == {"/search", "/healthz", "/readyz"}
+    assert set(spec["paths"]) == {
+        "/search",
+        "/v1/models",
+        "/admin/reload",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
     search = spec["paths"]["/search"]["post"]
-    for code in ("400", "404", "413", "422", "500", "503"):
+    for code in ("400", "401", "404", "413", "422", "429", "500", "503"):
         ref = search["responses"][code]["content"]["application/json"]["schema"]["$ref"]
         assert ref == "#/components/schemas/ErrorResponse"
+    assert "Retry-After" in search["responses"]["429"]["headers"]
+    answers = search["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"]
+    assert {a["$ref"].rsplit("/", 1)[1] for a in answers} == {
+        "SearchResponse",
+        "BatchSearchResponse",
+    }
     request = spec["components"]["schemas"]["SearchRequest"]
     assert request["additionalProperties"] is False
     assert request["properties"]["k"]["maximum"] == 1000
     assert request["properties"]["query"]["maxLength"] == 512
+    assert request["properties"]["queries"]["maxItems"] == 256
+    assert "default" not in request["properties"]["query"]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path, method in [("/search", "post"), ("/v1/models", "get"), ("/admin/reload", "post")]:
+        assert spec["paths"][path][method]["security"] == [{"HTTPBearer": []}], path
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert "security" not in spec["paths"][path]["get"], path
     assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +39,18 @@ def clean_env() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if not name.startswith("XC_")}
 
 
-def start_server(bundle: Path, port: int, stderr_path: Path) -> subprocess.Popen[bytes]:
-    """`python -m service --bundle ... --port ...`, stderr (the JSON log) to a file."""
+def start_server(
+    bundle: Path, port: int, stderr_path: Path, **settings: str
+) -> subprocess.Popen[bytes]:
+    """`python -m service --bundle ... --port ...`, stderr (the JSON log) to a file.
+
+    `settings` become `XC_*` variables (`max_wait_ms="300"` -> `XC_MAX_WAIT_MS=300`).
+    """
     command = [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)]
+    env = {**clean_env(), **{f"XC_{name.upper()}": value for name, value in settings.items()}}
     with stderr_path.open("wb") as stderr:
         return subprocess.Popen(
-            command, cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=stderr
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr
         )
 
 
@@ -68,6 +76,24 @@ def wait_ready(process: subprocess.Popen[bytes], base: str, stderr_path: Path) -
         assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
         time.sleep(0.1)
     pytest.fail(f"not ready after {READY_TIMEOUT_S}s:\n{stderr_path.read_text(encoding='utf-8')}")
+
+
+def metric(base: str, name: str, **labels: str) -> float:
+    """One sample from the live server's /metrics (0 when the series does not exist yet)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    series = f"{name}{{{wanted}}}" if labels else name
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """Poll until `condition()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -119,6 +145,81 @@ def test_serves_over_http_and_stops_on_sigterm(demo_bundle: Path, tmp_path: Path
     assert search_line["duration_ms"] > 0
     assert any(line["msg"] == "ready" for line in lines)
     assert any("Finished server process" in line["msg"] for line in lines)
+
+
+def test_sigterm_lets_queued_requests_finish(demo_bundle: Path, tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stderr_path = tmp_path / "stderr.log"
+    # Batches wait 0.9 s to fill, so the requests are still queued when SIGTERM arrives.
+    process = start_server(demo_bundle, port, stderr_path, max_wait_ms="900")
+    try:
+        wait_ready(process, base, stderr_path)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            pending = [
+                pool.submit(httpx.post, f"{base}/search", json={"query": f"drill {i}"}, timeout=60)
+                for i in range(6)
+            ]
+            wait_for(lambda: metric(base, "xc_queue_depth") == 6, "6 queued queries")
+            process.send_signal(signal.SIGTERM)
+            responses = [future.result() for future in pending]
+        assert [r.status_code for r in responses] == [200] * 6
+        assert all(len(r.json()["results"]) == 10 for r in responses)
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        stop(process)
+
+
+def test_a_client_that_gives_up_is_never_run(demo_bundle: Path, tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stderr_path = tmp_path / "stderr.log"
+    process = start_server(demo_bundle, port, stderr_path, max_wait_ms="800")
+    try:
+        wait_ready(process, base, stderr_path)
+        calls = metric(base, "xc_batch_queries_count")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/search", json={"query": "drill"}, timeout=0.2)
+        wait_for(
+            lambda: metric(base, "xc_dropped_total", reason="disconnected") == 1,
+            "the abandoned request to be dropped",
+        )
+        assert metric(base, "xc_batch_queries_count") == calls
+        assert httpx.post(f"{base}/search", json={"query": "drill"}, timeout=30).status_code == 200
+    finally:
+        stop(process)
+    statuses = [line.get("status") for line in log_lines(stderr_path) if line.get("path")]
+    assert 499 in statuses  # the access log records the abandoned request
+
+
+def test_sighup_reloads_the_bundle_an_alias_points_to(
+    demo_bundle: Path, demo_bundle_v2: Path, tmp_path: Path
+) -> None:
+    alias = tmp_path / "current"
+    alias.symlink_to(demo_bundle)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stderr_path = tmp_path / "stderr.log"
+    process = start_server(alias, port, stderr_path)
+    try:
+        wait_ready(process, base, stderr_path)
+
+        def served_version() -> str:
+            return httpx.get(f"{base}/v1/models", timeout=5).json()["data"][0]["version"]
+
+        assert served_version() == read_manifest(demo_bundle).version
+        staged = tmp_path / "current.new"
+        staged.symlink_to(demo_bundle_v2)
+        staged.replace(alias)  # the atomic alias switch
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: served_version() == "v2", "the reload to version v2")
+        answer = httpx.post(f"{base}/search", json={"query": "drill"}, timeout=30).json()
+        assert answer["version"] == "v2"
+        assert all(hit["title"].startswith("v2 ") for hit in answer["results"])
+        assert process.poll() is None
+    finally:
+        stop(process)
+    assert any(line["msg"] == "reloaded" for line in log_lines(stderr_path))
 
 
 def test_corrupted_bundle_exits_nonzero_naming_the_file(demo_bundle: Path, tmp_path: Path) -> None:

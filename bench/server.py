@@ -1,0 +1,100 @@
+"""A real `python -m service` process for the HTTP benchmarks (`bench.latency`, `bench.load`).
+
+`running_server(bundle, port, threads)` starts the server on a loopback port, waits for
+`/readyz` and yields its base URL; `server_process` does the same but yields the process too
+(for its pid). The server's stderr goes to a temporary file, not a pipe, so a chatty server
+under load can never block on a full pipe; its tail is quoted when the server fails to start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+STDERR_TAIL_CHARS = 2000
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A started server: its base URL and its process."""
+
+    base: str
+    process: subprocess.Popen[bytes]
+
+
+def _tail(path: Path) -> str:
+    """The last characters of a text file (the server's stderr)."""
+    return path.read_text(encoding="utf-8", errors="replace")[-STDERR_TAIL_CHARS:]
+
+
+@contextmanager
+def server_process(
+    bundle: Path,
+    port: int,
+    threads: int,
+    timeout_s: float = 300.0,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[ServerProcess]:
+    """A `python -m service` subprocess, ready to answer, stopped (SIGTERM) on exit.
+
+    The server inherits this environment with `XC_THREADS=threads` and `XC_LOG_LEVEL=warning`;
+    `env` is applied last, so it can override both (e.g. `{"XC_MAX_BATCH": "32"}`).
+    """
+    full_env = {**os.environ, "XC_THREADS": str(threads), "XC_LOG_LEVEL": "warning", **(env or {})}
+    cmd = [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="xc-server-") as tmp:
+        stderr_path = Path(tmp) / "stderr.log"
+        with stderr_path.open("wb") as stderr:
+            proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {_tail(stderr_path)}")
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            else:
+                raise RuntimeError(f"server not ready in time: {_tail(stderr_path)}")
+            yield ServerProcess(base=base, process=proc)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def running_server(
+    bundle: Path,
+    port: int,
+    threads: int,
+    timeout_s: float = 300.0,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """A `python -m service` subprocess, ready to answer, stopped on exit; yields its base URL."""
+    with server_process(bundle, port, threads, timeout_s=timeout_s, env=env) as server:
+        yield server.base

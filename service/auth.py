@@ -1,0 +1,44 @@
+"""Optional API key: a bearer token on data and admin routes when `XC_API_KEY` is set.
+
+Health, readiness and metrics stay open so probes and scrapers need no secret. The key is
+compared in constant time; a missing or wrong token is a 401 naming the Authorization header.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import api_error
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="Required on /search, /v1/models and /admin/* when the server has XC_API_KEY.",
+)
+
+
+def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+) -> None:
+    """401 unless the request carries the configured key as a bearer token (no key: open)."""
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    if credentials is None:
+        msg = "authorization: a bearer token is required (Authorization: Bearer <key>)"
+        code = "missing_token"
+    elif secrets.compare_digest(credentials.credentials.encode(), key.get_secret_value().encode()):
+        return
+    else:
+        msg, code = "authorization: the bearer token is not valid", "invalid_token"
+    raise api_error(
+        status.HTTP_401_UNAUTHORIZED,
+        ["header", "authorization"],
+        msg,
+        code,
+        headers={"WWW-Authenticate": "Bearer"},
+    )

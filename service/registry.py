@@ -1,0 +1,147 @@
+"""The engine being served, and the atomic swap to a new bundle version (hot reload).
+
+A reload loads and warms the new bundle in a worker thread while the old one keeps answering,
+then replaces the reference in one assignment. Requests hold the engine they were admitted
+with, so nothing in flight sees two versions; the old engine is freed when its last request
+is answered. A bundle that fails to load or warm is refused and the old one keeps serving.
+Only one reload runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from service.engine import SearchEngine
+from service.metrics import ServiceMetrics
+from service.schemas import EncoderInfo, IndexInfo, MachInfo, ModelInfo
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ReloadInProgress(Exception):
+    """Another reload has not finished yet."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """An engine with where it came from and when it was loaded."""
+
+    engine: SearchEngine
+    path: Path
+    loaded_at: datetime
+
+    def info(self) -> ModelInfo:
+        """What `/v1/models` says about this bundle."""
+        engine, manifest = self.engine, self.engine.manifest
+        index = None
+        if manifest.astra is not None:
+            spec = manifest.astra.index
+            index = IndexInfo(type=spec.type, metric=spec.metric, params=spec.params)
+        mach = None
+        if manifest.mach is not None:
+            spec_m = manifest.mach
+            mach = MachInfo(
+                repetitions=spec_m.reps,
+                buckets=spec_m.buckets,
+                top_buckets=spec_m.top_buckets,
+                hybrid_weight=engine.hybrid_weight,
+            )
+        return ModelInfo(
+            name=manifest.name,
+            version=manifest.version,
+            created_at=manifest.created_at,
+            path=str(self.path),
+            loaded_at=self.loaded_at.isoformat(timespec="seconds"),
+            models=list(engine.kinds),
+            default_model=engine.default_model,
+            labels=manifest.labels.count,
+            encoder=EncoderInfo(
+                base_model=manifest.encoder.base_model,
+                dim=manifest.encoder.dim,
+                max_length=manifest.encoder.max_length,
+                providers=list(engine.encoder.providers),
+            ),
+            index=index,
+            mach=mach,
+        )
+
+
+class EngineRegistry:
+    """Holds the served engine; loads the first one and swaps in new versions."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.served: Served | None = None
+        self.load_error: str | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def engine(self) -> SearchEngine | None:
+        """The engine new requests are admitted with (None until the first load)."""
+        return self.served.engine if self.served is not None else None
+
+    def _load(self, path: Path) -> SearchEngine:
+        """Load and warm a bundle (blocking; runs in a worker thread)."""
+        engine = SearchEngine.load(
+            path, self.settings.threads, self.settings.device, self.settings.hybrid_weight
+        )
+        engine.warm()
+        return engine
+
+    def _publish(self, engine: SearchEngine, path: Path) -> Served:
+        self.served = Served(engine, path, datetime.now(timezone.utc))
+        self.load_error = None
+        self.metrics.serving(engine.manifest.name, engine.manifest.version, engine.kinds)
+        return self.served
+
+    async def load_initial(self) -> None:
+        """Load the configured bundle; a failure is kept in `load_error` and re-raised."""
+        path = self.settings.bundle
+        try:
+            engine = await asyncio.to_thread(self._load, path)
+        except Exception as exc:
+            self.load_error = str(exc)
+            raise
+        self._publish(engine, path)
+
+    async def reload(self, path: Path | None = None) -> tuple[Served | None, Served, float]:
+        """Load `path` (default: the current one), warm it, swap it in.
+
+        Returns (previous, current, seconds taken). Raises `ReloadInProgress` when another
+        reload runs, and the load's own error (`BundleError` for a bad bundle) otherwise; in
+        both cases the engine being served is unchanged.
+        """
+        if self._lock.locked():
+            raise ReloadInProgress("a reload is already running; retry when it finishes")
+        async with self._lock:
+            if path is None:
+                path = self.served.path if self.served is not None else self.settings.bundle
+            previous = self.served
+            start = time.perf_counter()
+            log.info("reloading bundle", extra={"bundle": str(path)})
+            try:
+                engine = await asyncio.to_thread(self._load, path)
+            except Exception as exc:
+                self.metrics.reloads.labels("refused").inc()
+                log.error("reload refused: %s", exc, extra={"bundle": str(path)})
+                raise
+            current = self._publish(engine, path)
+            took = time.perf_counter() - start
+            self.metrics.reloads.labels("swapped").inc()
+            log.info(
+                "reloaded",
+                extra={
+                    "bundle": engine.manifest.name,
+                    "version": engine.manifest.version,
+                    "previous_version": previous.engine.manifest.version if previous else None,
+                    "load_s": round(took, 3),
+                },
+            )
+            return previous, current, took

@@ -262,6 +262,9 @@ def get_engine(request: Request) -> SearchEngine:
 
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 Authorized = [Depends(require_api_key)]
+# The bearer token is needed only when the server has a key: the contract lists "no security"
+# as an alternative (FastAPI appends this to the scheme the dependency declares).
+OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}
 
 
 # --- search: admission, waiting, answers --------------------------------------------------
@@ -391,6 +394,7 @@ def create_app(
         response_description="The top-k products of each query, best first.",
         responses=SEARCH_RESPONSES,
         dependencies=Authorized,
+        openapi_extra=OPTIONAL_AUTH,
     )
     async def search(
         body: SearchRequest, request: Request, engine: EngineDep
@@ -449,6 +453,7 @@ def create_app(
         response_description="The bundle being served and its parameters.",
         responses={**AUTH_RESPONSES, 503: SEARCH_RESPONSES[503]},
         dependencies=[*Authorized, Depends(get_engine)],
+        openapi_extra=OPTIONAL_AUTH,
     )
     async def models() -> ModelsResponse:
         """Name, version, models, label count, encoder and index parameters of the bundle."""
@@ -463,6 +468,7 @@ def create_app(
         response_description="The bundle served before and the one served now.",
         responses=RELOAD_RESPONSES,
         dependencies=Authorized,
+        openapi_extra=OPTIONAL_AUTH,
     )
     async def reload(body: Annotated[ReloadRequest | None, Body()] = None) -> ReloadResponse:
         """Load, warm and atomically swap in a bundle; refused bundles leave the old one."""

@@ -57,6 +57,9 @@ class EncoderSpec(BaseModel):
     dim: int = Field(ge=1)
     inputs: list[str] = ["input_ids", "attention_mask", "token_type_ids"]
     output: str = "sentence_embedding"
+    int8_file: str | None = Field(
+        None, description="optional int8-quantised copy of the encoder (same inputs/output)"
+    )
 
 
 class IndexSpec(BaseModel):
@@ -244,6 +247,8 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     """Every referenced file must be listed, present and match its checksum."""
     referenced = [manifest.encoder.file, manifest.encoder.tokenizer, manifest.labels.titles]
+    if manifest.encoder.int8_file:
+        referenced.append(manifest.encoder.int8_file)
     if manifest.labels.ids:
         referenced.append(manifest.labels.ids)
     if manifest.astra:

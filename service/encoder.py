@@ -47,13 +47,33 @@ def open_session(model_path: Path, threads: int, device: str) -> ort.InferenceSe
         raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from exc
 
 
+def encoder_file(spec: EncoderSpec, precision: str) -> str:
+    """The bundle file of the encoder at `precision` (fp32, or int8 when the bundle has one)."""
+    if precision == "fp32":
+        return spec.file
+    if precision == "int8" and spec.int8_file:
+        return spec.int8_file
+    if precision == "int8":
+        raise BundleError(
+            "encoder: this bundle has no int8 encoder (build one with "
+            "`python -m training quantize --bundle DIR`), or serve with precision fp32"
+        )
+    raise ValueError(f"precision {precision!r}: expected fp32 or int8")
+
+
 class QueryEncoder:
     """Turns query strings into unit-length float32 vectors with the bundle's ONNX encoder."""
 
     def __init__(
-        self, bundle_dir: Path, spec: EncoderSpec, threads: int = 0, device: str = "auto"
+        self,
+        bundle_dir: Path,
+        spec: EncoderSpec,
+        threads: int = 0,
+        device: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         self.spec = spec
+        self.precision = precision
         tokenizer_path = bundle_dir / spec.tokenizer
         try:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
@@ -64,7 +84,7 @@ class QueryEncoder:
         self.counter.no_truncation()
         self.counter.no_padding()
         self.tokenizer = configure_tokenizer(tokenizer, spec.max_length)
-        model_path = bundle_dir / spec.file
+        model_path = bundle_dir / encoder_file(spec, precision)
         self.session = open_session(model_path, threads, device)
         self.providers = self.session.get_providers()
         self._input_names = [i.name for i in self.session.get_inputs()]

@@ -87,11 +87,15 @@ class SearchEngine:
         threads: int = 0,
         device: str = "auto",
         hybrid_weight: float | None = None,
+        precision: str = "fp32",
     ) -> SearchEngine:
-        """Verify and load a bundle; raises `BundleError` naming the bad file."""
+        """Verify and load a bundle; raises `BundleError` naming the bad file.
+
+        `precision` picks the query encoder: fp32, or the bundle's optional int8 copy.
+        """
         bundle = load_bundle(bundle_dir)
         manifest = bundle.manifest
-        encoder = QueryEncoder(bundle.path, manifest.encoder, threads=threads, device=device)
+        encoder = QueryEncoder(bundle.path, manifest.encoder, threads, device, precision)
         index = None
         if manifest.astra:
             spec = manifest.astra.index
@@ -111,6 +115,7 @@ class SearchEngine:
                 "kinds": manifest.kinds,
                 "labels": manifest.labels.count,
                 "encoder_providers": encoder.providers,
+                "encoder_precision": precision,
                 "index": manifest.astra.index.type if manifest.astra else None,
             },
         )

@@ -65,6 +65,7 @@ class Served:
                 base_model=manifest.encoder.base_model,
                 dim=manifest.encoder.dim,
                 max_length=manifest.encoder.max_length,
+                precision=engine.encoder.precision,
                 providers=list(engine.encoder.providers),
             ),
             index=index,
@@ -89,8 +90,13 @@ class EngineRegistry:
 
     def _load(self, path: Path) -> SearchEngine:
         """Load and warm a bundle (blocking; runs in a worker thread)."""
+        settings = self.settings
         engine = SearchEngine.load(
-            path, self.settings.threads, self.settings.device, self.settings.hybrid_weight
+            path,
+            settings.threads,
+            settings.device,
+            settings.hybrid_weight,
+            settings.encoder_precision,
         )
         engine.warm()
         return engine

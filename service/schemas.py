@@ -70,7 +70,13 @@ def search_request_model(
     class SearchRequest(BaseModel):
         """A search: one free-text `query` or a list of `queries`, k, and which model."""
 
-        model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+        model_config = ConfigDict(
+            extra="forbid",
+            strict=True,
+            str_strip_whitespace=True,
+            # The contract states the rule the validator below enforces: one of the two fields.
+            json_schema_extra={"oneOf": [{"required": ["query"]}, {"required": ["queries"]}]},
+        )
         # What each field accepts, in words: appended to type errors so they state the limit.
         field_limits: ClassVar[dict[str, str]] = {
             "query": f"a string of {query_limit}",
@@ -305,6 +311,7 @@ class EncoderInfo(BaseModel):
     base_model: str = Field(description="Model the encoder was fine-tuned from.")
     dim: int = Field(description="Embedding dimension.")
     max_length: int = Field(description="Tokens per query the encoder reads (longer: truncated).")
+    precision: str = Field(description="Weights in use: fp32, or the bundle's int8 copy.")
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
 
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the encoder and index run ('auto' = CUDA when available)"
     )
+    encoder_precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="query encoder: fp32, or the bundle's optional int8 copy (faster)"
+    )
     log_level: LogLevel = Field("info", description="minimum level of the JSON log lines")
     max_query_chars: int = Field(
         512,

@@ -53,7 +53,7 @@ def test_contract_documents_routes_limits_and_error_shape() -> None:
     assert "default" not in request["properties"]["query"]
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for path, method in [("/search", "post"), ("/v1/models", "get"), ("/admin/reload", "post")]:
-        assert spec["paths"][path][method]["security"] == [{"HTTPBearer": []}], path
+        assert spec["paths"][path][method]["security"] == [{"HTTPBearer": []}, {}], path
     for path in ("/healthz", "/readyz", "/metrics"):
         assert "security" not in spec["paths"][path]["get"], path
     assert "HTTPValidationError" not in spec["components"]["schemas"]

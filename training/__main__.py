@@ -1,9 +1,10 @@
-"""Command line: `python -m training {demo,train,merge,evaluate}`.
+"""Command line: `python -m training {demo,train,merge,evaluate,quantize}`.
 
 `train` reads a dataset (XC text layout or fastText), trains ASTRA or MACH, writes a bundle,
 scores it on the dev split and records those metrics in the manifest. `train --model mach
 --reps 0-7` trains only those heads and writes a shard; `merge` joins shards into a bundle.
-`evaluate` prints one JSON object on the last line of standard output.
+`evaluate` prints one JSON object on the last line of standard output. `quantize` adds an int8
+copy of the encoder to a bundle (and with `--data`, reports its parity and dev metrics).
 """
 
 from __future__ import annotations
@@ -114,7 +115,31 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["dev", "tst", "trn", "train"], default="dev")
     evaluate.add_argument("--model", choices=["astra", "mach", "hybrid"], default=None)
     evaluate.add_argument("--hybrid-weight", type=float, default=None)
+    evaluate.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+
+    quantize = commands.add_parser(
+        "quantize", help="add an int8 copy of the encoder to a bundle (XC_ENCODER_PRECISION)"
+    )
+    quantize.add_argument("--bundle", type=Path, required=True)
+    quantize.add_argument(
+        "--data", type=Path, default=None, help="report fp32/int8 parity and dev metrics on it"
+    )
     return parser
+
+
+def _quantize(args: argparse.Namespace) -> dict:
+    from training.evaluate import evaluate_bundle
+    from training.quantize import int8_parity, quantize_encoder
+
+    report: dict = {"int8_encoder": str(quantize_encoder(args.bundle))}
+    if args.data is not None:
+        dataset = load_dataset(args.data)
+        report["parity"] = int8_parity(args.bundle, dataset.split("dev").texts)
+        for precision in ("fp32", "int8"):
+            report[f"dev_{precision}"] = evaluate_bundle(
+                args.bundle, dataset, "dev", precision=precision
+            )
+    return report
 
 
 def _train(args: argparse.Namespace) -> dict:
@@ -291,12 +316,19 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_train_mach(args) if args.model == "mach" else _train(args)))
         elif args.command == "merge":
             print(json.dumps(_merge(args)))
+        elif args.command == "quantize":
+            print(json.dumps(_quantize(args)))
         else:
             from training.evaluate import evaluate_bundle
 
             dataset = load_dataset(args.data)
             metrics = evaluate_bundle(
-                args.bundle, dataset, args.split, args.model, hybrid_weight=args.hybrid_weight
+                args.bundle,
+                dataset,
+                args.split,
+                args.model,
+                hybrid_weight=args.hybrid_weight,
+                precision=args.precision,
             )
             print(json.dumps(metrics))
     except (DataError, ValueError) as exc:

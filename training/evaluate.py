@@ -62,9 +62,10 @@ def evaluate_bundle(
     model: str | None = None,
     batch_size: int = 256,
     hybrid_weight: float | None = None,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Metrics of a bundle's model on one split; also reports points and per-query time."""
-    engine = SearchEngine.load(bundle_dir, hybrid_weight=hybrid_weight)
+    engine = SearchEngine.load(bundle_dir, hybrid_weight=hybrid_weight, precision=precision)
     engine.resolve_model(model)
     if engine.manifest.labels.count != dataset.num_labels:
         raise ValueError(

@@ -252,16 +252,19 @@ def stage_seconds(
     """
     sums: defaultdict[str, float] = defaultdict(float)
     counts: defaultdict[str, float] = defaultdict(float)
+    buckets: defaultdict[str, defaultdict[float, float]] = defaultdict(lambda: defaultdict(float))
     for (name, labels), value in after.items():
-        if name == f"{metric}_sum":
-            target = sums
-        elif name == f"{metric}_count":
-            target = counts
-        else:
+        label_map = dict(labels)
+        stage = label_map.get("stage")
+        if stage is None:
             continue
-        stage = dict(labels).get("stage")
-        if stage is not None:
-            target[stage] += value - before.get((name, labels), 0.0)
+        delta = value - before.get((name, labels), 0.0)
+        if name == f"{metric}_sum":
+            sums[stage] += delta
+        elif name == f"{metric}_count":
+            counts[stage] += delta
+        elif name == f"{metric}_bucket":
+            buckets[stage][float(label_map["le"])] += delta
 
     def order(stage: str) -> tuple[int, str]:
         rank = STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
@@ -271,9 +274,38 @@ def stage_seconds(
         stage: {
             "count": round(counts[stage]),
             "mean_s": sums[stage] / counts[stage] if counts[stage] > 0 else None,
+            "p50_s": histogram_quantile(0.5, buckets[stage]),
+            "p99_s": histogram_quantile(0.99, buckets[stage]),
         }
         for stage in sorted(counts, key=order)
     }
+
+
+def histogram_quantile(q: float, cumulative: Mapping[float, float]) -> float | None:
+    """The q-quantile of a Prometheus histogram from its cumulative `le` bucket counts.
+
+    Interpolates linearly inside the bucket that holds the quantile, as Prometheus'
+    `histogram_quantile` does; a quantile in the `+Inf` bucket is reported as the highest
+    finite bound. None without observations.
+    """
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound
 
 
 def phase_metrics(before_text: str, after_text: str) -> dict[str, Any]:
@@ -785,19 +817,30 @@ def format_summary(result: Mapping[str, Any]) -> str:
                 f"{_fmt(None if means.get(s) is None else 1000 * means[s], 2):>10}" for s in stages
             )
             lines.append(f"{label:<18}{cells}")
+        lines += ["", "server-side ms from arrival to answer (xc_stage_seconds total, p50 / p99)"]
+        for label, phase in _phases(result):
+            total = phase.get("metrics", {}).get("stage_seconds", {}).get("total") or {}
+            if total.get("p99_s") is not None:
+                p50, p99 = 1000 * total["p50_s"], 1000 * total["p99_s"]
+                lines.append(f"{label:<18}{_fmt(p50):>10}{_fmt(p99):>10}")
     return "\n".join(lines)
 
 
-def _stage_rows(result: Mapping[str, Any]) -> list[tuple[str, dict[str, float | None]]]:
-    """(phase label, {stage: mean seconds}) for every phase that has stage metrics."""
+def _phases(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, phase result) of every phase that ran, in order."""
     phases: list[tuple[str, Mapping[str, Any]]] = []
     if result.get("sequential"):
         phases.append(("sequential", result["sequential"]))
     phases += [(f"concurrency {lvl['concurrency']}", lvl) for lvl in result.get("throughput") or []]
     if result.get("overload") and "skipped" not in result["overload"]:
         phases.append(("overload", result["overload"]))
+    return phases
+
+
+def _stage_rows(result: Mapping[str, Any]) -> list[tuple[str, dict[str, float | None]]]:
+    """(phase label, {stage: mean seconds}) for every phase that has stage metrics."""
     rows = []
-    for label, phase in phases:
+    for label, phase in _phases(result):
         stages = phase.get("metrics", {}).get("stage_seconds")
         if stages:
             rows.append((label, {stage: info["mean_s"] for stage, info in stages.items()}))
@@ -921,7 +964,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overload-factor", type=float, default=4.0, help="× best q/s")
     parser.add_argument("--overload-rate", type=float, help="open-loop q/s (overrides factor)")
     parser.add_argument("--overload-duration", type=float, default=10.0, help="seconds")
-    parser.add_argument("--overload-connections", type=int, default=256, help="client pool")
+    parser.add_argument(
+        "--overload-connections",
+        type=int,
+        default=1024,
+        help="client pool; above the server's queue limit, so the server (not the client) sheds",
+    )
     parser.add_argument(
         "--arrivals", choices=("poisson", "fixed"), default="poisson", help="open-loop arrivals"
     )

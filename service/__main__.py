@@ -35,7 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="interface to listen on (XC_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (XC_PORT, default 8000)")
     parser.add_argument(
-        "--threads", type=int, help="ONNX Runtime intra-op threads, 0 = default (XC_THREADS)"
+        "--threads",
+        type=int,
+        help="ONNX Runtime intra-op threads per batch worker, 0 = cores / workers (XC_THREADS)",
     )
     return parser.parse_args(argv)
 
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,  # RequestContextMiddleware logs one JSON access line per request
         server_header=False,
+        timeout_keep_alive=settings.keep_alive_s,
         # SIGTERM: stop accepting, let in-flight requests finish for up to this long.
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )

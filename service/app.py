@@ -25,11 +25,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Request, Response, status
+from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.admission import ShedWhenFull
 from service.auth import require_api_key
 from service.batcher import Answer, Dropped, Job, MicroBatcher, Overloaded, QueryTooLong
 from service.bundle import BundleError
@@ -245,8 +247,12 @@ def make_lifespan(
 # --- dependencies -------------------------------------------------------------------------
 
 
-def get_engine(request: Request) -> SearchEngine:
-    """The engine serving now, or a 503 telling the client to retry (or that loading failed)."""
+async def get_engine(request: Request) -> SearchEngine:
+    """The engine serving now, or a 503 telling the client to retry (or that loading failed).
+
+    `async` although it never awaits: FastAPI runs plain `def` dependencies in a thread pool,
+    a hop that costs more than the whole check. (The same holds for `require_api_key`.)
+    """
     registry: EngineRegistry = request.app.state.registry
     engine = registry.engine
     if engine is not None:
@@ -367,7 +373,16 @@ def create_app(
         route = path if path in known_paths else "other"
         metrics.requests.labels(route, str(status_code)).inc()
 
+    def shed(overloaded: Overloaded) -> JSONResponse:
+        metrics.rejected.labels("queue_full").inc()
+        refusal = _refusal(overloaded, batched=False)
+        assert isinstance(refusal, HTTPException)
+        return JSONResponse(
+            {"detail": refusal.detail}, status_code=refusal.status_code, headers=refusal.headers
+        )
+
     # Added inner first: the request-context middleware wraps everything, 413s included.
+    app.add_middleware(ShedWhenFull, batcher=batcher, path="/search", refuse=shed)
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/search": SEARCH_MAX_BODY_BYTES, "/admin/reload": RELOAD_MAX_BODY_BYTES},

@@ -20,7 +20,7 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
 ) -> None:

@@ -155,6 +155,13 @@ class MicroBatcher:
         """Queries admitted and not yet taken by a worker."""
         return self._queued
 
+    def full(self) -> Overloaded | None:
+        """The refusal a request would get now because the queue is full (None: room left)."""
+        queued = self._queued
+        if queued < self.max_queue:
+            return None
+        return Overloaded(queued, self.max_queue, self._retry_after_s())
+
     def submit(self, job: Job) -> None:
         """Admit a job, or raise `Overloaded` when its queries would overflow the queue."""
         size = len(job.queries)
@@ -266,31 +273,36 @@ class MicroBatcher:
                 for job in jobs:
                     job.settle(error=exc)
 
-    def _within_token_limit(self, engine: SearchEngine, jobs: list[Job]) -> list[Job]:
-        """Fail the jobs with an over-long query; return the others."""
-        texts = [query for job in jobs for query in job.queries]
-        counts = iter(engine.encoder.token_counts(texts))
-        kept = []
+    def _within_token_limit(
+        self, engine: SearchEngine, jobs: list[Job]
+    ) -> tuple[list[Job], list[list[int]]]:
+        """Tokenize every query; fail the jobs with an over-long one. Returns the others."""
+        token_ids = engine.encoder.tokenize([query for job in jobs for query in job.queries])
+        counts = engine.encoder.token_counts(token_ids)
+        kept, kept_ids, start = [], [], 0
         for job in jobs:
-            job_counts = [next(counts) for _ in job.queries]
-            over = next((i for i, n in enumerate(job_counts) if n > self.max_query_tokens), None)
+            end = start + len(job.queries)
+            over = next(
+                (i for i, n in enumerate(counts[start:end]) if n > self.max_query_tokens), None
+            )
             if over is None:
                 kept.append(job)
+                kept_ids += token_ids[start:end]
             else:
-                job.settle(error=QueryTooLong(over, job_counts[over], self.max_query_tokens))
-        return kept
+                job.settle(error=QueryTooLong(over, counts[start + over], self.max_query_tokens))
+            start = end
+        return kept, kept_ids
 
     def _run_on_engine(
         self, engine: SearchEngine, jobs: list[Job], queue_s: dict[int, float]
     ) -> None:
         clock = time.perf_counter()
-        jobs = self._within_token_limit(engine, jobs)
+        jobs, token_ids = self._within_token_limit(engine, jobs)
         if not jobs:
             return
         texts = [query for job in jobs for query in job.queries]
-        feeds = engine.encoder.tokenize(texts)
         tokenized = time.perf_counter()
-        vectors = engine.encoder.embed(feeds)
+        vectors = engine.encoder.embed(token_ids)
         encoded = time.perf_counter()
         self.metrics.batch_queries.observe(len(texts))
         rows: dict[tuple[str, int], list[int]] = {}

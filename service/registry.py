@@ -93,7 +93,7 @@ class EngineRegistry:
         settings = self.settings
         engine = SearchEngine.load(
             path,
-            settings.threads,
+            settings.model_threads,
             settings.device,
             settings.hybrid_weight,
             settings.encoder_precision,

@@ -6,6 +6,7 @@ environment fails fast with a message naming the variable instead of surfacing l
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +33,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", min_length=1, description="interface to listen on")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
     threads: int = Field(
-        0, ge=0, le=1024, description="ONNX Runtime intra-op threads (0 = library default)"
+        0,
+        ge=0,
+        le=1024,
+        description="ONNX Runtime intra-op threads per batch worker (0 = CPU cores / workers)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the encoder and index run ('auto' = CUDA when available)"
@@ -73,16 +77,27 @@ class Settings(BaseSettings):
         "as the model is free; batches still form while it is busy)",
     )
     max_queue: int = Field(
-        512, ge=1, le=1_000_000, description="queries waiting for the model before 429s start"
+        256, ge=1, le=1_000_000, description="queries waiting for the model before 429s start"
     )
     batch_workers: int = Field(
-        1, ge=1, le=64, description="threads that run batches (each uses XC_THREADS)"
+        2,
+        ge=1,
+        le=64,
+        description="threads that run batches side by side (each with XC_THREADS intra-op "
+        "threads); two keep a CPU busy while the other batch is between model calls",
     )
     request_timeout_ms: float = Field(
-        2000.0,
+        1000.0,
         gt=0.0,
         le=600_000.0,
         description="a query still queued this long after it arrived is dropped (answered 429)",
+    )
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0.0,
+        le=3600.0,
+        description="idle keep-alive connections are closed after this long (keep it above a "
+        "load balancer's idle timeout, often 60 s, so it never reuses a closed connection)",
     )
     shutdown_timeout_s: float = Field(
         30.0, ge=0.0, le=3600.0, description="how long SIGTERM waits for in-flight requests"
@@ -94,6 +109,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="origins allowed by CORS (JSON list; empty = CORS off, '*' = any)",
     )
+
+    @property
+    def model_threads(self) -> int:
+        """Intra-op threads per batch worker: as set, or the CPU cores shared among workers."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.batch_workers)
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -29,20 +29,20 @@ class RecordingEncoder:
         self.calls: list[list[str]] = []
         self.entered = threading.Event()
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        return [len(text.split()) for text in texts]
+    def tokenize(self, texts: list[str]) -> list[list[str]]:
+        return [text.split() for text in texts]
 
-    def tokenize(self, texts: list[str]) -> dict[str, Any]:
-        return {"texts": list(texts)}
+    def token_counts(self, token_ids: list[list[str]]) -> list[int]:
+        return [len(tokens) for tokens in token_ids]
 
-    def embed(self, feeds: dict[str, Any]) -> np.ndarray:
-        self.calls.append(feeds["texts"])
+    def embed(self, token_ids: list[list[str]]) -> np.ndarray:
+        self.calls.append([" ".join(tokens) for tokens in token_ids])
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(10), "test gate never opened"
         if self.fail:
             raise RuntimeError("encoder exploded")
-        return np.arange(len(feeds["texts"]), dtype=np.float32)[:, None]
+        return np.arange(len(token_ids), dtype=np.float32)[:, None]
 
 
 class StandInEngine:
@@ -328,5 +328,55 @@ def test_stop_fails_what_is_queued_and_refuses_new_work() -> None:
         assert isinstance(results[1], Dropped) and results[1].reason == "shutdown"
         with pytest.raises(Dropped):
             batcher.submit(make_job(engine, ["late"]))
+
+    asyncio.run(scenario())
+
+
+def test_a_full_queue_is_refused_before_the_body_is_read() -> None:
+    from starlette.responses import JSONResponse
+
+    from service.admission import ShedWhenFull
+
+    async def scenario() -> None:
+        gate = threading.Event()
+        engine = StandInEngine("a", gate)
+        batcher = make_batcher(max_queue=1)
+        batcher.start()
+        assert batcher.full() is None
+        running = make_job(engine, ["running"])
+        batcher.submit(running)
+        await until(engine.encoder.entered)
+        queued = make_job(engine, ["queued"])
+        batcher.submit(queued)
+        full = batcher.full()
+        assert full is not None and (full.queued, full.limit) == (1, 1)
+
+        reached: list[str] = []
+
+        async def downstream(scope: Any, receive: Any, send: Any) -> None:
+            reached.append(scope["path"])
+
+        def refuse(overloaded: Overloaded) -> JSONResponse:
+            return JSONResponse({"limit": overloaded.limit}, status_code=429)
+
+        shed = ShedWhenFull(downstream, batcher=batcher, path="/search", refuse=refuse)
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            raise AssertionError("the body of a refused request must not be read")
+
+        await shed({"type": "http", "method": "POST", "path": "/search"}, receive, send)
+        assert sent[0]["status"] == 429 and reached == []
+        await shed({"type": "http", "method": "GET", "path": "/metrics"}, receive, send)
+        assert reached == ["/metrics"]  # other routes are never shed
+        gate.set()
+        await answers(running, queued)
+        assert batcher.full() is None
+        await shed({"type": "http", "method": "POST", "path": "/search"}, receive, send)
+        assert reached == ["/metrics", "/search"]
+        batcher.stop()
 
     asyncio.run(scenario())

@@ -26,6 +26,7 @@ from bench.load import (
     encode_bodies,
     format_series,
     format_summary,
+    histogram_quantile,
     latency_summary,
     main,
     metric_deltas,
@@ -178,12 +179,41 @@ def test_stage_seconds_adds_over_other_labels_and_orders_stages() -> None:
     )
     stages = stage_seconds(before, parse_prometheus(after_text))
     assert list(stages) == ["tokenize", "queue", "encode"]
-    assert stages["tokenize"] == {"count": 4, "mean_s": pytest.approx(0.001)}
-    assert stages["queue"] == {"count": 0, "mean_s": None}
+    assert stages["tokenize"]["count"] == 4
+    assert stages["tokenize"]["mean_s"] == pytest.approx(0.001)
+    assert stages["queue"]["count"] == 0 and stages["queue"]["mean_s"] is None
     # encode: astra +6 observations, +0.03 s; mach version 2 is new: +4, +0.03 s
     assert stages["encode"]["count"] == 10
     assert stages["encode"]["mean_s"] == pytest.approx(0.006)
     assert stage_seconds({}, parse_prometheus("x_sum{stage='a'} 1\n".replace("'", '"'))) == {}
+
+
+def test_histogram_quantile_interpolates_within_the_bucket() -> None:
+    # 10 observations: 4 at or below 1 ms, 9 at or below 5 ms, one above 10 ms.
+    cumulative = {0.001: 4, 0.005: 9, 0.01: 9, math.inf: 10}
+    assert histogram_quantile(0.2, cumulative) == pytest.approx(0.0005)
+    assert histogram_quantile(0.5, cumulative) == pytest.approx(0.001 + 0.004 * (1 / 5))
+    assert histogram_quantile(0.9, cumulative) == pytest.approx(0.005)
+    assert histogram_quantile(0.99, cumulative) == pytest.approx(0.01)  # in +Inf: last bound
+    assert histogram_quantile(0.5, {0.001: 0, math.inf: 0}) is None
+    assert histogram_quantile(0.5, {}) is None
+
+
+def test_stage_quantiles_come_from_bucket_deltas() -> None:
+    def exposition(low: int, high: int) -> str:
+        return "".join(
+            f'xc_stage_seconds_bucket{{le="{le}",model="astra",stage="total",version="1"}} {n}\n'
+            for le, n in (("0.01", low), ("0.1", high), ("+Inf", high))
+        ) + (
+            f'xc_stage_seconds_count{{model="astra",stage="total",version="1"}} {high}\n'
+            f'xc_stage_seconds_sum{{model="astra",stage="total",version="1"}} {high * 0.02}\n'
+        )
+
+    before, after = parse_prometheus(exposition(5, 5)), parse_prometheus(exposition(5, 15))
+    total = stage_seconds(before, after)["total"]
+    assert total["count"] == 10  # the 10 new observations all lie in (0.01, 0.1]
+    assert total["p50_s"] == pytest.approx(0.01 + 0.09 * 0.5)
+    assert total["p99_s"] == pytest.approx(0.01 + 0.09 * 0.99)
 
 
 def test_metric_deltas_keeps_changed_series_only() -> None:
@@ -207,7 +237,9 @@ def test_phase_metrics_against_prometheus_client_output() -> None:
     metrics = phase_metrics(before, after)
     assert metrics["stage_seconds"]["encode"]["count"] == 3
     assert metrics["stage_seconds"]["encode"]["mean_s"] == pytest.approx(0.020)
-    assert metrics["stage_seconds"]["total"] == {"count": 1, "mean_s": pytest.approx(0.25)}
+    total = metrics["stage_seconds"]["total"]
+    assert total["count"] == 1 and total["mean_s"] == pytest.approx(0.25)
+    assert 0.1 < total["p50_s"] < total["p99_s"] <= 0.25  # inside the (0.1, 0.25] bucket
     assert metrics["delta"]['xc_stage_seconds_count{model="astra",stage="encode",version="1"}'] == 3
     assert not any("_created" in series for series in metrics["delta"])
     assert phase_metrics("ok 1", "broken")["error"].startswith("line 1")

@@ -92,6 +92,27 @@ def test_default_k_must_not_exceed_max_k() -> None:
     assert Settings(max_k=10, default_k=10).default_k == 10
 
 
+def test_batch_limit_must_fit_in_the_queue() -> None:
+    with pytest.raises(ValidationError, match=r"max_batch_queries \(300\) must be <= max_queue"):
+        Settings(max_batch_queries=300, max_queue=256)
+
+
+def test_empty_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XC_API_KEY", "")
+    assert Settings().api_key is None
+    monkeypatch.setenv("XC_API_KEY", "k3y")
+    key = Settings().api_key
+    assert key is not None and key.get_secret_value() == "k3y" and "k3y" not in repr(key)
+
+
+def test_model_threads_share_the_cores_among_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Settings(batch_workers=2).model_threads == 4
+    assert Settings(batch_workers=3).model_threads == 2
+    assert Settings(batch_workers=16).model_threads == 1
+    assert Settings(batch_workers=2, threads=3).model_threads == 3
+
+
 def test_cli_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XC_PORT", "9001")
     monkeypatch.setenv("XC_THREADS", "3")

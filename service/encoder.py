@@ -146,10 +146,13 @@ class QueryEncoder:
         by_length: dict[int, list[int]] = {}
         for position, row in enumerate(rows):
             by_length.setdefault(len(row), []).append(position)
-        vectors = np.empty((len(rows), self.spec.dim), dtype=np.float32)
+        vectors: np.ndarray | None = None
         for positions in by_length.values():
             (out,) = self.session.run([self.spec.output], self._feeds([rows[p] for p in positions]))
+            if vectors is None:  # sized by the graph's output: the load-time probe checks it
+                vectors = np.empty((len(rows), out.shape[1]), dtype=np.float32)
             vectors[positions] = out
+        assert vectors is not None, "embed needs at least one text"
         return vectors
 
     def encode(self, texts: list[str]) -> np.ndarray:

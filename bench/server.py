@@ -1,4 +1,4 @@
-"""A real `python -m service` process for the HTTP benchmarks (`bench.latency`, `bench.load`).
+"""A real `python -m service` process for the HTTP benchmark (`bench.load`).
 
 `running_server(bundle, port, threads)` starts the server on a loopback port, waits for
 `/readyz` and yields its base URL; `server_process` does the same but yields the process too

@@ -23,9 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from service.engine import Hit, SearchEngine
+from service.engine import Hit, SearchEngine, search_grouped
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -305,24 +303,16 @@ class MicroBatcher:
         vectors = engine.encoder.embed(token_ids)
         encoded = time.perf_counter()
         self.metrics.batch_queries.observe(len(texts))
-        rows: dict[tuple[str, int], list[int]] = {}
-        offsets = np.cumsum([0] + [len(job.queries) for job in jobs])
-        for position, job in enumerate(jobs):
-            rows.setdefault((job.model, job.k), []).append(position)
-        for (model, k), positions in rows.items():
-            started = time.perf_counter()
-            index = np.concatenate([np.arange(offsets[p], offsets[p + 1]) for p in positions])
-            group_texts = [texts[i] for i in index]
-            hits = engine.hits(*engine.rank_encoded(vectors[index], group_texts, k, model))
-            retrieve_s = time.perf_counter() - started
-            start_row = 0
-            for p in positions:
-                job = jobs[p]
-                stages = {
-                    "queue": queue_s[id(job)],
-                    "tokenize": tokenized - clock,
-                    "encode": encoded - tokenized,
-                    "retrieve": retrieve_s,
-                }
-                job.settle(Answer(hits[start_row : start_row + len(job.queries)], stages))
-                start_row += len(job.queries)
+        wants = [(job.model, job.k) for job in jobs for _ in job.queries]
+        hits = search_grouped(engine, vectors, texts, wants)
+        retrieved = time.perf_counter()
+        start_row = 0
+        for job in jobs:
+            stages = {
+                "queue": queue_s[id(job)],
+                "tokenize": tokenized - clock,
+                "encode": encoded - tokenized,
+                "retrieve": retrieved - encoded,
+            }
+            job.settle(Answer(hits[start_row : start_row + len(job.queries)], stages))
+            start_row += len(job.queries)

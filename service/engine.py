@@ -185,3 +185,21 @@ class SearchEngine:
             ]
             for row_scores, row_labels in zip(scores, labels, strict=True)
         ]
+
+
+def search_grouped(
+    engine: SearchEngine, vectors: np.ndarray, texts: list[str], wants: list[tuple[str, int]]
+) -> list[list[Hit]]:
+    """Hits of each embedded text under its own (model, k), one retrieval per distinct pair.
+
+    The batcher and the offline scorer both encode a mixed batch once and answer it with this.
+    """
+    hits: list[list[Hit]] = [[] for _ in texts]
+    groups: dict[tuple[str, int], list[int]] = {}
+    for row, want in enumerate(wants):
+        groups.setdefault(want, []).append(row)
+    for (model, k), rows in groups.items():
+        ranked = engine.rank_encoded(vectors[rows], [texts[r] for r in rows], k, model)
+        for row, found in zip(rows, engine.hits(*ranked), strict=True):
+            hits[row] = found
+    return hits

@@ -51,6 +51,18 @@ def _without_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+def bounded_query(max_chars: int) -> Any:
+    """The query type every route and file format shares: 1..max_chars, no control characters.
+
+    Whitespace is trimmed first by the models' `str_strip_whitespace`.
+    """
+    return Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=max_chars),
+        AfterValidator(_check_query_text),
+    ]
+
+
 def search_request_model(
     max_query_chars: int = 512, max_k: int = 1000, default_k: int = 10, max_queries: int = 256
 ) -> type[BaseModel]:
@@ -61,11 +73,7 @@ def search_request_model(
     messages and the OpenAPI schema in agreement.
     """
     query_limit = f"1 to {max_query_chars} characters after trimming whitespace"
-    BoundedQuery = Annotated[
-        str,
-        StringConstraints(min_length=1, max_length=max_query_chars),
-        AfterValidator(_check_query_text),
-    ]
+    BoundedQuery = bounded_query(max_query_chars)
 
     class SearchRequest(BaseModel):
         """A search: one free-text `query` or a list of `queries`, k, and which model."""

@@ -1,0 +1,1 @@
+"""Offline batch scoring: request files in, one JSONL answer per request out, resumable."""

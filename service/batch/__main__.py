@@ -1,0 +1,93 @@
+"""Score a JSONL file offline, no server: `python -m service.batch --bundle B --input I --output O`.
+
+Input lines are `{"custom_id", "query", "k"?, "model"?}`; every line is checked first and a
+file with bad lines is refused, naming them (exit 2). Output lines are described in
+`service.batch.scoring`. Interrupted runs resume: run the same command again and scoring goes
+on after the last complete chunk in the output. Limits and the encoder come from the `XC_*`
+settings (`XC_MAX_QUERY_CHARS`, `XC_MAX_K`, `XC_MAX_QUERY_TOKENS`, `XC_ENCODER_PRECISION`, ...).
+Exit status: 0 done, 1 bundle or resume problem, 2 bad input or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.batch.requests import BatchInputError, parse_requests
+from service.batch.scoring import DEFAULT_CHUNK, ResumeMismatch, score_to_file
+from service.bundle import BundleError
+from service.engine import SearchEngine
+from service.settings import Settings
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(prog="python -m service.batch", description=__doc__)
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    parser.add_argument("--input", type=Path, required=True, help="JSONL requests")
+    parser.add_argument("--output", type=Path, required=True, help="JSONL answers (appended)")
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK, help="requests per encoder call"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scoring; prints a JSON summary on the last line of standard output."""
+    args = parse_args(argv)
+    try:
+        settings = Settings(bundle=args.bundle)
+    except ValidationError as exc:
+        print(f"python -m service.batch: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        with args.input.open(encoding="utf-8") as lines:
+            requests = parse_requests(
+                lines, settings.max_query_chars, settings.max_k, settings.default_k
+            )
+    except (OSError, UnicodeDecodeError, BatchInputError) as exc:
+        print(f"python -m service.batch: {args.input}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    start = time.perf_counter()
+    try:
+        engine = SearchEngine.load(
+            settings.bundle,
+            settings.threads,
+            settings.device,
+            settings.hybrid_weight,
+            settings.encoder_precision,
+        )
+        counts = score_to_file(
+            engine,
+            requests,
+            args.output,
+            max_query_tokens=settings.max_query_tokens,
+            chunk_size=args.chunk_size,
+            progress=not args.no_progress,
+        )
+    except (BundleError, ResumeMismatch) as exc:
+        print(f"python -m service.batch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    seconds = time.perf_counter() - start
+    summary = {
+        "output": str(args.output),
+        "total": counts.total,
+        "completed": counts.completed,
+        "failed": counts.failed,
+        "seconds": round(seconds, 3),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Score batch requests into a JSONL output, chunk by chunk, resumable after a crash.
+
+Output line i answers input request i: `{"custom_id", "response": {"model", "version",
+"results"}, "error": null}`, or `"response": null` with `"error": {"type", "msg"}` for a
+request that could not be answered (a query over the token limit, a model the bundle lacks).
+A chunk's lines are appended and fsynced together; on restart the complete lines already in
+the output are checked against the input (same custom_ids, same order), a torn last line is cut
+off, and scoring goes on after them. So each custom_id is written exactly once, however often
+the process is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from service.batch.requests import BatchRequest
+from service.engine import Hit, SearchEngine, search_grouped
+
+DEFAULT_CHUNK = 1024
+
+
+class ResumeMismatch(ValueError):
+    """The existing output does not belong to this input."""
+
+
+@dataclass
+class Counts:
+    """Requests answered and failed so far."""
+
+    total: int
+    completed: int = 0
+    failed: int = 0
+
+
+def _answer(custom_id: str, model: str, version: str, hits: list[Hit]) -> dict[str, Any]:
+    results = [{"id": hit.id, "title": hit.title, "score": hit.score} for hit in hits]
+    return {
+        "custom_id": custom_id,
+        "response": {"model": model, "version": version, "results": results},
+        "error": None,
+    }
+
+
+def _failure(custom_id: str, type_: str, msg: str) -> dict[str, Any]:
+    return {"custom_id": custom_id, "response": None, "error": {"type": type_, "msg": msg}}
+
+
+def score_chunk(
+    engine: SearchEngine, requests: list[BatchRequest], max_query_tokens: int
+) -> list[dict[str, Any]]:
+    """Output records for `requests`, in order: encode once, retrieve once per (model, k)."""
+    records: list[dict[str, Any] | None] = [None] * len(requests)
+    token_ids = engine.encoder.tokenize([r.query for r in requests])
+    counts = engine.encoder.token_counts(token_ids)
+    kept: list[int] = []
+    wants: list[tuple[str, int]] = []
+    for position, (request, tokens) in enumerate(zip(requests, counts, strict=True)):
+        try:
+            model = engine.resolve_model(request.model)
+        except ValueError as exc:
+            records[position] = _failure(request.custom_id, "model_not_found", str(exc))
+            continue
+        if tokens > max_query_tokens:
+            msg = f"query: must be at most {max_query_tokens} tokens (has {tokens})"
+            records[position] = _failure(request.custom_id, "query_too_many_tokens", msg)
+            continue
+        kept.append(position)
+        wants.append((model, request.k))
+    if kept:
+        vectors = engine.encoder.embed([token_ids[p] for p in kept])
+        texts = [requests[p].query for p in kept]
+        version = engine.manifest.version
+        hits = search_grouped(engine, vectors, texts, wants)
+        for position, (model, _), found in zip(kept, wants, hits, strict=True):
+            records[position] = _answer(requests[position].custom_id, model, version, found)
+    assert all(record is not None for record in records)
+    return records  # type: ignore[return-value]
+
+
+def completed_prefix(output: Path, requests: list[BatchRequest]) -> Counts:
+    """Count the answers already in `output` (cutting a torn last line); check they match."""
+    counts = Counts(total=len(requests))
+    if not output.exists():
+        return counts
+    data = output.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with output.open("r+b") as handle:  # a line torn by a crash: written again below
+            handle.truncate(len(complete))
+    for position, line in enumerate(complete.splitlines()):
+        record = json.loads(line)
+        if position >= len(requests) or record["custom_id"] != requests[position].custom_id:
+            raise ResumeMismatch(
+                f"{output}: line {position + 1} answers {record['custom_id']!r}, but input "
+                f"request {position + 1} is "
+                f"{requests[position].custom_id if position < len(requests) else 'absent'!r}; "
+                "this output belongs to another input (remove it to start over)"
+            )
+        if record["error"] is None:
+            counts.completed += 1
+        else:
+            counts.failed += 1
+    return counts
+
+
+def _chunks(requests: list[BatchRequest], start: int, size: int) -> Iterator[list[BatchRequest]]:
+    for first in range(start, len(requests), size):
+        yield requests[first : first + size]
+
+
+def score_to_file(
+    engine: SearchEngine,
+    requests: list[BatchRequest],
+    output: Path,
+    *,
+    max_query_tokens: int = 128,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+) -> Counts:
+    """Answer every request not yet in `output`, appending chunk by chunk; returns the counts."""
+    counts = completed_prefix(output, requests)
+    done = counts.completed + counts.failed
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        output.open("ab") as handle,
+        tqdm(
+            total=len(requests), initial=done, unit="query", desc="score", disable=not progress
+        ) as bar,
+    ):
+        for chunk in _chunks(requests, done, chunk_size):
+            records = score_chunk(engine, chunk, max_query_tokens)
+            handle.write(b"".join(json.dumps(r).encode() + b"\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+            failed = sum(record["error"] is not None for record in records)
+            counts.failed += failed
+            counts.completed += len(records) - failed
+            bar.update(len(records))
+    return counts

@@ -33,6 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.admission import ShedWhenFull
 from service.auth import require_api_key
+from service.batch.routes import make_batch_router
+from service.batch.store import JobStore
+from service.batch.worker import BatchWorker
 from service.batcher import Answer, Dropped, Job, MicroBatcher, Overloaded, QueryTooLong
 from service.bundle import BundleError
 from service.engine import Hit, SearchEngine
@@ -224,6 +227,13 @@ def make_lifespan(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        settings = registry.settings
+        store = await asyncio.to_thread(JobStore, settings.data_dir)
+        jobs = BatchWorker(
+            store, lambda: registry.engine, settings.batch_chunk, settings.max_query_tokens
+        )
+        jobs.start()
+        app.state.job_store = store
         loader = asyncio.create_task(load_first_engine(registry, on_fatal))
         loop = asyncio.get_running_loop()
         # Only possible in the main thread of a POSIX process (not under a test client).
@@ -240,6 +250,9 @@ def make_lifespan(
                 await loader
             # In-flight requests are done (the server drained them); fail what never ran.
             await asyncio.to_thread(batcher.stop)
+            # A batch job stops after its chunk and resumes at the next start.
+            await asyncio.to_thread(jobs.stop)
+            store.close()
 
     return lifespan
 
@@ -360,6 +373,7 @@ def create_app(
         openapi_tags=[
             {"name": "search", "description": "Top-k products for text queries."},
             {"name": "models", "description": "The loaded bundle, and swapping in a new one."},
+            {"name": "batches", "description": "Durable offline scoring of JSONL request files."},
             {"name": "operations", "description": "Liveness, readiness and metrics."},
         ],
     )
@@ -370,7 +384,9 @@ def create_app(
     known_paths = {"/search", "/v1/models", "/admin/reload", "/healthz", "/readyz", "/metrics"}
 
     def count_request(method: str, path: str, status_code: int) -> None:
-        route = path if path in known_paths else "other"
+        route = (
+            path if path in known_paths else "/batches" if path.startswith("/batches") else "other"
+        )
         metrics.requests.labels(route, str(status_code)).inc()
 
     def shed(overloaded: Overloaded) -> JSONResponse:
@@ -385,7 +401,11 @@ def create_app(
     app.add_middleware(ShedWhenFull, batcher=batcher, path="/search", refuse=shed)
     app.add_middleware(
         BodyLimitMiddleware,
-        limits={"/search": SEARCH_MAX_BODY_BYTES, "/admin/reload": RELOAD_MAX_BODY_BYTES},
+        limits={
+            "/search": SEARCH_MAX_BODY_BYTES,
+            "/admin/reload": RELOAD_MAX_BODY_BYTES,
+            "/batches": settings.max_batch_file_bytes,
+        },
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -502,6 +522,8 @@ def create_app(
             current=current.info(),
             load_s=round(took, 3),
         )
+
+    app.include_router(make_batch_router(settings, settings.max_batch_file_bytes))
 
     @app.get(
         "/healthz",

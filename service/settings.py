@@ -102,6 +102,18 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         30.0, ge=0.0, le=3600.0, description="how long SIGTERM waits for in-flight requests"
     )
+    data_dir: Path = Field(
+        Path("data/service"), description="where batch jobs live (SQLite database and files)"
+    )
+    batch_chunk: int = Field(
+        512, ge=1, le=100_000, description="requests the batch worker scores per model call"
+    )
+    max_batch_file_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, le=1 << 34, description="largest batch upload, in bytes"
+    )
+    max_batch_lines: int = Field(
+        1_000_000, ge=1, le=100_000_000, description="most requests in one batch job"
+    )
     api_key: SecretStr | None = Field(
         None, description="bearer token required on /search, /v1/models and /admin/* when set"
     )

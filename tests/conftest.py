@@ -7,11 +7,14 @@ so every test that serves or evaluates a model exercises the actual training and
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Apps built in tests keep their batch-job stores out of the repository.
+os.environ.setdefault("XC_DATA_DIR", tempfile.mkdtemp(prefix="xc-test-data-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]

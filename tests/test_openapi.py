@@ -34,7 +34,14 @@ def test_contract_documents_routes_limits_and_error_shape() -> None:
         "/healthz",
         "/readyz",
         "/metrics",
+        "/batches",
+        "/batches/{batch_id}",
+        "/batches/{batch_id}/cancel",
+        "/batches/{batch_id}/output",
+        "/batches/{batch_id}/errors",
     }
+    create = spec["paths"]["/batches"]["post"]["requestBody"]["content"]
+    assert set(create) == {"application/json", "multipart/form-data"}
     search = spec["paths"]["/search"]["post"]
     for code in ("400", "401", "404", "413", "422", "429", "500", "503"):
         ref = search["responses"][code]["content"]["application/json"]["schema"]["$ref"]

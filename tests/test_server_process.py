@@ -47,6 +47,7 @@ def start_server(
     `settings` become `XC_*` variables (`max_wait_ms="300"` -> `XC_MAX_WAIT_MS=300`).
     """
     command = [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)]
+    settings.setdefault("data_dir", str(stderr_path.parent / "data"))  # batch jobs: per test
     env = {**clean_env(), **{f"XC_{name.upper()}": value for name, value in settings.items()}}
     with stderr_path.open("wb") as stderr:
         return subprocess.Popen(

@@ -5,7 +5,12 @@ file with bad lines is refused, naming them (exit 2). Output lines are described
 `service.batch.scoring`. Interrupted runs resume: run the same command again and scoring goes
 on after the last complete chunk in the output. Limits and the encoder come from the `XC_*`
 settings (`XC_MAX_QUERY_CHARS`, `XC_MAX_K`, `XC_MAX_QUERY_TOKENS`, `XC_ENCODER_PRECISION`, ...).
-Exit status: 0 done, 1 bundle or resume problem, 2 bad input or settings.
+
+`--engine ray` scores the same way on Ray (`service.batch.ray_scoring`): blocks of
+`--block-size` requests, each scored by one of `--workers` actors that load the bundle once,
+written per block and merged in input order. `--address` names a Ray cluster (`ray://head:10001`,
+`auto`); without it a local instance is started. It needs the `cluster` extra (ray).
+Exit status: 0 done, 1 bundle, resume or Ray problem, 2 bad input or settings.
 """
 
 from __future__ import annotations
@@ -18,14 +23,23 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.batch.requests import BatchInputError, parse_requests
-from service.batch.scoring import DEFAULT_CHUNK, ResumeMismatch, score_to_file
+from service.batch.ray_scoring import DEFAULT_BLOCK, DEFAULT_WORKERS, RayUnavailable, score_with_ray
+from service.batch.requests import BatchInputError, BatchRequest, parse_requests
+from service.batch.scoring import DEFAULT_CHUNK, Counts, ResumeMismatch, score_to_file
 from service.bundle import BundleError
 from service.engine import SearchEngine
 from service.settings import Settings
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,10 +49,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", type=Path, required=True, help="JSONL requests")
     parser.add_argument("--output", type=Path, required=True, help="JSONL answers (appended)")
     parser.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK, help="requests per encoder call"
+        "--chunk-size", type=positive_int, default=DEFAULT_CHUNK, help="requests per encoder call"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="score in this process (local) or on Ray actors (ray)",
+    )
+    parser.add_argument(
+        "--address", help="with --engine ray: Ray cluster address (ray://head:10001, auto)"
+    )
+    parser.add_argument(
+        "--block-size",
+        type=positive_int,
+        default=DEFAULT_BLOCK,
+        help=f"with --engine ray: requests per block (default {DEFAULT_BLOCK})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=DEFAULT_WORKERS,
+        help=f"with --engine ray: Ray actors, each loading the bundle (default {DEFAULT_WORKERS})",
+    )
+    args = parser.parse_args(argv)
+    if args.address and args.engine != "ray":
+        parser.error("--address needs --engine ray")
+    return args
+
+
+def score(args: argparse.Namespace, settings: Settings, requests: list[BatchRequest]) -> Counts:
+    """Score `requests` into `args.output` with the chosen engine."""
+    progress = not args.no_progress
+    if args.engine == "ray":
+        return score_with_ray(
+            settings.bundle,
+            requests,
+            args.output,
+            address=args.address,
+            block_size=args.block_size,
+            workers=args.workers,
+            max_query_tokens=settings.max_query_tokens,
+            chunk_size=args.chunk_size,
+            threads=settings.threads,
+            device=settings.device,
+            hybrid_weight=settings.hybrid_weight,
+            precision=settings.encoder_precision,
+            progress=progress,
+        )
+    engine = SearchEngine.load(
+        settings.bundle,
+        settings.threads,
+        settings.device,
+        settings.hybrid_weight,
+        settings.encoder_precision,
+    )
+    return score_to_file(
+        engine,
+        requests,
+        args.output,
+        max_query_tokens=settings.max_query_tokens,
+        chunk_size=args.chunk_size,
+        progress=progress,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,22 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     start = time.perf_counter()
     try:
-        engine = SearchEngine.load(
-            settings.bundle,
-            settings.threads,
-            settings.device,
-            settings.hybrid_weight,
-            settings.encoder_precision,
-        )
-        counts = score_to_file(
-            engine,
-            requests,
-            args.output,
-            max_query_tokens=settings.max_query_tokens,
-            chunk_size=args.chunk_size,
-            progress=not args.no_progress,
-        )
-    except (BundleError, ResumeMismatch) as exc:
+        counts = score(args, settings, requests)
+    except (BundleError, ResumeMismatch, RayUnavailable, ConnectionError) as exc:
         print(f"python -m service.batch: {exc}", file=sys.stderr)
         return EXIT_FAILED
     seconds = time.perf_counter() - start

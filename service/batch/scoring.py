@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,8 +123,13 @@ def score_to_file(
     max_query_tokens: int = 128,
     chunk_size: int = DEFAULT_CHUNK,
     progress: bool = True,
+    stop_after_chunk: Callable[[Counts], bool] | None = None,
 ) -> Counts:
-    """Answer every request not yet in `output`, appending chunk by chunk; returns the counts."""
+    """Answer every request not yet in `output`, appending chunk by chunk; returns the counts.
+
+    `stop_after_chunk(counts)` runs after each chunk is on disk (the job store records progress
+    with it); returning True stops there, to be resumed later or cancelled.
+    """
     counts = completed_prefix(output, requests)
     done = counts.completed + counts.failed
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -143,4 +148,6 @@ def score_to_file(
             counts.failed += failed
             counts.completed += len(records) - failed
             bar.update(len(records))
+            if stop_after_chunk is not None and stop_after_chunk(counts):
+                break
     return counts

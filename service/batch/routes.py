@@ -1,0 +1,266 @@
+"""The batch API, shaped like OpenAI's Batch API: create, inspect, list, cancel, download.
+
+`POST /batches` takes a JSONL upload (multipart field `file`) or `{"requests": [...]}`. Every
+line is checked before the job exists: a file with a bad line is refused with 422, one entry per
+problem naming the line, so a job never runs on input its author did not mean. Accepted jobs
+are scored by `service.batch.worker` in the background; answers that fail at scoring time (a
+query over the token limit, a model the bundle lacks) are error lines in the output, also served
+alone by `/batches/{id}/errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from service.auth import require_api_key
+from service.batch.requests import BatchInputError, parse_requests
+from service.batch.store import TERMINAL, Job, JobStore
+from service.errors import api_error
+from service.schemas import (
+    BatchCreate,
+    BatchJob,
+    BatchList,
+    ErrorResponse,
+    RequestCounts,
+    validation_details,
+)
+from service.settings import Settings
+
+JSONL = "application/x-ndjson"
+JOB_ID = r"^batch_[0-9a-f]{32}$"
+_ERROR = {"model": ErrorResponse}
+
+BatchId = Annotated[str, Path(pattern=JOB_ID, description="A job id from POST /batches.")]
+
+
+def job_model(job: Job) -> BatchJob:
+    """The API shape of a stored job."""
+    counts = RequestCounts(total=job.total, completed=job.completed, failed=job.failed)
+    return BatchJob(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        request_counts=counts,
+        error=job.error,
+    )
+
+
+def _store(request: Request) -> JobStore:
+    store: JobStore | None = getattr(request.app.state, "job_store", None)
+    if store is None:
+        headers = {"Retry-After": "1"}
+        msg = "not ready: the batch job store is starting; retry shortly"
+        raise api_error(status.HTTP_503_SERVICE_UNAVAILABLE, [], msg, "not_ready", headers)
+    return store
+
+
+def _job(store: JobStore, batch_id: str) -> Job:
+    job = store.get(batch_id)
+    if job is None:
+        msg = f"batch_id: there is no batch job {batch_id}"
+        raise api_error(status.HTTP_404_NOT_FOUND, ["path", "batch_id"], msg, "batch_not_found")
+    return job
+
+
+def _refuse_lines(exc: BatchInputError, field: str) -> Exception:
+    details = [
+        {"loc": ["body", field], "msg": f"{field}: {problem}", "type": "batch_line_invalid"}
+        for problem in exc.problems
+    ]
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=details)
+
+
+async def _request_lines(request: Request, settings: Settings) -> tuple[list[str], str]:
+    """The JSONL lines of an upload or a JSON body, and the field they came in."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=1)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            msg = "file: is required (a JSONL file in multipart field 'file')"
+            raise api_error(422, ["body", "file"], msg, "missing")
+        data = await upload.read()
+        try:
+            return data.decode("utf-8").splitlines(), "file"
+        except UnicodeDecodeError as exc:
+            msg = f"file: must be UTF-8 (invalid byte at offset {exc.start})"
+            raise api_error(422, ["body", "file"], msg, "file_not_utf8") from exc
+    if content_type.startswith("application/json"):
+        try:
+            body = BatchCreate.model_validate_json(await request.body())
+        except ValidationError as exc:
+            limits = {"requests": "a list of 1 or more request objects"}
+            errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+            raise HTTPException(422, detail=validation_details(errors, limits)) from exc
+        return [json.dumps(r) for r in body.requests], "requests"
+    msg = (
+        "body: send a JSONL file as multipart/form-data field 'file', or application/json "
+        '{"requests": [...]}'
+    )
+    raise api_error(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, ["body"], msg, "unsupported_media")
+
+
+def _error_lines(path: FilePath) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        for line in handle:
+            if json.loads(line)["error"] is not None:
+                yield line
+
+
+def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
+    """The /batches routes, behind the API key when one is set."""
+    router = APIRouter(tags=["batches"], dependencies=[Depends(require_api_key)])
+    optional_auth: dict[str, Any] = {"security": [{}]}
+    upload_schema = {
+        "type": "object",
+        "properties": {"file": {"type": "string", "format": "binary"}},
+        "required": ["file"],
+    }
+    create_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": BatchCreate.model_json_schema()},
+                "multipart/form-data": {"schema": upload_schema},
+            },
+        },
+        **optional_auth,
+    }
+    not_found = {404: {**_ERROR, "description": "No job has this id."}}
+
+    @router.post(
+        "/batches",
+        status_code=status.HTTP_201_CREATED,
+        summary="Create a batch job from JSONL requests",
+        operation_id="create_batch",
+        openapi_extra=create_body,
+        responses={
+            400: {**_ERROR, "description": "The JSON body cannot be parsed."},
+            413: {**_ERROR, "description": f"The upload is larger than {max_body_bytes} bytes."},
+            415: {**_ERROR, "description": "Neither multipart/form-data nor JSON."},
+            422: {**_ERROR, "description": "Bad lines (each named), or too many lines."},
+        },
+    )
+    async def create_batch(request: Request) -> BatchJob:
+        """Check every request, store them, and queue the job for the background worker."""
+        store = _store(request)
+        lines, field = await _request_lines(request, settings)
+        count = sum(1 for line in lines if line.strip())
+        if count > settings.max_batch_lines:
+            msg = f"{field}: has {count} requests, limit {settings.max_batch_lines}"
+            raise api_error(422, ["body", field], msg, "too_many_requests")
+        if count == 0:
+            raise api_error(422, ["body", field], f"{field}: has no requests", "empty")
+        try:
+            requests = await asyncio.to_thread(
+                parse_requests,
+                lines,
+                settings.max_query_chars,
+                settings.max_k,
+                settings.default_k,
+            )
+        except BatchInputError as exc:
+            raise _refuse_lines(exc, field) from exc
+        return job_model(await asyncio.to_thread(store.create, requests))
+
+    @router.get(
+        "/batches",
+        summary="List batch jobs, newest first",
+        operation_id="list_batches",
+        openapi_extra=optional_auth,
+    )
+    async def list_batches(
+        request: Request,
+        after: Annotated[str | None, Query(pattern=JOB_ID)] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> BatchList:
+        """A page of jobs; pass the last id as `after` for the next page."""
+        jobs, more = _store(request).page(after, limit)
+        return BatchList(
+            data=[job_model(job) for job in jobs],
+            has_more=more,
+            last_id=jobs[-1].id if jobs else None,
+        )
+
+    @router.get(
+        "/batches/{batch_id}",
+        summary="A batch job",
+        operation_id="get_batch",
+        responses=not_found,
+        openapi_extra=optional_auth,
+    )
+    async def get_batch(request: Request, batch_id: BatchId) -> BatchJob:
+        """Status and request counts of one job."""
+        return job_model(_job(_store(request), batch_id))
+
+    @router.post(
+        "/batches/{batch_id}/cancel",
+        summary="Cancel a batch job",
+        operation_id="cancel_batch",
+        responses=not_found,
+        openapi_extra=optional_auth,
+    )
+    async def cancel_batch(request: Request, batch_id: BatchId) -> BatchJob:
+        """A waiting job is cancelled at once; a running one after its current chunk."""
+        store = _store(request)
+        _job(store, batch_id)
+        job = await asyncio.to_thread(store.cancel, batch_id)
+        assert job is not None
+        return job_model(job)
+
+    ready = {
+        **not_found,
+        200: {"content": {JSONL: {"schema": {"type": "string"}}}, "description": "JSONL."},
+        409: {**_ERROR, "description": "The job has not finished yet."},
+    }
+
+    def finished(request: Request, batch_id: str) -> tuple[JobStore, Job]:
+        store = _store(request)
+        job = _job(store, batch_id)
+        if job.status not in TERMINAL:
+            msg = f"status: the job is {job.status}; its output is ready once it has finished"
+            raise api_error(status.HTTP_409_CONFLICT, ["path", "batch_id"], msg, "not_finished")
+        return store, job
+
+    @router.get(
+        "/batches/{batch_id}/output",
+        summary="A finished job's answers (JSONL, one line per request, in input order)",
+        operation_id="batch_output",
+        response_class=FileResponse,
+        responses=ready,
+        openapi_extra=optional_auth,
+    )
+    async def batch_output(request: Request, batch_id: BatchId) -> Any:
+        """`{"custom_id", "response", "error"}` per request."""
+        store, job = finished(request, batch_id)
+        path = store.output_path(job.id)
+        if not path.exists():  # cancelled before it started
+            return StreamingResponse(iter(()), media_type=JSONL)
+        return FileResponse(path, media_type=JSONL)
+
+    @router.get(
+        "/batches/{batch_id}/errors",
+        summary="A finished job's failed requests (JSONL)",
+        operation_id="batch_errors",
+        response_class=StreamingResponse,
+        responses=ready,
+        openapi_extra=optional_auth,
+    )
+    async def batch_errors(request: Request, batch_id: BatchId) -> Any:
+        """The output lines whose `error` is set."""
+        store, job = finished(request, batch_id)
+        path = store.output_path(job.id)
+        lines = _error_lines(path) if path.exists() else iter(())
+        return StreamingResponse(lines, media_type=JSONL)
+
+    return router

@@ -1,0 +1,174 @@
+"""Durable batch jobs: one SQLite database (WAL) plus a directory of files per job.
+
+The database holds each job's status and counts; `<data_dir>/jobs/<id>/` holds its checked
+input (`input.jsonl`) and its answers (`output.jsonl`, appended and fsynced chunk by chunk by
+`service.batch.scoring`). Ids and paths are made here, never taken from a client. Every write
+is its own transaction, so a crash leaves the last committed state, and the output file is the
+truth for progress: a restarted worker resumes from it.
+
+Status: validating -> in_progress -> completed | failed | cancelled (`cancelling` while a
+running job finishes its chunk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from service.batch.requests import BatchRequest
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+RUNNABLE = ("validating", "in_progress")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+)
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's record."""
+
+    id: str
+    status: str
+    created_at: str
+    updated_at: str
+    total: int
+    completed: int
+    failed: int
+    error: str | None
+
+
+class JobStore:
+    """Jobs in `<data_dir>/jobs.sqlite3`, their files in `<data_dir>/jobs/<id>/`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        (data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            data_dir / "jobs.sqlite3", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(SCHEMA)
+        self._lock = threading.Lock()
+        self.changed = threading.Condition()  # notified when a job is added or cancelled
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def job_dir(self, job_id: str) -> Path:
+        """The directory of a job's files."""
+        return self.data_dir / "jobs" / job_id
+
+    def input_path(self, job_id: str) -> Path:
+        """The checked requests of a job."""
+        return self.job_dir(job_id) / "input.jsonl"
+
+    def output_path(self, job_id: str) -> Path:
+        """The answers of a job, one line per request in input order."""
+        return self.job_dir(job_id) / "output.jsonl"
+
+    def create(self, requests: list[BatchRequest]) -> Job:
+        """Write the requests and record a new job (status validating)."""
+        job_id = f"batch_{uuid.uuid4().hex}"
+        directory = self.job_dir(job_id)
+        directory.mkdir(parents=True)
+        staged = directory / "input.jsonl.tmp"
+        with staged.open("w", encoding="utf-8") as handle:
+            for r in requests:
+                record = {"custom_id": r.custom_id, "query": r.query, "k": r.k, "model": r.model}
+                handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        staged.replace(self.input_path(job_id))
+        now = _now()
+        self._execute(
+            "INSERT INTO jobs (id, status, created_at, updated_at, total) VALUES (?, ?, ?, ?, ?)",
+            (job_id, "validating", now, now, len(requests)),
+        )
+        with self.changed:
+            self.changed.notify_all()
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        """A job by id (None when there is none)."""
+        rows = self._execute(
+            "SELECT id, status, created_at, updated_at, total, completed, failed, error "
+            "FROM jobs WHERE id = ?",
+            (job_id,),
+        )
+        return Job(*rows[0]) if rows else None
+
+    def page(self, after: str | None, limit: int) -> tuple[list[Job], bool]:
+        """Jobs newest first, after the job `after`; and whether more follow."""
+        columns = "id, status, created_at, updated_at, total, completed, failed, error"
+        if after is None:
+            rows = self._execute(
+                f"SELECT {columns} FROM jobs ORDER BY seq DESC LIMIT ?", (limit + 1,)
+            )
+        else:
+            rows = self._execute(
+                f"SELECT {columns} FROM jobs WHERE seq < (SELECT seq FROM jobs WHERE id = ?) "
+                "ORDER BY seq DESC LIMIT ?",
+                (after, limit + 1),
+            )
+        return [Job(*row) for row in rows[:limit]], len(rows) > limit
+
+    def next_runnable(self) -> Job | None:
+        """The oldest job that is waiting or was interrupted (resumed after a restart)."""
+        rows = self._execute(
+            "SELECT id FROM jobs WHERE status IN (?, ?, 'cancelling') ORDER BY seq LIMIT 1",
+            RUNNABLE,
+        )
+        return self.get(rows[0][0]) if rows else None
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Set some of status, completed, failed, error (one transaction)."""
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._execute(
+            f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",
+            (*fields.values(), _now(), job_id),
+        )
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Ask a job to stop: waiting jobs end at once, a running one after its chunk."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = CASE status WHEN 'validating' THEN 'cancelled' "
+                "WHEN 'in_progress' THEN 'cancelling' ELSE status END, updated_at = ? "
+                "WHERE id = ?",
+                (_now(), job_id),
+            )
+        with self.changed:
+            self.changed.notify_all()
+        return self.get(job_id)

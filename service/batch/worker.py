@@ -1,0 +1,98 @@
+"""The background worker of the batch API: runs stored jobs one at a time, resumably.
+
+It scores in chunks of its own size (`XC_BATCH_CHUNK`) with the engine being served, records
+progress in the job store after every chunk, and checks for cancellation there. Stopped by a
+shutdown, it leaves the job `in_progress`; the next start resumes it from its output file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from service.batch.requests import parse_requests
+from service.batch.scoring import Counts, score_to_file
+from service.batch.store import Job, JobStore
+from service.engine import SearchEngine
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 1.0
+
+
+class BatchWorker:
+    """One thread that takes runnable jobs from the store and scores them."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        engine: Callable[[], SearchEngine | None],
+        chunk_size: int,
+        max_query_tokens: int,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.chunk_size = chunk_size
+        self.max_query_tokens = max_query_tokens
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batch-jobs", daemon=True)
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the chunk being scored (the job resumes at the next start)."""
+        self._stopping.set()
+        with self.store.changed:
+            self.store.changed.notify_all()
+        self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            job = self.store.next_runnable()
+            engine = self.engine()
+            if job is None or engine is None:
+                with self.store.changed:
+                    self.store.changed.wait(IDLE_POLL_S)
+                continue
+            try:
+                self._run(job, engine)
+            except Exception as exc:  # a broken job must not stop the worker
+                log.exception("batch job failed: %s", exc, extra={"job": job.id})
+                self.store.update(job.id, status="failed", error=str(exc))
+
+    def _run(self, job: Job, engine: SearchEngine) -> None:
+        if job.status == "cancelling":
+            self.store.update(job.id, status="cancelled")
+            return
+        self.store.update(job.id, status="in_progress")
+        with self.store.input_path(job.id).open(encoding="utf-8") as lines:
+            requests = parse_requests(lines, max_k=1_000_000, max_query_chars=1_000_000)
+
+        def record(counts: Counts) -> bool:
+            self.store.update(job.id, completed=counts.completed, failed=counts.failed)
+            current = self.store.get(job.id)
+            return self._stopping.is_set() or (
+                current is not None and current.status == "cancelling"
+            )
+
+        log.info("batch job started", extra={"job": job.id, "requests": len(requests)})
+        counts = score_to_file(
+            engine,
+            requests,
+            self.store.output_path(job.id),
+            max_query_tokens=self.max_query_tokens,
+            chunk_size=self.chunk_size,
+            progress=False,
+            stop_after_chunk=record,
+        )
+        current = self.store.get(job.id)
+        if current is not None and current.status == "cancelling":
+            self.store.update(job.id, status="cancelled")
+        elif counts.completed + counts.failed == counts.total:
+            self.store.update(
+                job.id, status="completed", completed=counts.completed, failed=counts.failed
+            )
+            log.info("batch job completed", extra={"job": job.id, "failed": counts.failed})

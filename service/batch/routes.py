@@ -119,7 +119,12 @@ def _error_lines(path: FilePath) -> Iterator[bytes]:
 
 def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
     """The /batches routes, behind the API key when one is set."""
-    router = APIRouter(tags=["batches"], dependencies=[Depends(require_api_key)])
+    unauthorized = {
+        401: {**_ERROR, "description": "The server has an API key and the token is wrong."}
+    }
+    router = APIRouter(
+        tags=["batches"], dependencies=[Depends(require_api_key)], responses=unauthorized
+    )
     optional_auth: dict[str, Any] = {"security": [{}]}
     upload_schema = {
         "type": "object",
@@ -136,7 +141,8 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
         },
         **optional_auth,
     }
-    not_found = {404: {**_ERROR, "description": "No job has this id."}}
+    bad_params = {422: {**_ERROR, "description": "A path or query parameter is malformed."}}
+    not_found = {404: {**_ERROR, "description": "No job has this id."}, **bad_params}
 
     @router.post(
         "/batches",
@@ -177,6 +183,7 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
         "/batches",
         summary="List batch jobs, newest first",
         operation_id="list_batches",
+        responses=bad_params,
         openapi_extra=optional_auth,
     )
     async def list_batches(

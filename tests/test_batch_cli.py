@@ -190,3 +190,17 @@ def test_cli_killed_mid_run_resumes_to_the_same_output(
         assert [h["id"] for h in got["response"]["results"]] == [
             h["id"] for h in want["response"]["results"]
         ]
+
+
+@pytest.mark.slow
+def test_throughput_bench_checks_and_records_each_path(
+    demo_bundle: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    from bench.batch import main as bench_main
+
+    args = ["--bundle", str(demo_bundle), "--data", str(demo_data), "--requests", "300"]
+    assert bench_main([*args, "--paths", "cli,worker", "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / f"batch_{demo_bundle.name}.json").read_text())
+    assert result["requests"] == 300
+    for path in ("cli", "worker"):
+        assert result["paths"][path]["queries_per_s"] > 0

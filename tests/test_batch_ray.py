@@ -6,7 +6,6 @@ One local Ray instance (2 CPUs) serves the whole module; `score_with_ray` uses i
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,7 +168,11 @@ def test_cli_engine_ray(
     command += ["--engine", "ray", "--block-size", "100", "--workers", "2", "--no-progress"]
     assert main(command) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert (summary["total"], summary["completed"], summary["failed"]) == (REQUESTS, 498, 2)
+    assert (summary["total"], summary["completed"], summary["failed"]) == (
+        REQUESTS,
+        REQUESTS - 2,
+        2,
+    )
     assert_same_answers(output, local_output)
 
     missing = tmp_path / "nowhere"
@@ -178,7 +181,7 @@ def test_cli_engine_ray(
     assert main(command) == EXIT_FAILED
     assert "nowhere" in capsys.readouterr().err
     assert not elsewhere.exists()
-    shutil.rmtree(parts_dir(elsewhere), ignore_errors=True)
+    assert not parts_dir(elsewhere).exists()
 
     with pytest.raises(SystemExit) as refused:
         main([*command[:6], "--address", "auto"])

@@ -217,7 +217,6 @@ def score_with_ray(
         failed = _read_block(path, blocks[index])
         _tally(counts, failed[max(0, done - index * block_size) :])
 
-    parts.mkdir(parents=True, exist_ok=True)
     with tqdm(
         total=len(blocks),
         initial=len(blocks) - len(pending),
@@ -228,25 +227,20 @@ def score_with_ray(
         if pending:
             cpus = max(threads, 1)
             started = _start_ray(ray, address, workers * cpus)
+            scorers: list[Any] = []
             try:
                 actor = ray.remote(BlockScorer).options(
                     num_cpus=cpus, max_restarts=2, max_task_retries=2
                 )
+                options = (device, hybrid_weight, precision, max_query_tokens, chunk_size)
                 scorers = [
-                    actor.remote(
-                        str(bundle.absolute()),
-                        cpus,
-                        device,
-                        hybrid_weight,
-                        precision,
-                        max_query_tokens,
-                        chunk_size,
-                    )
+                    actor.remote(str(bundle.absolute()), cpus, *options)
                     for _ in range(min(workers, len(pending)))
                 ]
                 for error in ray.get([scorer.ready.remote() for scorer in scorers]):
                     if error is not None:
                         raise BundleError(error)
+                parts.mkdir(parents=True, exist_ok=True)
                 pool = ActorPool(scorers)
                 finished = pool.map_unordered(
                     lambda scorer, index: scorer.score.remote(index, blocks[index]), pending
@@ -258,8 +252,12 @@ def score_with_ray(
             finally:
                 if started:
                     ray.shutdown()
+                else:  # free the CPUs of a cluster or instance that outlives this call
+                    for scorer in scorers:
+                        ray.kill(scorer)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(output, _merged(output, done, parts, blocks, block_size))
-    shutil.rmtree(parts)
+    if parts.exists():
+        shutil.rmtree(parts)
     return counts

@@ -58,7 +58,16 @@ format: $(STAMP)
 openapi: $(STAMP)
 	$(PY) -m service.openapi
 
-test: lint
+# The search-page test drives Debian's chromium through Playwright (which downloads no browser).
+BROWSER_STAMP := $(VENV)/.chromium-stamp
+$(BROWSER_STAMP): | $(STAMP)
+	command -v chromium >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium) \
+	  || echo "chromium could not be installed: the search-page test will be skipped"
+	touch $@
+
+test: lint $(BROWSER_STAMP)
 	$(PY) -m pytest
 
 clean:

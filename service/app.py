@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.admission import ShedWhenFull
@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 # 256 queries of 512 characters, every one \u-escaped (6 bytes), fit with room to spare.
 SEARCH_MAX_BODY_BYTES = 1024 * 1024
 RELOAD_MAX_BODY_BYTES = 16 * 1024
+SEARCH_PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 # Seconds a client is told to wait before retrying while the bundle loads.
 RETRY_AFTER_S = 5
 # Status for a request whose client disconnected before the answer (nginx's convention).
@@ -524,6 +525,11 @@ def create_app(
         )
 
     app.include_router(make_batch_router(settings, settings.max_batch_file_bytes))
+
+    @app.get("/", include_in_schema=False)
+    async def search_page() -> FileResponse:
+        """A search box over the API (static HTML, CSS and JS; no build step)."""
+        return FileResponse(SEARCH_PAGE, media_type="text/html")
 
     @app.get(
         "/healthz",

@@ -68,3 +68,17 @@ def demo_bundle_v2(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) 
     fields = manifest.model_dump(exclude={"files", "format_version"})
     write_manifest(out, {**fields, "version": "v2"})
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_bundle_both(
+    demo_data: Path, demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The demo bundle plus small MACH heads on its encoder: answers astra, mach and hybrid."""
+    from tests.test_mach import SMALL_MACH
+    from training.__main__ import main
+
+    out = tmp_path_factory.mktemp("both") / "demo-both"
+    args = ["train", "--model", "mach", "--data", str(demo_data), "--out", str(out)]
+    assert main([*args, *SMALL_MACH, "--encoder-from", str(demo_bundle)]) == 0
+    return out

@@ -41,13 +41,9 @@ def mach_bundle(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def both_bundle(
-    demo_data: Path, demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def both_bundle(demo_bundle_both: Path) -> Path:
     """ASTRA + MACH on the ASTRA bundle's encoder (so hybrid is available)."""
-    out = tmp_path_factory.mktemp("both") / "demo-both"
-    _train_mach(demo_data, out, "--encoder-from", str(demo_bundle))
-    return out
+    return demo_bundle_both
 
 
 # --- hash family -------------------------------------------------------------------------------

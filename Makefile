@@ -58,16 +58,17 @@ format: $(STAMP)
 openapi: $(STAMP)
 	$(PY) -m service.openapi
 
-# The search-page test drives Debian's chromium through Playwright (which downloads no browser).
-BROWSER_STAMP := $(VENV)/.chromium-stamp
-$(BROWSER_STAMP): | $(STAMP)
-	command -v chromium >/dev/null 2>&1 \
-	  || (apt-get update -qq && apt-get install -y -qq chromium) \
-	  || (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium) \
-	  || echo "chromium could not be installed: the search-page test will be skipped"
+# Test tools from Debian: chromium for the search-page test (driven by Playwright, which
+# downloads no browser) and docker-compose to validate docker/compose.yaml.
+TOOLS_STAMP := $(VENV)/.test-tools-stamp
+$(TOOLS_STAMP): | $(STAMP)
+	(command -v chromium && command -v docker-compose) >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq chromium docker-compose) \
+	  || (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium docker-compose) \
+	  || echo "chromium/docker-compose could not be installed: their tests will be skipped"
 	touch $@
 
-test: lint $(BROWSER_STAMP)
+test: lint $(TOOLS_STAMP)
 	$(PY) -m pytest
 
 clean:

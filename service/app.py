@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.admission import ShedWhenFull
-from service.auth import require_api_key
+from service.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
 from service.batch.routes import make_batch_router
 from service.batch.store import JobStore
 from service.batch.worker import BatchWorker
@@ -40,6 +40,7 @@ from service.batcher import Answer, Dropped, Job, MicroBatcher, Overloaded, Quer
 from service.bundle import BundleError
 from service.engine import Hit, SearchEngine
 from service.errors import (
+    ERROR_BODY,
     BodyLimitMiddleware,
     api_error,
     http_error_handler,
@@ -51,7 +52,6 @@ from service.metrics import CONTENT_TYPE, ServiceMetrics
 from service.registry import EngineRegistry, ReloadInProgress
 from service.schemas import (
     BatchSearchResponse,
-    ErrorResponse,
     HealthResponse,
     ModelsResponse,
     QueryResults,
@@ -112,33 +112,26 @@ let the server generate one; it is echoed in the `X-Request-Id` response header,
 every log line about the request, and is quoted in 500 answers.
 """
 
-_ERROR = {"model": ErrorResponse}
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
-AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {
-        **_ERROR,
-        "description": "The server has an API key and the bearer token is missing or wrong.",
-    },
-}
 SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {**_ERROR, "description": "The body is not valid JSON (or not UTF-8)."},
+    400: {**ERROR_BODY, "description": "The body is not valid JSON (or not UTF-8)."},
     **AUTH_RESPONSES,
-    404: {**_ERROR, "description": "The requested model is not in the loaded bundle."},
-    413: {**_ERROR, "description": f"The body is larger than {SEARCH_MAX_BODY_BYTES} bytes."},
+    404: {**ERROR_BODY, "description": "The requested model is not in the loaded bundle."},
+    413: {**ERROR_BODY, "description": f"The body is larger than {SEARCH_MAX_BODY_BYTES} bytes."},
     422: {
-        **_ERROR,
+        **ERROR_BODY,
         "description": "A field is missing, of the wrong type, or out of range "
         "(including a query over the token limit).",
     },
     429: {
-        **_ERROR,
+        **ERROR_BODY,
         "headers": _RETRY_AFTER,
         "description": "Overloaded: the queue is full, or "
         "the query waited past the server's deadline. Retry after `Retry-After` seconds.",
     },
-    500: {**_ERROR, "description": "Server fault; `msg` quotes the request id."},
+    500: {**ERROR_BODY, "description": "Server fault; `msg` quotes the request id."},
     503: {
-        **_ERROR,
+        **ERROR_BODY,
         "headers": _RETRY_AFTER,
         "description": "The bundle is not loaded yet (or "
         "failed to load), or the server is shutting down.",
@@ -147,10 +140,10 @@ SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
 RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: SEARCH_RESPONSES[400],
     **AUTH_RESPONSES,
-    409: {**_ERROR, "description": "Another reload is still running."},
-    413: {**_ERROR, "description": f"The body is larger than {RELOAD_MAX_BODY_BYTES} bytes."},
+    409: {**ERROR_BODY, "description": "Another reload is still running."},
+    413: {**ERROR_BODY, "description": f"The body is larger than {RELOAD_MAX_BODY_BYTES} bytes."},
     422: {
-        **_ERROR,
+        **ERROR_BODY,
         "description": "The body is invalid, or the bundle was refused (the message "
         "says why); the old bundle keeps serving.",
     },
@@ -282,9 +275,6 @@ async def get_engine(request: Request) -> SearchEngine:
 
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 Authorized = [Depends(require_api_key)]
-# The bearer token is needed only when the server has a key: the contract lists "no security"
-# as an alternative (FastAPI appends this to the scheme the dependency declares).
-OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}
 
 
 # --- search: admission, waiting, answers --------------------------------------------------
@@ -548,7 +538,7 @@ def create_app(
         summary="Readiness",
         operation_id="readyz",
         response_description="The bundle is loaded and warmed.",
-        responses={503: {**_ERROR, "description": "Still loading, or the bundle failed."}},
+        responses={503: {**ERROR_BODY, "description": "Still loading, or the bundle failed."}},
     )
     async def readyz(engine: EngineDep) -> ReadyResponse:
         """200 with the bundle's identity once it is loaded and warmed; 503 before."""

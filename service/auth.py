@@ -7,12 +7,22 @@ compared in constant time; a missing or wrong token is a 401 naming the Authoriz
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import api_error
+from service.errors import ERROR_BODY, api_error
+
+# The token is needed only when the server has a key: the contract lists "no security" as an
+# alternative (FastAPI appends this to the bearer scheme the dependency declares).
+OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        **ERROR_BODY,
+        "description": "The server has an API key and the bearer token is missing or wrong.",
+    },
+}
 
 bearer_scheme = HTTPBearer(
     auto_error=False,

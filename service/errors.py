@@ -18,7 +18,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.schemas import error_response, validation_details
+from service.schemas import ErrorResponse, error_response, validation_details
+
+# The OpenAPI entry of every documented error answer (add a "description").
+ERROR_BODY: dict[str, Any] = {"model": ErrorResponse}
 
 
 def api_error(

@@ -21,15 +21,14 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from service.auth import require_api_key
+from service.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
 from service.batch.requests import BatchInputError, parse_requests
 from service.batch.store import TERMINAL, Job, JobStore
-from service.errors import api_error
+from service.errors import ERROR_BODY, api_error
 from service.schemas import (
     BatchCreate,
     BatchJob,
     BatchList,
-    ErrorResponse,
     RequestCounts,
     validation_details,
 )
@@ -37,7 +36,6 @@ from service.settings import Settings
 
 JSONL = "application/x-ndjson"
 JOB_ID = r"^batch_[0-9a-f]{32}$"
-_ERROR = {"model": ErrorResponse}
 
 BatchId = Annotated[str, Path(pattern=JOB_ID, description="A job id from POST /batches.")]
 
@@ -119,13 +117,9 @@ def _error_lines(path: FilePath) -> Iterator[bytes]:
 
 def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
     """The /batches routes, behind the API key when one is set."""
-    unauthorized = {
-        401: {**_ERROR, "description": "The server has an API key and the token is wrong."}
-    }
     router = APIRouter(
-        tags=["batches"], dependencies=[Depends(require_api_key)], responses=unauthorized
+        tags=["batches"], dependencies=[Depends(require_api_key)], responses=AUTH_RESPONSES
     )
-    optional_auth: dict[str, Any] = {"security": [{}]}
     upload_schema = {
         "type": "object",
         "properties": {"file": {"type": "string", "format": "binary"}},
@@ -139,10 +133,10 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
                 "multipart/form-data": {"schema": upload_schema},
             },
         },
-        **optional_auth,
+        **OPTIONAL_AUTH,
     }
-    bad_params = {422: {**_ERROR, "description": "A path or query parameter is malformed."}}
-    not_found = {404: {**_ERROR, "description": "No job has this id."}, **bad_params}
+    bad_params = {422: {**ERROR_BODY, "description": "A path or query parameter is malformed."}}
+    not_found = {404: {**ERROR_BODY, "description": "No job has this id."}, **bad_params}
 
     @router.post(
         "/batches",
@@ -151,10 +145,13 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
         operation_id="create_batch",
         openapi_extra=create_body,
         responses={
-            400: {**_ERROR, "description": "The JSON body cannot be parsed."},
-            413: {**_ERROR, "description": f"The upload is larger than {max_body_bytes} bytes."},
-            415: {**_ERROR, "description": "Neither multipart/form-data nor JSON."},
-            422: {**_ERROR, "description": "Bad lines (each named), or too many lines."},
+            400: {**ERROR_BODY, "description": "The JSON body cannot be parsed."},
+            413: {
+                **ERROR_BODY,
+                "description": f"The upload is larger than {max_body_bytes} bytes.",
+            },
+            415: {**ERROR_BODY, "description": "Neither multipart/form-data nor JSON."},
+            422: {**ERROR_BODY, "description": "Bad lines (each named), or too many lines."},
         },
     )
     async def create_batch(request: Request) -> BatchJob:
@@ -184,7 +181,7 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
         summary="List batch jobs, newest first",
         operation_id="list_batches",
         responses=bad_params,
-        openapi_extra=optional_auth,
+        openapi_extra=OPTIONAL_AUTH,
     )
     async def list_batches(
         request: Request,
@@ -204,7 +201,7 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
         summary="A batch job",
         operation_id="get_batch",
         responses=not_found,
-        openapi_extra=optional_auth,
+        openapi_extra=OPTIONAL_AUTH,
     )
     async def get_batch(request: Request, batch_id: BatchId) -> BatchJob:
         """Status and request counts of one job."""
@@ -215,7 +212,7 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
         summary="Cancel a batch job",
         operation_id="cancel_batch",
         responses=not_found,
-        openapi_extra=optional_auth,
+        openapi_extra=OPTIONAL_AUTH,
     )
     async def cancel_batch(request: Request, batch_id: BatchId) -> BatchJob:
         """A waiting job is cancelled at once; a running one after its current chunk."""
@@ -228,16 +225,17 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
     ready = {
         **not_found,
         200: {"content": {JSONL: {"schema": {"type": "string"}}}, "description": "JSONL."},
-        409: {**_ERROR, "description": "The job has not finished yet."},
+        409: {**ERROR_BODY, "description": "The job has not finished yet."},
     }
 
-    def finished(request: Request, batch_id: str) -> tuple[JobStore, Job]:
+    def finished_output(request: Request, batch_id: str) -> FilePath:
+        """The output file of a finished job (409 while it runs); it may not exist."""
         store = _store(request)
         job = _job(store, batch_id)
         if job.status not in TERMINAL:
             msg = f"status: the job is {job.status}; its output is ready once it has finished"
             raise api_error(status.HTTP_409_CONFLICT, ["path", "batch_id"], msg, "not_finished")
-        return store, job
+        return store.output_path(job.id)
 
     @router.get(
         "/batches/{batch_id}/output",
@@ -245,12 +243,11 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
         operation_id="batch_output",
         response_class=FileResponse,
         responses=ready,
-        openapi_extra=optional_auth,
+        openapi_extra=OPTIONAL_AUTH,
     )
     async def batch_output(request: Request, batch_id: BatchId) -> Any:
         """`{"custom_id", "response", "error"}` per request."""
-        store, job = finished(request, batch_id)
-        path = store.output_path(job.id)
+        path = finished_output(request, batch_id)
         if not path.exists():  # cancelled before it started
             return StreamingResponse(iter(()), media_type=JSONL)
         return FileResponse(path, media_type=JSONL)
@@ -261,12 +258,11 @@ def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
         operation_id="batch_errors",
         response_class=StreamingResponse,
         responses=ready,
-        openapi_extra=optional_auth,
+        openapi_extra=OPTIONAL_AUTH,
     )
     async def batch_errors(request: Request, batch_id: BatchId) -> Any:
         """The output lines whose `error` is set."""
-        store, job = finished(request, batch_id)
-        path = store.output_path(job.id)
+        path = finished_output(request, batch_id)
         lines = _error_lines(path) if path.exists() else iter(())
         return StreamingResponse(lines, media_type=JSONL)
 

@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-stamp
+# EXTRAS=gpu installs onnxruntime-gpu, faiss-gpu and CuPy instead of the CPU builds.
+EXTRAS ?= cpu
+STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 # DATA=<dir in the XC text layout> serves that dataset; without it the generated demo catalog.
 DATA   ?=
@@ -27,11 +29,15 @@ setup: $(STAMP)
 
 # torch is installed first and pinned: the CPU build of 2.13.0 is on the build machines, and
 # anything that resolves torch afterwards (sentence-transformers) finds it satisfied.
+# The CPU and GPU builds of ONNX Runtime and FAISS share module names: switching EXTRAS removes
+# the other build first.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[train,dev,bench]'
+	$(PY) -m pip uninstall --quiet --yes $(if $(filter gpu,$(EXTRAS)),onnxruntime faiss-cpu,onnxruntime-gpu faiss-gpu-cu12 cupy-cuda12x)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS),train,dev,bench]'
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 $(DEMO_DATA)/lbl_X.txt: | $(STAMP)
@@ -71,5 +77,33 @@ $(TOOLS_STAMP): | $(STAMP)
 test: lint $(TOOLS_STAMP)
 	$(PY) -m pytest
 
+# `make bench` reproduces the tables of BENCHMARKS.md: the quality benchmark on Home Depot and
+# cooking (absent bundles are trained first), then the tables regenerated from its JSON. The
+# peer libraries get their own venv: libpecos pins numpy<2, which .venv must not be given; its
+# declared torch/transformers deps serve XR-Transformer only, hence --no-deps.
+PEERS_VENV  := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-stamp
+$(PEERS_STAMP): bench/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/pip install --quiet -r bench/requirements-peers.txt
+	$(PEERS_VENV)/bin/pip install --quiet --no-deps libpecos==1.2.8
+	touch $@
+
+# The index scale benchmark (bench/scale.py) runs K = 20K, 100K and 1M here (about 25 min on
+# 2 cores), checked against the Home Depot bundle's real vectors when it exists; K = 10M is
+# its own target, added to the same results (about an hour on 2 cores, 14 GB of memory).
+SCALE_CALIBRATE := $(if $(wildcard models/homedepot/manifest.json),--calibrate models/homedepot)
+
+.PHONY: bench bench-10m
+bench: $(STAMP) $(PEERS_STAMP)
+	$(PY) -m bench.quality --dataset homedepot --dataset cooking --build-missing
+	$(PY) -m bench.scale --merge $(SCALE_CALIBRATE)
+	$(PY) -m bench.report
+
+bench-10m: $(STAMP)
+	$(PY) -m bench.scale --sizes 10000000 --merge
+	$(PY) -m bench.report
+
 clean:
-	rm -rf $(VENV) $(DEMO_DATA) models/demo models/.checkpoints models/.cache
+	rm -rf $(VENV) $(PEERS_VENV) $(DEMO_DATA) models/demo models/.checkpoints models/.cache

@@ -345,8 +345,8 @@ def plot(results: list[dict], scenarios: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    """Run the benchmark and write its JSON and PNG."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, whose defaults `bench.scale` reuses for its MACH rows."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument(
@@ -384,6 +384,12 @@ def main() -> None:
     parser.add_argument("--planted-logit", type=float, default=2.0, help="planted: mean logit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "mach_decode.json")
+    return parser
+
+
+def main() -> None:
+    """Run the benchmark and write its JSON and PNG."""
+    parser = build_parser()
     args = parser.parse_args()
     buckets = args.buckets or [default_buckets(k) for k in args.labels]
     if len(buckets) != len(args.labels):

@@ -38,6 +38,9 @@ from service.batch.store import JobStore
 from service.batch.worker import BatchWorker
 from service.batcher import Answer, Dropped, Job, MicroBatcher, Overloaded, QueryTooLong
 from service.bundle import BundleError
+from service.catalog import Catalogs
+from service.catalog_routes import make_catalog_router, products_max_body_bytes
+from service.device import DeviceError
 from service.engine import Hit, SearchEngine
 from service.errors import (
     ERROR_BODY,
@@ -85,6 +88,9 @@ approximate maximum-inner-product search over one learned classifier vector per 
   Concurrent requests are micro-batched into shared model calls.
 * `GET /v1/models` describes the loaded bundle: version, models, label count, dimensions,
   index parameters.
+* `PUT /products` adds products or changes their titles (embedded with the bundle's encoder,
+  searchable as soon as it answers) and `DELETE /products/{id}` removes one from all results;
+  changes persist per bundle name and show as `+c<n>` in the answers' version.
 * `POST /admin/reload` (or SIGHUP) loads a bundle version, warms it and swaps it in atomically;
   a bundle that fails to load is refused and the old one keeps serving.
 * `GET /healthz` is liveness: 200 as soon as the process serves HTTP.
@@ -97,7 +103,8 @@ approximate maximum-inner-product search over one learned classifier vector per 
 `Retry-After`. A query still queued when the server's deadline passes is dropped (429 too),
 and so is one whose client disconnected.
 
-**Auth.** When the server has an API key, `/search`, `/v1/models` and `/admin/*` require
+**Auth.** When the server has an API key, `/search`, `/v1/models`, `/products`, `/batches`
+and `/admin/*` require
 `Authorization: Bearer <key>` (401 otherwise); health, readiness and metrics stay open.
 
 **Errors.** Every non-2xx answer has one shape, `ErrorResponse`:
@@ -178,6 +185,8 @@ async def load_first_engine(
             log.error(
                 "bundle failed to load: %s", exc, extra={"bundle": str(registry.settings.bundle)}
             )
+        elif isinstance(exc, DeviceError):
+            log.error("device not available: %s", exc, extra={"device": registry.settings.device})
         else:
             log.exception("engine failed to start: %s", exc)
         if on_fatal is not None:
@@ -223,6 +232,9 @@ def make_lifespan(
         batcher.start()
         settings = registry.settings
         store = await asyncio.to_thread(JobStore, settings.data_dir)
+        catalogs = registry.catalogs
+        if catalogs is not None:
+            await asyncio.to_thread(catalogs.open)
         jobs = BatchWorker(
             store, lambda: registry.engine, settings.batch_chunk, settings.max_query_tokens
         )
@@ -247,6 +259,8 @@ def make_lifespan(
             # A batch job stops after its chunk and resumes at the next start.
             await asyncio.to_thread(jobs.stop)
             store.close()
+            if catalogs is not None:
+                catalogs.close()
 
     return lifespan
 
@@ -346,7 +360,8 @@ def create_app(
         settings.max_query_chars, settings.max_k, settings.default_k, settings.max_batch_queries
     )
     metrics = ServiceMetrics()
-    registry = EngineRegistry(settings, metrics)
+    catalogs = Catalogs(settings.data_dir)
+    registry = EngineRegistry(settings, metrics, catalogs)
     batcher = MicroBatcher(
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_ms / 1000,
@@ -365,19 +380,21 @@ def create_app(
             {"name": "search", "description": "Top-k products for text queries."},
             {"name": "models", "description": "The loaded bundle, and swapping in a new one."},
             {"name": "batches", "description": "Durable offline scoring of JSONL request files."},
+            {"name": "catalog", "description": "Products added, retitled or deleted live."},
             {"name": "operations", "description": "Liveness, readiness and metrics."},
         ],
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.catalogs = catalogs
     app.state.batcher = batcher
     app.state.metrics = metrics
     known_paths = {"/search", "/v1/models", "/admin/reload", "/healthz", "/readyz", "/metrics"}
 
     def count_request(method: str, path: str, status_code: int) -> None:
-        route = (
-            path if path in known_paths else "/batches" if path.startswith("/batches") else "other"
-        )
+        prefixes = ("/batches", "/products")
+        route = next((p for p in prefixes if path.startswith(p)), "other")
+        route = path if path in known_paths else route
         metrics.requests.labels(route, str(status_code)).inc()
 
     def shed(overloaded: Overloaded) -> JSONResponse:
@@ -396,6 +413,7 @@ def create_app(
             "/search": SEARCH_MAX_BODY_BYTES,
             "/admin/reload": RELOAD_MAX_BODY_BYTES,
             "/batches": settings.max_batch_file_bytes,
+            "/products": products_max_body_bytes(settings),
         },
     )
     if settings.cors_origins:
@@ -418,6 +436,7 @@ def create_app(
         summary="Top-k products for a query or a list of queries",
         operation_id="search",
         response_description="The top-k products of each query, best first.",
+        response_model_exclude_none=True,  # `notice` only when there is one
         responses=SEARCH_RESPONSES,
         dependencies=Authorized,
         openapi_extra=OPTIONAL_AUTH,
@@ -453,13 +472,18 @@ def create_app(
                 metrics.rejected.labels("queue_full").inc()
             raise _refusal(exc, batched) from exc
         took = time.perf_counter() - start
-        version = engine.manifest.version
         for stage, seconds in (*answer.stages.items(), ("total", took)):
-            metrics.stage_seconds.labels(stage, model, version).observe(seconds)
+            metrics.stage_seconds.labels(stage, model, engine.manifest.version).observe(seconds)
         took_ms = round(took * 1000, 3)
+        version = engine.version  # with the catalog snapshot the answer was ranked with
+        notice = engine.catalog.notice(model, engine.kinds) if engine.catalog else None
         if not batched:
             return SearchResponse(
-                results=_results(answer.hits[0]), model=model, version=version, took_ms=took_ms
+                results=_results(answer.hits[0]),
+                model=model,
+                version=version,
+                took_ms=took_ms,
+                notice=notice,
             )
         return BatchSearchResponse(
             responses=[
@@ -469,6 +493,7 @@ def create_app(
             model=model,
             version=version,
             took_ms=took_ms,
+            notice=notice,
         )
 
     @app.get(
@@ -515,6 +540,7 @@ def create_app(
         )
 
     app.include_router(make_batch_router(settings, settings.max_batch_file_bytes))
+    app.include_router(make_catalog_router(settings, get_engine))
 
     @app.get("/", include_in_schema=False)
     async def search_page() -> FileResponse:

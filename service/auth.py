@@ -26,7 +26,8 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
-    description="Required on /search, /v1/models and /admin/* when the server has XC_API_KEY.",
+    description="Required on /search, /v1/models, /products, /batches and /admin/* when the "
+    "server has XC_API_KEY.",
 )
 
 

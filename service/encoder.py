@@ -6,6 +6,7 @@ vectors that are searched against the classifier vectors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from service.bundle import BundleError, EncoderSpec
+from service.device import CPU_PROVIDER
 
 
 def configure_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
@@ -23,26 +25,17 @@ def configure_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
     return tokenizer
 
 
-def select_providers(device: str) -> list[str]:
-    """ONNX Runtime execution providers for `device` (auto = CUDA when it is available)."""
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise RuntimeError("device=cuda requested but onnxruntime has no CUDAExecutionProvider")
-    return ["CPUExecutionProvider"]
-
-
-def open_session(model_path: Path, threads: int, device: str) -> ort.InferenceSession:
-    """An ONNX Runtime session on the chosen device; BundleError names a file it cannot load."""
+def open_session(
+    model_path: Path, threads: int, providers: Sequence[str] = (CPU_PROVIDER,)
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on `providers` (see `service.device`); BundleError names a file
+    it cannot load."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(str(model_path), options, providers=select_providers(device))
+        return ort.InferenceSession(str(model_path), options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from exc
 
@@ -76,7 +69,7 @@ class QueryEncoder:
         bundle_dir: Path,
         spec: EncoderSpec,
         threads: int = 0,
-        device: str = "auto",
+        providers: Sequence[str] = (CPU_PROVIDER,),
         precision: str = "fp32",
     ) -> None:
         self.spec = spec
@@ -92,7 +85,7 @@ class QueryEncoder:
         self.special_tokens = len(tokenizer.encode("").ids)
         self._check_truncation(tokenizer_path)
         model_path = bundle_dir / encoder_file(spec, precision)
-        self.session = open_session(model_path, threads, device)
+        self.session = open_session(model_path, threads, providers)
         self.providers = self.session.get_providers()
         self._input_names = [i.name for i in self.session.get_inputs()]
         missing = set(self._input_names) - set(spec.inputs)

@@ -6,20 +6,30 @@ the event loop. Evaluation uses the same object, so offline metrics measure what
 Hybrid fuses the two models over the union of their candidates: each candidate gets both exact
 scores, ASTRA's inner product (a cosine, in [-1, 1]) and MACH's mean bucket log-probability over
 the R repetitions (in (-inf, 0]), and is ranked by (1 - w)·astra + w·mach.
+
+`catalog` (None outside the service) is a snapshot of the products added, retitled or deleted
+through the API since the bundle was built (`service.catalog`); when set, each model's
+retrieval and the titles of its results go through it.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.bundle import Bundle, Manifest, load_bundle
+from service.device import NO_GPU, DevicePlan, cupy_module, plan_devices, resolve_device
 from service.encoder import QueryEncoder
 from service.mach import MachModel
 from service.retrieval import AnnIndex
+
+if TYPE_CHECKING:
+    from service.catalog import CatalogView
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +78,10 @@ class SearchEngine:
         index: AnnIndex | None,
         mach: MachModel | None = None,
         hybrid_weight: float | None = None,
+        devices: DevicePlan | None = None,
     ) -> None:
         self.bundle = bundle
+        self.devices = devices or plan_devices("cpu", NO_GPU)
         self.manifest: Manifest = bundle.manifest
         self.encoder = encoder
         self.index = index
@@ -79,6 +91,19 @@ class SearchEngine:
         if hybrid_weight is None and self.manifest.mach is not None:
             hybrid_weight = self.manifest.mach.hybrid_weight
         self.hybrid_weight = 0.5 if hybrid_weight is None else hybrid_weight
+        self.catalog: CatalogView | None = None
+
+    def with_catalog(self, catalog: CatalogView) -> SearchEngine:
+        """A copy of this engine answering over `catalog`; the models are shared, not copied."""
+        engine = copy.copy(self)
+        engine.catalog = catalog
+        return engine
+
+    @property
+    def version(self) -> str:
+        """What answers carry: the bundle version, `+c<n>` after n catalog changes."""
+        version = self.manifest.version
+        return version if self.catalog is None else self.catalog.served_version(version)
 
     @classmethod
     def load(
@@ -91,21 +116,33 @@ class SearchEngine:
     ) -> SearchEngine:
         """Verify and load a bundle; raises `BundleError` naming the bad file.
 
-        `precision` picks the query encoder: fp32, or the bundle's optional int8 copy.
+        `device` (auto | cpu | cuda) places each part (see `service.device`); `precision` picks
+        the query encoder: fp32, or the bundle's optional int8 copy.
         """
         bundle = load_bundle(bundle_dir)
         manifest = bundle.manifest
-        encoder = QueryEncoder(bundle.path, manifest.encoder, threads, device, precision)
+        plan = resolve_device(device)
+        providers = plan.encoder_providers
+        encoder = QueryEncoder(bundle.path, manifest.encoder, threads, providers, precision)
         index = None
         if manifest.astra:
             spec = manifest.astra.index
             index = AnnIndex.read(
                 bundle.file(spec.file), spec, manifest.labels.count, manifest.encoder.dim
             )
+            if plan.faiss_gpu:
+                index.to_gpu()
         mach = None
         if manifest.mach:
+            xp = cupy_module() if plan.cupy_gpu else None
             mach = MachModel(
-                bundle.path, manifest.mach, manifest.labels.count, bundle.mach_idf, threads, device
+                bundle.path,
+                manifest.mach,
+                manifest.labels.count,
+                bundle.mach_idf,
+                threads,
+                providers,
+                xp,
             )
         log.info(
             "bundle loaded",
@@ -116,10 +153,11 @@ class SearchEngine:
                 "labels": manifest.labels.count,
                 "encoder_providers": encoder.providers,
                 "encoder_precision": precision,
-                "index": manifest.astra.index.type if manifest.astra else None,
+                "index": index.device_kind if index else None,
+                "mach_decode": plan.describe()["mach_decode"] if mach else None,
             },
         )
-        return cls(bundle, encoder, index, mach, hybrid_weight)
+        return cls(bundle, encoder, index, mach, hybrid_weight, plan)
 
     def warm(self) -> None:
         """Run a few queries through every model so the first request pays no start-up cost."""
@@ -147,12 +185,35 @@ class SearchEngine:
         """`rank` for queries already embedded by `self.encoder` (the batcher encodes once)."""
         chosen = self.resolve_model(model)
         if chosen == "astra":
-            assert self.index is not None
-            return self.index.search(vectors, k)
+            return self._astra_top(vectors, k)
         assert self.mach is not None
         if chosen == "mach":
-            return self.mach.search(vectors, queries, k)
+            return self._mach_top(self.mach.bucket_scores(vectors, queries), k)
         return self._hybrid(vectors, queries, k)
+
+    # --- retrieval through the catalog snapshot, when there is one ----------------------------
+
+    def _astra_top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self.index is not None
+        if self.catalog is None:
+            return self.index.search(vectors, k)
+        return self.catalog.astra_top(self.index, vectors, k)
+
+    def _mach_top(self, bucket_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self.mach is not None
+        if self.catalog is None:
+            return self.mach.decode(bucket_scores, k)
+        return self.catalog.mach_top(self.mach, bucket_scores, k)
+
+    def _astra_scores(self, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        classifiers = self.bundle.classifiers
+        assert classifiers is not None
+        if self.catalog is None:
+            return np.einsum("nd,ncd->nc", vectors, classifiers[labels])
+        return self.catalog.astra_scores(classifiers, vectors, labels)
+
+    def _mach_labels(self, labels: np.ndarray) -> np.ndarray:
+        return labels if self.catalog is None else self.catalog.mach_labels(labels)
 
     def _hybrid(
         self, vectors: np.ndarray, queries: list[str], k: int
@@ -160,13 +221,14 @@ class SearchEngine:
         assert self.index is not None and self.mach is not None
         assert self.bundle.classifiers is not None
         depth = max(k, HYBRID_CANDIDATES)
-        _, astra_labels = self.index.search(vectors, depth)
+        _, astra_labels = self._astra_top(vectors, depth)
         bucket_scores = self.mach.bucket_scores(vectors, queries)
-        _, mach_labels = self.mach.decode(bucket_scores, depth)
+        _, mach_labels = self._mach_top(bucket_scores, depth)
         labels = _unique_per_row(np.concatenate([astra_labels, mach_labels], axis=1))
         safe = np.maximum(labels, 0)
-        astra = np.einsum("nd,ncd->nc", vectors, self.bundle.classifiers[safe])
-        mach = self.mach.decoder.rescore(bucket_scores, safe) / self.mach.spec.reps
+        astra = self._astra_scores(vectors, safe)
+        mach_scores = self.mach.decoder.rescore(bucket_scores, self._mach_labels(safe))
+        mach = mach_scores / self.mach.spec.reps
         fused = (1.0 - self.hybrid_weight) * astra + self.hybrid_weight * mach
         return top_k(fused, labels, k)
 
@@ -177,6 +239,8 @@ class SearchEngine:
     def hits(self, scores: np.ndarray, labels: np.ndarray) -> list[list[Hit]]:
         """Ranked (scores, label ids) rows as products; -1 padding is dropped."""
         titles, ids = self.bundle.label_titles, self.bundle.label_ids
+        if self.catalog is not None:
+            return self.catalog.hits(ids, titles, scores, labels)
         return [
             [
                 Hit(int(label), ids[label], titles[label], float(score))

@@ -1,18 +1,24 @@
 """MACH at serving time: the heads' ONNX session, the n-gram featuriser and the bucket decoder.
 
 The bucket tables are rebuilt at load from the manifest's hash parameters with the same
-`HashFamily` training used, so the bundle stores no O(K) table.
+`HashFamily` training used, so the bundle stores no O(K) table. On a GPU (an array module `xp`
+such as CuPy) labels are decoded exactly over all K (`service.mach_dense`); on a CPU by the
+top-m bucket decoder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from service.bundle import BundleError, MachSpec
+from service.device import CPU_PROVIDER
 from service.encoder import open_session
 from service.mach_decode import MachDecoder
+from service.mach_dense import DenseMachDecoder
 from service.mach_features import NgramFeaturizer, empty_rows
 from service.mach_hash import HashFamily
 
@@ -29,18 +35,20 @@ class MachModel:
         num_labels: int,
         idf: np.ndarray | None,
         threads: int = 0,
-        device: str = "auto",
+        providers: Sequence[str] = (CPU_PROVIDER,),
+        xp: ModuleType | None = None,
     ) -> None:
         self.spec = spec
         family = HashFamily(spec.hash_seed, spec.reps, spec.buckets, spec.hash_prime)
         self.decoder = MachDecoder(family.bucket_table(num_labels), spec.buckets)
+        self.dense = DenseMachDecoder(self.decoder, xp) if xp is not None else None
         self.featurizer = None
         if spec.ngrams is not None:
             assert idf is not None, "load_bundle reads the IDF of every n-gram MACH model"
             ngrams = spec.ngrams
             self.featurizer = NgramFeaturizer(ngrams.dim, ngrams.ngram_max, ngrams.max_terms, idf)
         path = bundle_dir / spec.heads
-        self.session = open_session(path, threads, device)
+        self.session = open_session(path, threads, providers)
         self._inputs = [i.name for i in self.session.get_inputs()]
         probe = self.bucket_scores(np.zeros((1, self._embedding_dim()), np.float32), ["probe"])
         if probe.shape != (1, spec.reps, spec.buckets):
@@ -70,12 +78,9 @@ class MachModel:
         return scores
 
     def decode(self, bucket_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k labels by fast decoding -> (summed log-probabilities, label ids) [n, k]."""
+        """Top-k labels -> (summed log-probabilities, label ids) [n, k]: exact on the GPU, by
+        the top-m bucket decoder on the CPU."""
+        if self.dense is not None:
+            return self.dense.exact(bucket_scores, k)
         top_buckets = min(self.spec.top_buckets, self.spec.buckets)
         return self.decoder.fast(bucket_scores, k, top_buckets)
-
-    def search(
-        self, embeddings: np.ndarray, texts: list[str], k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k labels of queries (embedded and as text), by fast decoding."""
-        return self.decode(self.bucket_scores(embeddings, texts), k)

@@ -115,6 +115,14 @@ class MachDecoder:
         return self._buckets
 
     @property
+    def flat_rows(self) -> np.ndarray:
+        """Label-major buckets with offsets folded in, ``r·B + table[r, j]`` [K, R], read-only:
+        a label's indices into a query's flattened [R·B] scores (for other decoders)."""
+        view = self._rows.view()
+        view.flags.writeable = False
+        return view
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by the label-major table, the inverted index and its offsets."""
         return int(self._rows.nbytes + self._labels.nbytes + self._offsets.nbytes)
@@ -146,8 +154,8 @@ class MachDecoder:
 
         Rows are padded with id -1 and score -inf when k > K.
         """
-        scores = self._check_scores(scores)
-        k = _check_k(k)
+        scores = self.check_scores(scores)
+        k = check_k(k)
         n = scores.shape[0]
         reps, num_labels = self.reps, self.num_labels
         kk = min(k, num_labels)
@@ -175,8 +183,8 @@ class MachDecoder:
                 for r in range(1, reps):
                     out += rep_scores[r]
             best_vals, best_ids = _merge_top_k(best_vals, best_ids, acc[: stop - start], start, kk)
-        best_vals, best_ids = _sort_rows(best_vals, best_ids)
-        return _pad(best_vals, best_ids, k)
+        best_vals, best_ids = sort_rows(best_vals, best_ids)
+        return pad_rows(best_vals, best_ids, k)
 
     def fast(self, scores: np.ndarray, k: int, top_buckets: int) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k: exact scores of the labels in each repetition's top-m buckets.
@@ -186,8 +194,8 @@ class MachDecoder:
         (scores float32 [n, k], ids int64 [n, k]), best first, padded with id -1 and score -inf
         when there are fewer than k candidates.
         """
-        scores = self._check_scores(scores)
-        k = _check_k(k)
+        scores = self.check_scores(scores)
+        k = check_k(k)
         if isinstance(top_buckets, bool) or not isinstance(top_buckets, (int, np.integer)):
             raise ValueError(f"top_buckets: expected an int, got {type(top_buckets).__name__}")
         if not 1 <= top_buckets <= self._buckets:
@@ -207,14 +215,14 @@ class MachDecoder:
                 continue
             vals = self._label_scores(flat_scores[q], candidates)
             vals, ids = _top_k(vals[None, :], candidates.astype(np.int64)[None, :], k)
-            vals, ids = _sort_rows(vals, ids)
+            vals, ids = sort_rows(vals, ids)
             out_vals[q, : vals.shape[1]] = vals[0]
             out_ids[q, : ids.shape[1]] = ids[0]
         return out_vals, out_ids
 
     def rescore(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Exact scores float32 [n, c] of labels int [n, c]; label -1 scores -inf."""
-        scores = self._check_scores(scores)
+        scores = self.check_scores(scores)
         labels = np.asarray(labels)
         if labels.ndim != 2 or labels.shape[0] != scores.shape[0]:
             raise ValueError(f"labels: expected shape [{scores.shape[0]}, c], got {labels.shape}")
@@ -286,7 +294,8 @@ class MachDecoder:
                 acc += rep_scores[r]
         return out
 
-    def _check_scores(self, scores: np.ndarray) -> np.ndarray:
+    def check_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Bucket scores as float32 C-contiguous [n, R, B]; ValueError names what is wrong."""
         scores = np.asarray(scores)
         expected = (self.reps, self._buckets)
         if scores.ndim != 3 or scores.shape[1:] != expected or scores.shape[0] < 1:
@@ -303,7 +312,8 @@ class MachDecoder:
         return scores
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
+    """k as an int >= 1; ValueError otherwise."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"k: expected an int, got {type(k).__name__}")
     if k < 1:
@@ -393,13 +403,13 @@ def _merge_top_k(
     )
 
 
-def _sort_rows(values: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sort_rows(values: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Order each row by score descending, then id ascending."""
     order = np.lexsort((ids, -values), axis=-1)
     return np.take_along_axis(values, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
-def _pad(values: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(values: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Pad [n, c] to [n, k] with score -inf and id -1."""
     n, c = values.shape
     if c >= k:

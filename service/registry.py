@@ -5,6 +5,10 @@ then replaces the reference in one assignment. Requests hold the engine they wer
 with, so nothing in flight sees two versions; the old engine is freed when its last request
 is answered. A bundle that fails to load or warm is refused and the old one keeps serving.
 Only one reload runs at a time.
+
+With `catalogs`, each loaded engine gets the catalog changes stored for its bundle name before
+it is warmed (`service.catalog`), and `refresh_catalog` swaps in the served engine bound to the
+latest change, the same way: requests in flight keep the snapshot they were admitted with.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from service.catalog import Catalogs
 from service.engine import SearchEngine
 from service.metrics import ServiceMetrics
 from service.schemas import EncoderInfo, IndexInfo, MachInfo, ModelInfo
@@ -52,6 +57,7 @@ class Served:
                 top_buckets=spec_m.top_buckets,
                 hybrid_weight=engine.hybrid_weight,
             )
+        catalog = engine.catalog.info(manifest.version) if engine.catalog is not None else None
         return ModelInfo(
             name=manifest.name,
             version=manifest.version,
@@ -70,15 +76,20 @@ class Served:
             ),
             index=index,
             mach=mach,
+            devices=engine.devices.describe(),
+            catalog=catalog,
         )
 
 
 class EngineRegistry:
     """Holds the served engine; loads the first one and swaps in new versions."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: ServiceMetrics, catalogs: Catalogs | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.catalogs = catalogs
         self.served: Served | None = None
         self.load_error: str | None = None
         self._lock = asyncio.Lock()
@@ -98,14 +109,23 @@ class EngineRegistry:
             settings.hybrid_weight,
             settings.encoder_precision,
         )
+        if self.catalogs is not None:
+            self.catalogs.attach(engine)
         engine.warm()
         return engine
 
     def _publish(self, engine: SearchEngine, path: Path) -> Served:
+        if self.catalogs is not None:  # changes made while it loaded
+            engine = self.catalogs.latest(engine)
         self.served = Served(engine, path, datetime.now(timezone.utc))
         self.load_error = None
         self.metrics.serving(engine.manifest.name, engine.manifest.version, engine.kinds)
         return self.served
+
+    def refresh_catalog(self) -> None:
+        """Serve the engine bound to its latest catalog snapshot (after a PUT or DELETE)."""
+        if self.served is not None and self.catalogs is not None:
+            self.served = replace(self.served, engine=self.catalogs.latest(self.served.engine))
 
     async def load_initial(self) -> None:
         """Load the configured bundle; a failure is kept in `load_error` and re-raised."""

@@ -1,12 +1,15 @@
 """Maximum-inner-product search over classifier vectors with FAISS.
 
 One definition of the index serves both sides: training builds it to mine hard negatives and
-writes it into the bundle, the service reads it back. Small catalogs get an exact flat index;
-larger ones get HNSW, whose search depth is raised to at least k on every call.
+writes it into the bundle, the service reads it back. Small catalogs get an exact flat index,
+mid-sized ones HNSW (whose search depth is raised to at least k on every call), the largest
+IVF-PQ with an fp16 copy to re-rank: see `default_index_spec` for the rule and the figures
+behind it (`bench/scale.py`, BENCHMARKS.md "Index choice by catalog size").
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import faiss
@@ -16,40 +19,172 @@ from service.bundle import BundleError, IndexSpec
 
 # Up to this many labels an exact scan is both fast enough and free of recall loss.
 EXACT_MAX_LABELS = 20_000
+# Above this many, HNSW's memory (fp32 vectors + graph, about 1.8 KB a label at d = 384) and its
+# build time give way to IVF-PQ with an fp16 re-ranking copy (about 0.9 KB a label).
+HNSW_MAX_LABELS = 4_000_000
+# FAISS's GPU k-selection handles k up to this (GPU_MAX_SELECTION_K).
+GPU_MAX_K = 2048
+# Vectors beyond this many fp32 bytes are held as fp16 on the GPU (half the memory, scores
+# within fp16 rounding); 10^7 x 384 fp32 vectors (14.3 GiB) stay fp32 on an 80 GB H100.
+GPU_FP16_BYTES = 16 << 30
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef_search": 128}
+IVF_NPROBE = 64
+# IVF-PQ: nbits-bit codes of m sub-vectors of PQ_DIMS_PER_CODE dims; refine_k·k candidates
+# are re-ranked against an fp16 copy of the vectors (refine_k = 0: PQ scores only).
+PQ_DEFAULTS = {"nbits": 8, "refine_k": 4}
+PQ_DIMS_PER_CODE = 8
+# k-means for the IVF lists runs on this many points per list (FAISS asks for at least 39).
+IVF_TRAIN_POINTS_PER_LIST = 40
+# Vectors are converted to float32 and added this many at a time (float16 or memory-mapped
+# inputs never need a full float32 copy).
+ADD_CHUNK = 1 << 18
+INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+IVF_TYPES = ("ivf_flat", "ivf_pq")
 
 
-def default_index_spec(num_labels: int, index_type: str = "auto") -> IndexSpec:
-    """The index the service should use for a catalog of `num_labels` (or the one asked for)."""
+def auto_index_type(num_labels: int) -> str:
+    """The index type for a catalog of `num_labels` labels.
+
+    From `bench/scale.py` (d = 384, calibrated synthetic label spaces, one thread per query):
+    an exact scan costs about 1.5 ms a query at 20K labels and grows linearly (8 ms at 100K,
+    80 ms at 1M), while HNSW stays under a millisecond at recall@10 >= 0.99 and is the fastest
+    index at every recall level measured; IVF-Flat needs several times HNSW's latency for the
+    same recall, and IVF-PQ alone tops out near 0.7 recall@10. So: exact up to
+    EXACT_MAX_LABELS, HNSW up to HNSW_MAX_LABELS, and beyond, where HNSW's memory and build
+    time stop fitting one machine, IVF-PQ re-ranked against fp16 vectors.
+    """
+    if num_labels <= EXACT_MAX_LABELS:
+        return "flat"
+    return "hnsw" if num_labels <= HNSW_MAX_LABELS else "ivf_pq"
+
+
+def ivf_lists(num_labels: int) -> int:
+    """IVF list count: the power of two nearest 2·sqrt(K), and at most K."""
+    nearest = 1 << max(0, round(np.log2(2.0 * np.sqrt(max(num_labels, 1)))))
+    return max(1, min(nearest, num_labels))
+
+
+def pq_codes(dim: int) -> int:
+    """PQ sub-vectors m: the largest divisor of `dim` that is at most dim / PQ_DIMS_PER_CODE."""
+    return max(m for m in range(1, max(1, dim // PQ_DIMS_PER_CODE) + 1) if dim % m == 0)
+
+
+def default_index_spec(num_labels: int, index_type: str = "auto", dim: int = 384) -> IndexSpec:
+    """The index the service should use for a catalog of `num_labels` vectors of `dim` (or the
+    type asked for, with its default parameters)."""
     if index_type == "auto":
-        index_type = "flat" if num_labels <= EXACT_MAX_LABELS else "hnsw"
+        index_type = auto_index_type(num_labels)
     if index_type == "flat":
         return IndexSpec(type="flat", params={})
     if index_type == "hnsw":
         return IndexSpec(type="hnsw", params=dict(HNSW_DEFAULTS))
-    raise ValueError(f"index type {index_type!r}: expected auto, flat or hnsw")
+    if index_type in IVF_TYPES:
+        nlist = ivf_lists(num_labels)
+        params = {"nlist": nlist, "nprobe": min(IVF_NPROBE, nlist)}
+        if index_type == "ivf_pq":
+            params |= {"m": pq_codes(dim), **PQ_DEFAULTS}
+        return IndexSpec(type=index_type, params=params)
+    raise ValueError(f"index type {index_type!r}: expected auto or one of {', '.join(INDEX_TYPES)}")
 
 
-def build_index(vectors: np.ndarray, spec: IndexSpec) -> faiss.Index:
-    """Build an inner-product index over float32 `vectors` [n, d] as `spec` describes."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = vectors.shape[1]
+def _empty_index(dim: int, spec: IndexSpec) -> faiss.Index:
+    params = spec.params
     if spec.type == "flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        index = faiss.IndexHNSWFlat(dim, spec.params["M"], faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = spec.params["ef_construction"]
-        index.hnsw.efSearch = spec.params["ef_search"]
-    index.add(vectors)
+        return faiss.IndexFlatIP(dim)
+    if spec.type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["ef_construction"]
+        index.hnsw.efSearch = params["ef_search"]
+        return index
+    quantizer = faiss.IndexFlatIP(dim)
+    if spec.type == "ivf_flat":
+        return faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFPQ(
+        quantizer, dim, params["nlist"], params["m"], params["nbits"], faiss.METRIC_INNER_PRODUCT
+    )
+    if not params["refine_k"]:
+        return index
+    fp16 = faiss.IndexScalarQuantizer(
+        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    return faiss.IndexRefine(index, fp16)
+
+
+def build_index(vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
+    """Build an inner-product index over `vectors` [n, d] (float32, or float16 / memory-mapped:
+    they are converted in chunks) as `spec` describes. IVF lists are trained by k-means on a
+    random sample of IVF_TRAIN_POINTS_PER_LIST·nlist vectors (seeded: the same input gives the
+    same index)."""
+    num_vectors, dim = vectors.shape
+    index = _empty_index(dim, spec)
+    if not index.is_trained:
+        wanted = IVF_TRAIN_POINTS_PER_LIST * spec.params["nlist"]
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(num_vectors, min(num_vectors, wanted), replace=False))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    for start in range(0, num_vectors, ADD_CHUNK):
+        index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32))
     return index
 
 
+def ivf_search_parameters(params: dict[str, int]) -> faiss.SearchParameters:
+    """Search parameters of an IVF spec: nprobe lists, and refine_k·k re-ranked candidates."""
+    ivf = faiss.SearchParametersIVF(nprobe=params["nprobe"])
+    if not params.get("refine_k"):
+        return ivf
+    return faiss.IndexRefineSearchParameters(k_factor=params["refine_k"], base_index_params=ivf)
+
+
+def stored_vectors(index: faiss.Index) -> np.ndarray:
+    """The vectors an index holds, float32 [n, d]: exact for flat and HNSW, the fp16 re-ranking
+    copy for IVF-PQ with refinement, the PQ reconstruction (lossy) without it."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and not isinstance(index, faiss.IndexRefine):
+        ivf.make_direct_map()  # IVF lists are addressed by list, not by id, until asked
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def exact_copy(index: faiss.Index) -> faiss.IndexFlatIP:
+    """An exact inner-product index over the vectors `index` stores (see `stored_vectors`)."""
+    exact = faiss.IndexFlatIP(index.d)
+    exact.add(stored_vectors(index))
+    return exact
+
+
 class AnnIndex:
-    """A loaded index: `search` returns the top-k labels by inner product, best first."""
+    """A loaded index: `search` returns the top-k labels by inner product, best first.
+
+    `to_gpu` moves it to a CUDA device (faiss-gpu) as an exact scan of its vectors, whatever its
+    type: HNSW and the re-ranked IVF-PQ have no GPU form, and a brute-force scan of a catalog
+    that fits device memory (10^7 x 384 floats = 15 GB; stored as fp16 above GPU_FP16_BYTES) is
+    faster there than a graph walk on the CPU, and loses no recall.
+    """
 
     def __init__(self, index: faiss.Index, spec: IndexSpec) -> None:
         self.index = index
         self.spec = spec
+        self.gpu: _GpuCopy | None = None
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether searches run on a CUDA device."""
+        return self.gpu is not None
+
+    @property
+    def device_kind(self) -> str:
+        """The index as it runs here, e.g. `hnsw` or `flat on GPU 0 (from hnsw)`."""
+        if not self.on_gpu:
+            return self.spec.type
+        return "flat on GPU 0" + (f" (from {self.spec.type})" if self.spec.type != "flat" else "")
+
+    def to_gpu(self) -> None:
+        """Search on GPU 0 from now on (needs faiss-gpu and a device); the host index stays
+        for k beyond the GPU's selection limit."""
+        source = self.index if self.spec.type == "flat" else exact_copy(self.index)
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = source.ntotal * source.d * 4 > GPU_FP16_BYTES
+        resources = faiss.StandardGpuResources()
+        self.gpu = _GpuCopy(faiss.index_cpu_to_gpu(resources, 0, source, options), resources)
 
     @classmethod
     def read(cls, path: Path, spec: IndexSpec, num_labels: int, dim: int) -> AnnIndex:
@@ -73,7 +208,26 @@ class AnnIndex:
         """Top-k (scores, label ids) per query row; ids are -1 where fewer than k exist."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, self.index.ntotal)
+        if self.gpu is not None and k <= GPU_MAX_K:
+            return self.gpu.search(queries, k)
         if self.spec.type == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.spec.params["ef_search"], k))
             return self.index.search(queries, k, params=params)
+        if self.spec.type in IVF_TYPES:
+            return self.index.search(queries, k, params=ivf_search_parameters(self.spec.params))
         return self.index.search(queries, k)
+
+
+class _GpuCopy:
+    """An index cloned to a GPU with its resources (streams, scratch memory), which FAISS does
+    not let threads share: searches take turns, and the device runs them one after another
+    anyway."""
+
+    def __init__(self, index: faiss.Index, resources: object) -> None:
+        self.index = index
+        self.resources = resources  # must outlive the index
+        self.lock = threading.Lock()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            return self.index.search(queries, k)

@@ -172,8 +172,17 @@ class AnsweredBy(BaseModel):
     """Which model and bundle version answered, and how long the server took."""
 
     model: str = Field(description="The model that answered.")
-    version: str = Field(description="Version of the bundle that answered (see /v1/models).")
+    version: str = Field(
+        description="Version of the bundle that answered (see /v1/models), plus `+c<n>` once the "
+        "catalog has been changed n times through /products."
+    )
     took_ms: float = Field(description="Server-side time spent answering, in milliseconds.")
+    notice: str | None = Field(
+        default=None,
+        description="Set when the model cannot rank part of the catalog: mach ranks only the "
+        "products it was trained on, so products added through PUT /products are never among its "
+        "results (astra and hybrid rank them).",
+    )
 
 
 class SearchResponse(AnsweredBy):
@@ -270,7 +279,7 @@ def _describe(error: Mapping[str, Any], field: str, limits: Mapping[str, str]) -
         return f"must be {limit}"
     if kind == "too_long":
         return f"must have at most {ctx['max_length']} items"
-    if kind.startswith("query_"):  # our own checks already say what is allowed
+    if kind.startswith(("query_", "product_")):  # our own checks already say what is allowed
         return str(error["msg"])
     return f"{error['msg']}{expected}"
 
@@ -340,6 +349,21 @@ class MachInfo(BaseModel):
     hybrid_weight: float = Field(description="MACH's share of the hybrid score in use.")
 
 
+class CatalogInfo(BaseModel):
+    """Products added, retitled or deleted through the API since the bundle was built."""
+
+    version: int = Field(
+        description="Catalog changes so far (one per PUT or DELETE that changed something); kept "
+        "per bundle name, across restarts and reloads."
+    )
+    served_version: str = Field(
+        description="The version answers carry: the bundle version, plus `+c<n>` after n changes."
+    )
+    added: int = Field(description="New products (ids the bundle lacks) in the catalog.")
+    changed: int = Field(description="The bundle's products serving a new title.")
+    deleted: int = Field(description="The bundle's products deleted.")
+
+
 class ModelInfo(BaseModel):
     """The loaded bundle: identity, models it answers with, and their parameters."""
 
@@ -354,6 +378,13 @@ class ModelInfo(BaseModel):
     encoder: EncoderInfo
     index: IndexInfo | None = Field(description="ASTRA's index (null without ASTRA).")
     mach: MachInfo | None = Field(description="MACH's parameters (null without MACH).")
+    devices: dict[str, str] = Field(
+        description="Where each part runs (XC_DEVICE asked for; encoder provider, ASTRA index "
+        "and MACH decoder in use)."
+    )
+    catalog: CatalogInfo | None = Field(
+        description="Changes made through PUT/DELETE /products on top of the bundle's products."
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -422,3 +453,87 @@ class BatchCreate(BaseModel):
         min_length=1,
         description='Each `{"custom_id", "query", "k"?, "model"?}`, checked like a JSONL line.',
     )
+
+
+# --- catalog changes: PUT /products, DELETE /products/{id} --------------------------------
+
+PRODUCT_ID_MAX_CHARS = 128
+
+
+def _check_product_id(product_id: str) -> str:
+    """Reject whitespace and control characters: ids are keys, typed into URLs and files."""
+    for position, char in enumerate(product_id):
+        if char.isspace() or unicodedata.category(char) == "Cc":
+            raise PydanticCustomError(
+                "product_id_character",
+                "must be 1 to {limit} characters without whitespace or control characters "
+                "(found {char} at position {position})",
+                {"limit": PRODUCT_ID_MAX_CHARS, "char": f"U+{ord(char):04X}", "position": position},
+            )
+    return product_id
+
+
+ProductId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=PRODUCT_ID_MAX_CHARS, strip_whitespace=False),
+    AfterValidator(_check_product_id),
+]
+
+
+def products_request_model(max_products: int = 1000, max_title_chars: int = 512) -> type[BaseModel]:
+    """Build the `PUT /products` body model with the configured limits (see `Settings`)."""
+    Title = bounded_query(max_title_chars)
+    id_limit = f"1 to {PRODUCT_ID_MAX_CHARS} characters without whitespace or control characters"
+    title_limit = f"1 to {max_title_chars} characters after trimming whitespace"
+
+    class Product(BaseModel):
+        """A product to create, or to give a new title."""
+
+        model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+
+        id: ProductId = Field(
+            description="External product id: one of the bundle's (changes its title) or a new "
+            f"one (adds a product); {id_limit}.",
+            examples=["D101996"],
+        )
+        title: Title = Field(  # type: ignore[valid-type]
+            description=f"Product title, embedded by the bundle's encoder; {title_limit}, no "
+            "control characters other than tab and newline.",
+            examples=["Cedar Lane 20-Volt Cordless Drill Driver Kit in Blue"],
+        )
+
+    class ProductsUpsert(BaseModel):
+        """Products to create or retitle, each id at most once."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        field_limits: ClassVar[dict[str, str]] = {
+            "products": f"a list of 1 to {max_products} objects with id ({id_limit}) and title "
+            f"({title_limit}), each id at most once",
+        }
+
+        products: list[Product] = Field(
+            min_length=1,
+            max_length=max_products,
+            description=f"1 to {max_products} products; searchable as soon as the answer arrives.",
+        )
+
+    return ProductsUpsert
+
+
+class ProductsUpserted(BaseModel):
+    """What a PUT /products changed, and the catalog version it made."""
+
+    created: int = Field(description="Products that did not exist (or had been deleted).")
+    updated: int = Field(description="Products whose title changed.")
+    unchanged: int = Field(description="Products that already had this title (nothing done).")
+    catalog_version: int = Field(description="Catalog changes so far (unchanged if none).")
+    version: str = Field(description="The version answers carry from now on.")
+    took_ms: float = Field(description="Server-side time, embedding included, in milliseconds.")
+
+
+class ProductDeleted(BaseModel):
+    """A deleted product, and the catalog version its deletion made."""
+
+    id: str = Field(description="The deleted product's id.")
+    catalog_version: int = Field(description="Catalog changes so far.")
+    version: str = Field(description="The version answers carry from now on.")

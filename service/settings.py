@@ -103,7 +103,8 @@ class Settings(BaseSettings):
         30.0, ge=0.0, le=3600.0, description="how long SIGTERM waits for in-flight requests"
     )
     data_dir: Path = Field(
-        Path("data/service"), description="where batch jobs live (SQLite database and files)"
+        Path("data/service"),
+        description="where batch jobs and catalog changes live (SQLite databases and files)",
     )
     batch_chunk: int = Field(
         512, ge=1, le=100_000, description="requests the batch worker scores per model call"
@@ -114,8 +115,16 @@ class Settings(BaseSettings):
     max_batch_lines: int = Field(
         1_000_000, ge=1, le=100_000_000, description="most requests in one batch job"
     )
+    max_upsert_products: int = Field(
+        1000, ge=1, le=100_000, description="most products in one PUT /products"
+    )
+    max_title_chars: int = Field(
+        512, ge=1, le=MAX_QUERY_CHARS_CEILING, description="longest product title in PUT /products"
+    )
     api_key: SecretStr | None = Field(
-        None, description="bearer token required on /search, /v1/models and /admin/* when set"
+        None,
+        description="bearer token required on /search, /v1/models, /products, /batches and "
+        "/admin/* when set",
     )
     cors_origins: list[str] = Field(
         default_factory=list,

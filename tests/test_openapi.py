@@ -39,6 +39,8 @@ def test_contract_documents_routes_limits_and_error_shape() -> None:
         "/batches/{batch_id}/cancel",
         "/batches/{batch_id}/output",
         "/batches/{batch_id}/errors",
+        "/products",
+        "/products/{product_id}",
     }
     create = spec["paths"]["/batches"]["post"]["requestBody"]["content"]
     assert set(create) == {"application/json", "multipart/form-data"}
@@ -59,8 +61,16 @@ def test_contract_documents_routes_limits_and_error_shape() -> None:
     assert request["properties"]["queries"]["maxItems"] == 256
     assert "default" not in request["properties"]["query"]
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    for path, method in [("/search", "post"), ("/v1/models", "get"), ("/admin/reload", "post")]:
+    for path, method in [
+        ("/search", "post"),
+        ("/v1/models", "get"),
+        ("/admin/reload", "post"),
+        ("/products", "put"),
+        ("/products/{product_id}", "delete"),
+    ]:
         assert spec["paths"][path][method]["security"] == [{"HTTPBearer": []}, {}], path
+    products = spec["components"]["schemas"]["ProductsUpsert"]["properties"]["products"]
+    assert products["maxItems"] == 1000
     for path in ("/healthz", "/readyz", "/metrics"):
         assert "security" not in spec["paths"][path]["get"], path
     assert "HTTPValidationError" not in spec["components"]["schemas"]

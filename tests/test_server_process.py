@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from service.bundle import read_manifest
+from service.device import probe_capabilities
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 180
@@ -243,6 +244,24 @@ def test_corrupted_bundle_exits_nonzero_naming_the_file(demo_bundle: Path, tmp_p
     [error] = [line for line in log_lines(stderr_path) if line["level"] == "error"]
     assert error["msg"].startswith("bundle failed to load: ")
     assert encoder.name in error["msg"] and "sha256" in error["msg"]
+
+
+@pytest.mark.skipif(
+    probe_capabilities().onnxruntime_cuda, reason="this machine can run the encoder on CUDA"
+)
+def test_cuda_without_a_gpu_exits_nonzero_saying_what_to_install(
+    demo_bundle: Path, tmp_path: Path
+) -> None:
+    stderr_path = tmp_path / "stderr.log"
+    process = start_server(demo_bundle, free_port(), stderr_path, device="cuda")
+    try:
+        code = process.wait(timeout=120)
+    finally:
+        stop(process)
+    assert code == 1, stderr_path.read_text(encoding="utf-8")
+    [error] = [line for line in log_lines(stderr_path) if line["level"] == "error"]
+    assert error["msg"].startswith("device not available: XC_DEVICE=cuda")
+    assert "gpu extra" in error["msg"] and error["device"] == "cuda"
 
 
 def test_serving_never_imports_torch(demo_bundle: Path) -> None:

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.bundle import read_manifest
+from service.device import plan_devices, probe_capabilities
 from service.settings import Settings
 
 READY_TIMEOUT_S = 120
@@ -212,10 +213,12 @@ def test_models_describe_the_loaded_bundle(client: TestClient, demo_bundle: Path
     assert info["labels"] == manifest.labels.count
     assert info["encoder"]["dim"] == manifest.encoder.dim == 384
     assert info["encoder"]["max_length"] == manifest.encoder.max_length
-    assert info["encoder"]["providers"] == ["CPUExecutionProvider"]
     assert manifest.astra is not None
     assert info["index"]["type"] == manifest.astra.index.type
     assert info["mach"] is None
+    # auto puts each part where this machine can run it (the CPU, without a GPU), and says so.
+    assert info["devices"] == plan_devices("auto", probe_capabilities()).describe()
+    assert info["encoder"]["providers"][0] == info["devices"]["encoder"]
 
 
 # --- hot reload ------------------------------------------------------------------------------

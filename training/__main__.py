@@ -3,6 +3,9 @@
 `train` reads a dataset (XC text layout or fastText), trains ASTRA or MACH, writes a bundle,
 scores it on the dev split and records those metrics in the manifest. `train --model mach
 --reps 0-7` trains only those heads and writes a shard; `merge` joins shards into a bundle.
+`train` runs on CUDA when there is a GPU (`--device`), and under `torchrun --nproc_per_node=N`
+on N processes: ASTRA with DistributedDataParallel, MACH with the heads spread over the ranks;
+rank 0 alone writes the bundle and prints the result.
 `evaluate` prints one JSON object on the last line of standard output. `quantize` adds an int8
 copy of the encoder to a bundle (and with `--data`, reports its parity and dev metrics).
 """
@@ -16,9 +19,12 @@ import logging
 import sys
 from pathlib import Path
 
+from service.retrieval import INDEX_TYPES
 from training.astra import AstraConfig, train_astra
 from training.data import DataError, XCDataset, load_dataset
 from training.demo import DEMO_SEED, generate_demo
+from training.device import DEVICES, PRECISIONS
+from training.distributed import Runtime, barrier, finish, gather_to_main, start
 from training.mach import MachConfig
 from training.plots import plot_mach_curve, plot_training_curve
 
@@ -26,6 +32,8 @@ CURVE_FILE = "training_curve.png"
 MACH_CURVE_FILE = "mach_training_curve.png"
 HYBRID_WEIGHTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
 CONFIGS = {"astra": AstraConfig, "mach": MachConfig}
+LOG = logging.getLogger("training")
+FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +53,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if field.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            kind = {"int": int, "float": float, "str": str, "int | None": int}[str(field.type)]
-            parser.add_argument(flag, type=kind, **kwargs)
+            parser.add_argument(flag, type=FLAG_TYPES[str(field.type)], **kwargs)
 
 
 def _config(args: argparse.Namespace, model: str) -> AstraConfig | MachConfig:
@@ -85,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, required=True, help="dataset dir or fastText file")
     train.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     train.add_argument("--model", choices=["astra", "mach"], default="astra")
-    train.add_argument("--index", choices=["auto", "flat", "hnsw"], default="auto")
+    train.add_argument("--index", choices=["auto", *INDEX_TYPES], default="auto")
     train.add_argument(
         "--reps", default=None, help="mach: heads to train, e.g. 0-7 (a shard); default all"
     )
@@ -101,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="default: models/.checkpoints/<bundle name>",
+    )
+    train.add_argument(
+        "--device", choices=DEVICES, default="auto", help="auto: cuda when available, else cpu"
+    )
+    train.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="astra encoder forward passes; auto: bf16 autocast on CUDA, fp32 on CPU",
     )
     _add_config_flags(train)
 
@@ -142,15 +158,32 @@ def _quantize(args: argparse.Namespace) -> dict:
     return report
 
 
-def _train(args: argparse.Namespace) -> dict:
+def _runtime_meta(runtime: Runtime) -> dict:
+    """Where a run trained, as recorded in the manifest."""
+    return {
+        "device": runtime.device.type,
+        "precision": runtime.precision,
+        "world_size": runtime.world_size,
+    }
+
+
+def _train(args: argparse.Namespace, runtime: Runtime) -> dict | None:
+    """Train ASTRA and, on rank 0, write and score the bundle (None on the other ranks)."""
     from training.export import write_bundle
 
     dataset = load_dataset(args.data)
     config = _config(args, "astra")
     checkpoints = args.checkpoint_dir or args.out.parent / ".checkpoints" / args.out.name
     result = train_astra(
-        dataset, config, checkpoint_dir=checkpoints, cache_dir=args.out.parent / ".cache"
+        dataset,
+        config,
+        checkpoint_dir=checkpoints,
+        cache_dir=args.out.parent / ".cache",
+        runtime=runtime,
     )
+    if not runtime.is_main:
+        return None
+    result.model.cpu()  # the ONNX export traces on the CPU
     curve = checkpoints / CURVE_FILE
     checkpoints.mkdir(parents=True, exist_ok=True)
     plot_training_curve(result.losses, result.dev_history, curve, f"ASTRA on {dataset.name}")
@@ -177,6 +210,7 @@ def _train(args: argparse.Namespace) -> dict:
             "final_loss": result.losses[-1] if result.losses else None,
             "dev_history": result.dev_history,
             "config": dataclasses.asdict(config),
+            **_runtime_meta(runtime),
         },
         extra_files={CURVE_FILE: curve},
     )
@@ -267,7 +301,9 @@ def _write_mach(
     return {"bundle": str(out), **_dev_metrics(out, dataset, config.train_split, default_model)}
 
 
-def _train_mach(args: argparse.Namespace) -> dict:
+def _train_mach(args: argparse.Namespace, runtime: Runtime) -> dict | None:
+    """Train the heads `--reps`, rank r taking r, r + N, ...; rank 0 gathers them and writes the
+    shard or bundle (None on the other ranks). No communication until the gather."""
     from service.encoder import QueryEncoder
     from training.mach import train_mach
     from training.mach_bundle import build_featurizer, encoder_dir, query_inputs, write_shard
@@ -276,12 +312,30 @@ def _train_mach(args: argparse.Namespace) -> dict:
     config = _config(args, "mach")
     reps = parse_reps(args.reps, config.repetitions)
     split = dataset.split(config.train_split)
-    source, spec = encoder_dir(args.encoder_from, args.out.parent / ".cache")
+    cache = args.out.parent / ".cache"
+    if runtime.is_main:  # exports the base encoder once, for every rank sharing this disk
+        encoder_dir(args.encoder_from, cache)
+    barrier(runtime)
+    source, spec = encoder_dir(args.encoder_from, cache)
     featurizer = build_featurizer(split.texts, config)
     inputs = query_inputs(split.texts, QueryEncoder(source, spec), featurizer, spec.dim)
     positives = split.positives(dataset.positive_min_weight)
-    results, seconds = train_mach(inputs, positives, dataset.num_labels, config, reps)
-    meta = {**_mach_meta(args, dataset, config), "dim": spec.dim, "seconds": round(seconds, 1)}
+    mine = reps[runtime.rank :: runtime.world_size]
+    LOG.info("mach: %s; heads %s in fp32", runtime.describe(), list(mine))
+    trained = train_mach(
+        inputs, positives, dataset.num_labels, config, mine, runtime.device, runtime.is_main
+    )
+    gathered = gather_to_main(trained, runtime)
+    if gathered is None:
+        return None
+    results = sorted((r for part, _ in gathered for r in part), key=lambda r: r.rep)
+    seconds = max(part_seconds for _, part_seconds in gathered)  # the slowest rank's wall time
+    meta = {
+        **_mach_meta(args, dataset, config),
+        "dim": spec.dim,
+        "seconds": round(seconds, 1),
+        **_runtime_meta(runtime),
+    }
     if len(reps) < config.repetitions:
         write_shard(args.out, results, config, meta)
         return {
@@ -308,12 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    LOG.setLevel(logging.INFO)
     try:
         if args.command == "demo":
             out = generate_demo(args.out, num_products=args.products, seed=args.seed)
             print(json.dumps({"demo": str(out)}))
         elif args.command == "train":
-            print(json.dumps(_train_mach(args) if args.model == "mach" else _train(args)))
+            runtime = start(args.device, args.precision)
+            train = _train_mach if args.model == "mach" else _train
+            report = train(args, runtime)
+            if report is not None:
+                print(json.dumps(report))
+            finish(runtime)
         elif args.command == "merge":
             print(json.dumps(_merge(args)))
         elif args.command == "quantize":

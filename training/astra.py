@@ -20,11 +20,18 @@ Dev tuning on Home Depot (see BENCHMARKS.md) chose to keep the BCE gradient away
 encoder (`bce_trains_encoder=False`): mined negatives among near-duplicate products are often
 unjudged relevant ones, and pushing the encoder away from them hurt exactly the products never
 seen in training.
+
+On a GPU the encoder's forward passes run under bf16 autocast (`training.device`); the losses,
+classifier vectors and optimiser stay fp32, and hard-negative mining stays on CPU (FAISS).
+Under torchrun (`training.distributed`) every rank takes a contiguous share of each global
+batch and holds a full replica of the classifier vectors; see `batch_loss` for how the ranks
+together compute exactly the single-process step.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -37,6 +44,15 @@ from tqdm.auto import tqdm
 
 from service.retrieval import AnnIndex, build_index, default_index_spec
 from training.data import XCDataset
+from training.distributed import (
+    Runtime,
+    barrier,
+    broadcast_array,
+    data_parallel,
+    gather_objects,
+    gather_rows,
+    sum_over_ranks,
+)
 from training.encoder import (
     SentenceEncoder,
     cached_text_vectors,
@@ -48,6 +64,7 @@ from training.evaluate import EVAL_DEPTH, EvalSet
 
 # An exact FAISS scan of up to this many classifier vectors costs milliseconds per batch.
 MINING_EXACT_MAX_LABELS = 200_000
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +92,7 @@ class AstraConfig:
     mining_index: str = "auto"
     train_split: str = "train"
     max_steps: int | None = None
+    encoder_dropout: float | None = None  # None keeps the encoder's own (0.1 for MiniLM)
     seed: int = 0
 
 
@@ -110,7 +128,32 @@ class AstraModel(torch.nn.Module):
         """The full [K, d] classifier matrix as served."""
         matrix = self.text_vectors.clone()
         matrix[self.trained_ids] = torch.nn.functional.normalize(self.trained_vectors, dim=1)
-        return matrix.numpy()
+        return matrix.cpu().numpy()
+
+
+class EncoderTowers(torch.nn.Module):
+    """The query and title forward passes of a step in one call: DistributedDataParallel
+    expects one forward per backward, and both towers are the same encoder."""
+
+    def __init__(self, encoder: SentenceEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(
+        self, queries: dict[str, torch.Tensor], titles: dict[str, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token batches → (query embeddings, title embeddings or None)."""
+        return self.encoder(**queries), None if titles is None else self.encoder(**titles)
+
+
+@dataclass
+class ShareOfBatch:
+    """One rank's part of a step: what it backpropagates and what the ranks then sum."""
+
+    loss: torch.Tensor  # (its rows' BCE + the whole batch's text loss) / global batch size
+    bce: torch.Tensor  # its rows' summed BCE, detached (the logged loss sums it over ranks)
+    columns: torch.Tensor  # the BCE's label ids, identical on every rank
+    rows: int  # the global batch size
 
 
 @dataclass
@@ -124,11 +167,15 @@ class TrainingResult:
     seconds: float = 0.0
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every random source the trainer uses, for reproducible runs."""
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed every random source the trainer uses, for reproducible runs.
+
+    torch's stream (only dropout draws from it) is offset by the rank, so that ranks drop
+    different units; the streams that must agree across ranks are the sampler's own.
+    """
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + rank)
 
 
 def mining_index_type(requested: str, num_labels: int) -> str:
@@ -162,7 +209,7 @@ class NegativeSampler:
         """Top-scoring non-positive labels per query from the (stale) index."""
         assert self.index is not None
         want = self.config.hard_negatives
-        if want == 0:
+        if want == 0 or not positives:
             return np.empty(0, dtype=np.int64)
         depth = want + max(len(p) for p in positives)
         _, found = self.index.search(queries, depth)
@@ -202,24 +249,8 @@ def multi_positive_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return (-(log_probs * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)).sum()
 
 
-def shared_tower_loss(
-    model: AstraModel,
-    queries: torch.Tensor,
-    positives: list[np.ndarray],
-    label_texts: list[str],
-    label_tokenizer,
-    config: AstraConfig,
-    rng: np.random.Generator,
-) -> torch.Tensor:
-    """In-batch softmax between queries and one sampled positive title each, both encoded by
-    the trainable encoder (a shared tower), so label texts move with the queries."""
-    picked = np.array([rng.choice(p) for p in positives])
-    titles = model.encoder(**tokenize(label_tokenizer, [label_texts[i] for i in picked]))
-    targets = torch.from_numpy(np.stack([np.isin(picked, p) for p in positives]).astype(np.float32))
-    return multi_positive_softmax(config.logit_scale * queries @ titles.T, targets)
-
-
 def batch_loss(
+    towers: torch.nn.Module,
     model: AstraModel,
     sampler: NegativeSampler,
     tokenizer,
@@ -229,15 +260,46 @@ def batch_loss(
     config: AstraConfig,
     label_texts: list[str],
     label_tokenizer,
-) -> torch.Tensor:
+    runtime: Runtime,
+) -> ShareOfBatch:
     """BCE over the batch's positives and its sampled negatives (one shared label set),
-    plus the text loss that trains the encoder."""
-    with torch.set_grad_enabled(config.encoder_lr > 0):
-        queries = model.encoder(**tokenize(tokenizer, texts))
-    hard = sampler.hard(queries.detach().numpy(), positives)
+    plus the text loss that trains the encoder; `towers` runs the encoder (under DDP or not).
+
+    In one process the rank's share is the whole batch. With several ranks, every rank draws
+    the batch's sampled negatives and titles from identically seeded generators, encodes its
+    own rows, and the mined hard negatives and the embeddings are exchanged, so each rank builds
+    the single-process label set. A rank's loss is the BCE of its own rows plus the text loss
+    of the whole batch, in which only its own rows are live: summing the ranks' gradients
+    (DDP for the encoder, `sum_classifier_gradients` for the classifiers) gives the gradient
+    of the single-process loss.
+    """
+    device = runtime.device
+    lo, hi = runtime.shard(len(texts))
+    sizes = runtime.shard_sizes(len(texts))
+    # Drawn before the forward pass and in the single-process order: importance, uniform, titles.
     important, importance_weights = sampler.importance()
-    explicit = np.concatenate([*positives, *judged_negatives, hard])
     uniform = sampler.uniform()
+    text_loss_on = bool(config.text_loss_weight) and config.encoder_lr > 0
+    shared = text_loss_on and config.label_tower == "shared"
+    # One sampled positive title per query for the in-batch softmax of the shared tower.
+    picked = np.array([sampler.rng.choice(p) for p in positives]) if shared else None
+
+    # A rank with no rows (a last batch smaller than the world) encodes one row and keeps none
+    # of it: every DDP rank must run the forward and backward passes.
+    encoded = range(lo, hi) if hi > lo else range(1)
+    with torch.set_grad_enabled(config.encoder_lr > 0), runtime.autocast():
+        queries, titles = towers(
+            tokenize(tokenizer, [texts[i] for i in encoded], device),
+            tokenize(label_tokenizer, [label_texts[picked[i]] for i in encoded], device)
+            if shared
+            else None,
+        )
+    queries = queries.float()[: hi - lo]
+    mine = slice(lo, hi)
+    hard = np.concatenate(
+        gather_objects(sampler.hard(queries.detach().cpu().numpy(), positives[mine]), runtime)
+    )
+    explicit = np.concatenate([*positives, *judged_negatives, hard])
     columns = np.concatenate([explicit, important, uniform]).astype(np.int64)
     column_weights = np.concatenate(
         [np.ones(len(explicit)), importance_weights, np.ones(len(uniform))]
@@ -252,27 +314,60 @@ def batch_loss(
         targets[row, [column_of[int(p)] for p in pos]] = 1.0
     weight = torch.from_numpy(weights.astype(np.float32)).expand(len(texts), -1).clone()
     weight[targets > 0] = 1.0  # a positive never carries a negative's importance weight
-    label_ids = torch.from_numpy(labels)
+    targets, weight = targets.to(device), weight.to(device)
+    label_ids = torch.from_numpy(labels).to(device)
 
     # Sampled negatives near a query are often unjudged relevant products; by default they
     # shape only the classifier vectors, and the encoder learns from the text loss below.
     bce_queries = queries if config.bce_trains_encoder else queries.detach()
     logits = config.logit_scale * bce_queries @ model.classifiers(label_ids).T + model.bias
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, targets, weight=weight, reduction="sum"
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, targets[mine], weight=weight[mine], reduction="sum"
     )
-    if config.text_loss_weight and config.encoder_lr > 0:
+    loss = bce
+    if text_loss_on:
         # A softmax loss against the label *texts* keeps the query encoder matching titles,
         # which is all that ranks products never seen in training.
-        if config.label_tower == "shared":
-            text_loss = shared_tower_loss(
-                model, queries, positives, label_texts, label_tokenizer, config, sampler.rng
+        batch_queries = gather_rows(queries, runtime, sizes)
+        if shared:
+            # In-batch softmax between queries and their sampled titles, both encoded by the
+            # trainable encoder (a shared tower), so label texts move with the queries.
+            batch_titles = gather_rows(titles.float()[: hi - lo], runtime, sizes)
+            text_targets = np.stack([np.isin(picked, p) for p in positives]).astype(np.float32)
+            text_loss = multi_positive_softmax(
+                config.logit_scale * batch_queries @ batch_titles.T,
+                torch.from_numpy(text_targets).to(device),
             )
         else:
-            logits = config.logit_scale * queries @ model.text_vectors[label_ids].T
+            logits = config.logit_scale * batch_queries @ model.text_vectors[label_ids].T
             text_loss = multi_positive_softmax(logits, targets)
         loss = loss + config.text_loss_weight * text_loss
-    return loss / len(texts)
+    return ShareOfBatch(loss / len(texts), bce.detach(), label_ids, len(texts))
+
+
+def sum_classifier_gradients(
+    model: AstraModel, share: ShareOfBatch, runtime: Runtime
+) -> torch.Tensor:
+    """Sum the classifier gradients over ranks; returns the batch's BCE summed over ranks.
+
+    Only the rows of the step's label set can have a gradient, and that set is identical on
+    every rank, so just those rows travel (DDP would all-reduce the whole [K, d] table).
+    """
+    if not runtime.distributed:
+        return share.bce
+    slots = model.slots[share.columns]
+    rows = slots[slots >= 0]
+    vectors = model.trained_vectors
+    if vectors.grad is None:
+        vectors.grad = torch.zeros_like(vectors)
+    if model.bias.grad is None:
+        model.bias.grad = torch.zeros_like(model.bias)
+    summed_rows, summed_bias, summed_bce = sum_over_ranks(
+        [vectors.grad[rows], model.bias.grad, share.bce], runtime
+    )
+    vectors.grad[rows] = summed_rows
+    model.bias.grad.copy_(summed_bias)
+    return summed_bce
 
 
 @torch.no_grad()
@@ -284,17 +379,40 @@ def dev_metrics(model: AstraModel, tokenizer, num_labels: int, dev: EvalSet) -> 
     return dev.score(ranked)
 
 
+def reembed_cold_labels(model: AstraModel, label_tokenizer, label_titles: list[str]) -> None:
+    """Give products without training queries the trained encoder's view of their text (the
+    others are served by their trained vectors)."""
+    cold = np.flatnonzero(model.slots.cpu().numpy() < 0)
+    vectors = embed_texts(
+        model.encoder, label_tokenizer, [label_titles[i] for i in cold], desc="re-embedding labels"
+    )
+    device = model.text_vectors.device
+    model.text_vectors[torch.from_numpy(cold).to(device)] = torch.from_numpy(vectors).to(device)
+
+
+def set_dropout(encoder: SentenceEncoder, probability: float) -> None:
+    """Set every dropout of the encoder (hidden and attention) to `probability`."""
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = probability
+
+
 def train_astra(
     dataset: XCDataset,
     config: AstraConfig,
     checkpoint_dir: Path | None = None,
     cache_dir: Path | None = None,
+    runtime: Runtime | None = None,
 ) -> TrainingResult:
     """Train ASTRA on `config.train_split` of `dataset`, evaluating on dev after each epoch.
 
-    `cache_dir` keeps the label-text vectors of the base encoder between runs.
+    `cache_dir` keeps the label-text vectors of the base encoder between runs. `runtime` says
+    where this process trains (default: one process, CPU, fp32); with several ranks only rank 0
+    evaluates and writes checkpoints while the others wait, and only rank 0's model has its
+    cold labels re-embedded at the end.
     """
-    seed_everything(config.seed)
+    runtime = runtime or Runtime()
+    seed_everything(config.seed, runtime.rank)
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
     split = dataset.split(config.train_split)
@@ -308,12 +426,20 @@ def train_astra(
     trained_labels = np.flatnonzero(label_freq > 0)
 
     encoder = SentenceEncoder()
+    if config.encoder_dropout is not None:
+        set_dropout(encoder, config.encoder_dropout)
     label_tokenizer = load_tokenizer(config.label_max_length)
     query_tokenizer = load_tokenizer(config.query_max_length)
-    text_vectors = cached_text_vectors(
-        encoder, label_tokenizer, dataset.label_titles, config.label_max_length, cache_dir
+    text_vectors = broadcast_array(
+        cached_text_vectors(
+            encoder, label_tokenizer, dataset.label_titles, config.label_max_length, cache_dir
+        )
+        if runtime.is_main
+        else None,
+        (dataset.num_labels, encoder.dim),
+        runtime,
     )
-    model = AstraModel(encoder, text_vectors, trained_labels)
+    model = AstraModel(encoder, text_vectors, trained_labels).to(runtime.device)
     result = TrainingResult(model, config)
     dev = EvalSet.of(dataset, "dev") if config.train_split != "trn" else None
     steps_per_epoch = math.ceil(len(usable) / config.batch_size)
@@ -342,8 +468,18 @@ def train_astra(
         optimizer, _lr_lambda(total, config.warmup_fraction)
     )
     sampler = NegativeSampler(config, label_freq, rng)
+    towers: torch.nn.Module = EncoderTowers(model.encoder)
+    if config.encoder_lr > 0 and (config.bce_trains_encoder or config.text_loss_weight):
+        towers = data_parallel(towers, runtime)
+    LOG.info(
+        "astra: %s; encoder forward passes in %s, losses, classifier vectors and optimiser in "
+        "fp32; hard-negative mining on CPU (FAISS %s)",
+        runtime.describe(),
+        "bf16 autocast" if runtime.precision == "bf16" else "fp32",
+        sampler.mining_spec.type,
+    )
     step = 0
-    progress = tqdm(total=total, desc="astra", unit="step")
+    progress = tqdm(total=total, desc="astra", unit="step", disable=not runtime.is_main)
     model.train()
     for epoch in range(config.epochs):
         order = torch.randperm(
@@ -353,9 +489,11 @@ def train_astra(
             if step >= total:
                 break
             if step % config.refresh_every == 0:
+                # Every rank rebuilds its own index from identical classifier vectors.
                 sampler.refresh(model.all_classifiers())
             rows = [usable[i] for i in order[start : start + config.batch_size]]
-            loss = batch_loss(
+            share = batch_loss(
+                towers,
                 model,
                 sampler,
                 query_tokenizer,
@@ -365,34 +503,31 @@ def train_astra(
                 config,
                 dataset.label_titles,
                 label_tokenizer,
+                runtime,
             )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            share.loss.backward()
+            batch_bce = sum_classifier_gradients(model, share, runtime)
             torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), 5.0)
             optimizer.step()
             schedule.step()
-            result.losses.append(loss.item())
+            # The whole batch's loss: this share plus the other ranks' BCE (zero in one process).
+            batch = share.loss.detach() + (batch_bce - share.bce) / share.rows
+            result.losses.append(batch.item())
             step += 1
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{result.losses[-1]:.3f}")
         last_epoch = epoch + 1 == config.epochs or step >= total
-        if config.label_tower == "shared" and last_epoch:
-            # Products without training queries take the trained encoder's view of their text
-            # (the others are served by their trained vectors).
-            cold = np.flatnonzero(model.slots.numpy() < 0)
-            vectors = embed_texts(
-                model.encoder,
-                label_tokenizer,
-                [dataset.label_titles[i] for i in cold],
-                desc="re-embedding labels",
-            )
-            model.text_vectors[torch.from_numpy(cold)] = torch.from_numpy(vectors)
-        if dev is not None and dev.texts:
-            metrics = dev_metrics(model, query_tokenizer, dataset.num_labels, dev)
-            result.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})
-            progress.write(json.dumps(result.dev_history[-1]))
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, config, result)
+        if runtime.is_main:  # the other ranks wait at the barrier
+            if config.label_tower == "shared" and last_epoch:
+                reembed_cold_labels(model, label_tokenizer, dataset.label_titles)
+            if dev is not None and dev.texts:
+                metrics = dev_metrics(model, query_tokenizer, dataset.num_labels, dev)
+                result.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})
+                progress.write(json.dumps(result.dev_history[-1]))
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, config, result)
+        barrier(runtime)
         if step >= total:
             break
     progress.close()

@@ -66,13 +66,18 @@ class SentenceEncoder(torch.nn.Module):
         return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
 
-def tokenize(tokenizer: Tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Tokenise a batch into the three int64 tensors the encoder takes."""
+def tokenize(
+    tokenizer: Tokenizer, texts: list[str], device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Tokenise a batch into the three int64 tensors the encoder takes (on `device`)."""
     encodings = tokenizer.encode_batch(texts)
+    fields = {
+        "input_ids": [e.ids for e in encodings],
+        "attention_mask": [e.attention_mask for e in encodings],
+        "token_type_ids": [e.type_ids for e in encodings],
+    }
     return {
-        "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
-        "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
-        "token_type_ids": torch.tensor([e.type_ids for e in encodings], dtype=torch.long),
+        name: torch.tensor(rows, dtype=torch.long, device=device) for name, rows in fields.items()
     }
 
 
@@ -84,16 +89,21 @@ def embed_texts(
     batch_size: int = 256,
     desc: str | None = None,
 ) -> np.ndarray:
-    """Embed many texts without gradients, sorted by length so padding stays small."""
+    """Embed many texts without gradients, sorted by length so padding stays small.
+
+    Runs in fp32 on the encoder's device: these vectors are served beside the fp32 ONNX
+    query encoder.
+    """
     was_training = encoder.training
+    device = next(encoder.parameters()).device
     encoder.eval()
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), encoder.dim), dtype=np.float32)
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None, unit="batch", leave=False):
         idx = order[start : start + batch_size]
-        batch = tokenize(tokenizer, [texts[i] for i in idx])
-        out[idx] = encoder(**batch).float().numpy()
+        batch = tokenize(tokenizer, [texts[i] for i in idx], device)
+        out[idx] = encoder(**batch).float().cpu().numpy()
     encoder.train(was_training)
     return out
 

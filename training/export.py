@@ -79,7 +79,7 @@ def write_bundle(
     np.save(out_dir / CLASSIFIERS_FILE, matrix)
     write_lines(out_dir / LABEL_TITLES_FILE, label_titles)
     write_lines(out_dir / LABEL_IDS_FILE, label_ids)
-    index_spec = default_index_spec(len(label_titles), index_type)
+    index_spec = default_index_spec(len(label_titles), index_type, encoder.dim)
     AnnIndex(build_index(matrix, index_spec), index_spec).write(out_dir / index_spec.file)
     for name, source in (extra_files or {}).items():
         shutil.copyfile(source, out_dir / name)

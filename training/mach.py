@@ -5,7 +5,10 @@ heads train on exactly what the service computes) plus hashed word n-gram TF-IDF
 (`service.mach_features`, the paper's sparse input), and is trained with sigmoid BCE on the
 multi-hot bucket targets of the query's labels (softmax cross-entropy selectable). Heads share
 nothing: head r is initialised and shuffled from its own seed, so training reps 0-7 and 8-15 in
-two processes gives the same weights as training all 16 in one.
+two processes gives the same weights as training all 16 in one, and under torchrun rank r
+trains heads r, r + N, ... with no communication until rank 0 gathers them. Heads train in fp32
+on the given device (CUDA or CPU): they are small, and their sparse n-gram tables gain nothing
+from bf16.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from service.mach_hash import HashFamily
+from training.device import CPU
 
 
 @dataclass
@@ -63,14 +67,16 @@ class MachInputs:
     ngram_ids: np.ndarray  # int64 [n, L], 0 = padding
     ngram_weights: np.ndarray  # float32 [n, L]
 
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tensors of the rows `idx`, n-gram rows trimmed to the batch's longest."""
+    def batch(
+        self, idx: np.ndarray, device: torch.device = CPU
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tensors of the rows `idx` on `device`, n-gram rows trimmed to the batch's longest."""
         ids = self.ngram_ids[idx]
         width = max(1, int((ids != 0).sum(axis=1).max(initial=0)))
         return (
-            torch.from_numpy(self.embeddings[idx]),
-            torch.from_numpy(np.ascontiguousarray(ids[:, :width])),
-            torch.from_numpy(np.ascontiguousarray(self.ngram_weights[idx][:, :width])),
+            torch.from_numpy(self.embeddings[idx]).to(device),
+            torch.from_numpy(np.ascontiguousarray(ids[:, :width])).to(device),
+            torch.from_numpy(np.ascontiguousarray(self.ngram_weights[idx][:, :width])).to(device),
         )
 
 
@@ -195,10 +201,12 @@ def train_head(
     targets: BucketTargets,
     config: MachConfig,
     progress: tqdm | None = None,
+    device: torch.device = CPU,
 ) -> HeadResult:
-    """Train repetition `rep` alone; the result depends only on (config, data, rep)."""
+    """Train repetition `rep` alone on `device`; the result depends only on (config, data,
+    rep), and the head comes back on the CPU."""
     torch.manual_seed(head_seed(config.seed, rep))
-    head = MachHead(inputs.embeddings.shape[1], config)
+    head = MachHead(inputs.embeddings.shape[1], config).to(device)
     order = np.random.default_rng(head_seed(config.seed, rep))
     dense_params = [p for n, p in head.named_parameters() if not n.startswith("ngrams.")]
     optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense_params, lr=config.lr)]
@@ -211,8 +219,8 @@ def train_head(
         running = 0.0
         for start in range(0, n, config.batch_size):
             idx = perm[start : start + config.batch_size]
-            logits = head(*inputs.batch(idx))
-            loss = bucket_loss(logits, targets.dense(idx, config.buckets), config.loss)
+            logits = head(*inputs.batch(idx, device))
+            loss = bucket_loss(logits, targets.dense(idx, config.buckets).to(device), config.loss)
             for optimizer in optimizers:
                 optimizer.zero_grad()
             loss.backward()
@@ -224,7 +232,7 @@ def train_head(
         if progress is not None:
             progress.set_postfix(rep=rep, loss=f"{running / max(1, n):.3f}")
         epoch_losses.append(running / max(1, n))
-    return HeadResult(rep, head.eval(), epoch_losses)
+    return HeadResult(rep, head.cpu().eval(), epoch_losses)
 
 
 def train_mach(
@@ -233,8 +241,10 @@ def train_mach(
     num_labels: int,
     config: MachConfig,
     reps: range,
+    device: torch.device = CPU,
+    show_progress: bool = True,
 ) -> tuple[list[HeadResult], float]:
-    """Train the heads `reps` one after another -> (results, seconds)."""
+    """Train the heads `reps` one after another on `device` -> (results, seconds)."""
     keep = np.array([i for i, p in enumerate(positives) if len(p)], dtype=np.int64)
     inputs = MachInputs(inputs.embeddings[keep], inputs.ngram_ids[keep], inputs.ngram_weights[keep])
     positives = [positives[i] for i in keep]
@@ -242,10 +252,10 @@ def train_mach(
     steps = len(reps) * config.epochs * ((len(keep) + config.batch_size - 1) // config.batch_size)
     started = time.perf_counter()
     results = []
-    with tqdm(total=steps, desc="MACH heads", unit="step") as progress:
+    with tqdm(total=steps, desc="MACH heads", unit="step", disable=not show_progress) as progress:
         for row, rep in enumerate(reps):
             targets = BucketTargets.of(positives, table[row])
-            results.append(train_head(rep, inputs, targets, config, progress))
+            results.append(train_head(rep, inputs, targets, config, progress, device))
     return results, time.perf_counter() - started
 
 

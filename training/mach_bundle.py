@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,14 @@ def encoder_dir(encoder_from: Path | None, cache_dir: Path) -> tuple[Path, Encod
         return encoder_from, manifest.encoder
     target = cache_dir / "base_encoder_onnx"
     if not (target / ENCODER_FILE).is_file():
+        # Several processes (torchrun ranks) may export at once: each writes its own temporary
+        # files and renames them into place, the encoder (what the check above reads) last.
         target.mkdir(parents=True, exist_ok=True)
-        export_encoder(SentenceEncoder(), target / ENCODER_FILE)
-        shutil.copyfile(base_model_dir() / "tokenizer.json", target / TOKENIZER_FILE)
+        suffix = f".{uuid.uuid4().hex}.tmp"
+        shutil.copyfile(base_model_dir() / "tokenizer.json", target / (TOKENIZER_FILE + suffix))
+        os.replace(target / (TOKENIZER_FILE + suffix), target / TOKENIZER_FILE)
+        export_encoder(SentenceEncoder(), target / (ENCODER_FILE + suffix))
+        os.replace(target / (ENCODER_FILE + suffix), target / ENCODER_FILE)
     return target, BASE_ENCODER_SPEC
 
 

@@ -31,7 +31,7 @@ def onnx_parity(onnx_dir: Path, texts: list[str], max_length: int = 32) -> np.nd
     """Cosine between the ONNX path and sentence-transformers for each text."""
     from sentence_transformers import SentenceTransformer
 
-    served = QueryEncoder(onnx_dir, EncoderSpec(max_length=max_length, dim=384), device="cpu")
+    served = QueryEncoder(onnx_dir, EncoderSpec(max_length=max_length, dim=384))
     reference = SentenceTransformer(str(base_model_dir()), device="cpu")
     reference.max_seq_length = max_length
     expected = reference.encode(texts, batch_size=128, normalize_embeddings=True)

@@ -76,7 +76,7 @@ def score_chunk(
     if kept:
         vectors = engine.encoder.embed([token_ids[p] for p in kept])
         texts = [requests[p].query for p in kept]
-        version = engine.manifest.version
+        version = engine.version  # with the catalog changes, in the service
         hits = search_grouped(engine, vectors, texts, wants)
         for position, (model, _), found in zip(kept, wants, hits, strict=True):
             records[position] = _answer(requests[position].custom_id, model, version, found)

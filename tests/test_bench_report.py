@@ -9,9 +9,18 @@ from typing import Any
 import pytest
 
 from bench.report import (
+    RESULTS,
     SECTIONS,
+    SERVED_TOP_BUCKETS,
     headline_verdict,
     main,
+    render_batch,
+    render_catalog,
+    render_load,
+    render_load_stages,
+    render_mach_decode,
+    render_mach_memory,
+    render_parity,
     render_quality,
     replace_section,
     update,
@@ -116,3 +125,104 @@ def test_main_renders_marked_sections_from_json_and_skips_the_rest(
     assert "quality:homedepot" in capsys.readouterr().err
     again, updated, _ = update(written, results)
     assert again == written and updated == ["quality:cooking"]
+
+
+def _stages(total_ms: float) -> dict[str, Any]:
+    stages = ("tokenize", "queue", "encode", "retrieve", "total")
+    return {"stage_seconds": {s: {"mean_s": total_ms / 1000, "p99_s": 0.0075} for s in stages}}
+
+
+def _load_run(precision: str | None, single_p50: float) -> dict[str, Any]:
+    throughput = [
+        {"concurrency": c, "qps_200": qps, "latency_ms_200": {"p99": 3 * c}, "metrics": _stages(9)}
+        for c, qps in ((8, 268.53), (32, 396.87), (128, 492.07))
+    ]
+    return {
+        "name": f"homedepot-{precision or 'fp32'}",
+        "server": {"env": {"XC_ENCODER_PRECISION": precision} if precision else {}},
+        "sequential": {
+            "client_ms": {"p50": single_p50, "p99": 11.491},
+            "server_took_ms": {"p50": 4.402},
+            "metrics": _stages(4.4886),
+        },
+        "throughput": throughput,
+        "overload": {"metrics": _stages(234.33)},
+    }
+
+
+def test_load_table_has_a_row_per_encoder_and_the_stage_table_starts_at_32_clients() -> None:
+    runs = {"a.json": _load_run("int8", 7.266), "b.json": _load_run(None, 8.635)}
+    table = render_load(runs)
+    assert table.startswith("| encoder | single client p50 / p99 (ms) |")
+    assert "q/s at 8 / 32 / 128 clients" in table
+    assert "| int8 | 7.3 / 11.5 | 4.4 | 269 / 397 / 492 | 96 |" in table
+    assert "| fp32 | 8.6 / 11.5 |" in table and "`bench/results/b.json`" in table
+    stages = render_load_stages(runs["a.json"])
+    assert stages.startswith("| phase (int8) | tokenize | queue | encode | retrieve | total |")
+    assert "| single client | 4.49 | 4.49 | 4.49 | 4.49 | 4.49 | 7.5 |" in stages
+    assert "| 32 clients |" in stages and "| 8 clients |" not in stages
+    assert "| overload | 234.33 |" in stages
+
+
+def test_parity_and_batch_tables_carry_the_json_figures() -> None:
+    parity = render_parity(
+        {
+            "datasets": {
+                "cooking": {
+                    "queries": 12404,
+                    "min_cosine": 0.99999988,
+                    "mean_cosine": 1.0,
+                    "below_0.9999": 3,
+                }
+            }
+        }
+    )
+    assert parity.startswith("| dataset | training queries | min cosine | mean cosine |")
+    assert "| `cooking` | 12,404 | 0.99999988 | 1.0000000 | 3 |" in parity
+    paths = {
+        "cli": {"seconds": 139.67, "queries_per_s": 716.0},
+        "x": {"seconds": 1, "queries_per_s": 2},
+    }
+    batch = render_batch({"requests": 100000, "paths": paths})
+    assert batch.startswith("| path | seconds | queries/s |")
+    assert "| `python -m service.batch` | 139.7 | 716 |" in batch and "| x | 1.0 | 2 |" in batch
+
+
+def test_mach_tables_from_the_real_json_show_exact_the_fewest_buckets_and_the_default() -> None:
+    record = json.loads((RESULTS / "mach_decode.json").read_text())
+    table = render_mach_decode(record)
+    assert table.startswith("| K | B | decoder | p50 ms | p90 ms | recall@10 vs exact |")
+    first = record["results"][0]
+    graded = first["scenarios"][0]
+    fewest = graded["min_top_buckets_for_target_recall"]
+    assert f"| {first['labels']:,} | {first['buckets']:,} | exact (all K labels) | " in table
+    assert f"{graded['exact_ms']['n1']['p50']:.2f}" in table
+    assert f"fast, top {fewest} buckets per head |" in table
+    assert f"fast, top {SERVED_TOP_BUCKETS} buckets per head (served default) |" in table
+    assert "fast, top 1 buckets" not in table
+    memory = render_mach_memory(record)
+    assert memory.startswith("| K | MACH output layer (R·hidden·B fp32) |")
+    assert f"{first['memory_mib']['mach_output_layer']:,.1f} MiB" in memory
+
+
+def test_served_top_buckets_is_the_training_default() -> None:
+    from training.mach import MachConfig
+
+    assert MachConfig().top_buckets == SERVED_TOP_BUCKETS
+
+
+def test_catalog_table_has_two_columns_per_run_and_joins_differing_counts() -> None:
+    runs = {
+        name: json.loads((RESULTS / name).read_text())
+        for name in ("catalog.json", "catalog-int8.json")
+    }
+    table = render_catalog(runs)
+    header = table.splitlines()[0]
+    assert header.startswith("| phase | fp32: search p50 / p99 ms | fp32: products/s | int8:")
+    fp32 = runs["catalog.json"]
+    assert (
+        f"| {fp32['idle']['search_ms']['p50']:.1f} / {fp32['idle']['search_ms']['p99']:.1f} |"
+        in table
+    )
+    added = [f"{run['overlay']['catalog']['added']:,}" for run in runs.values()]
+    assert f"after: {' / '.join(dict.fromkeys(added))} added" in table

@@ -348,41 +348,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def merged_sizes(new: list[dict[str, Any]], path: Path, merge: bool) -> list[dict[str, Any]]:
-    """This run's sizes, plus (with --merge) those of `path` that this run did not measure."""
-    if not merge or not path.exists():
-        return sorted(new, key=lambda size: size["labels"])
-    measured = {size["labels"] for size in new}
-    kept = [s for s in json.loads(path.read_text())["sizes"] if s["labels"] not in measured]
-    return sorted(kept + new, key=lambda size: size["labels"])
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark; write the JSON and the plots; print the tables."""
+    """Run the benchmark; write the JSON and the plots; print the tables. The JSON is rewritten
+    after the calibration and after each size, so a run cut short keeps what it measured."""
     from bench.scale_plots import plot_latency_by_k, plot_recall_latency
 
     args = parse_args(argv)
-    host = machine()
-    sizes = [bench_size(k, args) for k in tqdm(args.sizes, desc="label spaces")]
+    previous = json.loads(args.out.read_text()) if args.merge and args.out.exists() else {}
     report: dict[str, Any] = {
         "date": date.today().isoformat(),
         "command": command_line("bench.scale", argv),
-        "machine": {**host, "load_average_at_end": machine()["load_average"]},
+        "machine": machine(),
         "versions": versions(LIBRARIES),
         "threads": {"single_query": 1, "batched_and_build": faiss.omp_get_max_threads()},
         "k": K_TOP,
         "batch": BATCH,
         "generator": "bench.synthetic (see its module doc)",
-        "sizes": merged_sizes(sizes, args.out, args.merge),
+        "sizes": previous.get("sizes", []),
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        report["machine"]["load_average_at_end"] = machine()["load_average"]
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
     if args.calibrate:
         report["calibration"] = calibration(args)
-    elif args.merge and args.out.exists():
-        previous = json.loads(args.out.read_text())
-        if "calibration" in previous:
-            report["calibration"] = previous["calibration"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+        save()
+    elif "calibration" in previous:
+        report["calibration"] = previous["calibration"]
+    for num_labels in tqdm(args.sizes, desc="label spaces"):
+        measured = bench_size(num_labels, args)
+        kept = [size for size in report["sizes"] if size["labels"] != num_labels]
+        report["sizes"] = sorted([*kept, measured], key=lambda size: size["labels"])
+        save()
     stem = args.out.with_suffix("")
     plot_recall_latency(report, Path(f"{stem}_recall_latency.png"))
     plot_latency_by_k(report, PLOT_RECALL, Path(f"{stem}_latency_by_k.png"))

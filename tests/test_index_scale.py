@@ -148,3 +148,21 @@ def test_scale_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert (tmp_path / png).stat().st_size > 10_000
     table = render_scale(report)
     assert "| 3,000 | hnsw |" in table and "one-vs-all" in table
+
+
+def test_large_catalog_path_keeps_float16_vectors(
+    space: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Above 2M labels the benchmark holds fp16 vectors: exact scan over fp16, IVF-PQ from fp16."""
+    from bench.scale import bench_space, parse_args
+
+    labels, queries, _ = space
+    args = parse_args(["--latency-queries", "2"])
+    result = bench_space(labels.astype(np.float16), queries, ["flat", "ivf_pq"], args)
+    flat, pq = result["indexes"]
+    assert result["vector_dtype"] == "float16" and flat["type"] == "flat (fp16)"
+    assert flat["sweep"][0]["recall_at_10"] >= 0.99
+    assert flat["bytes_per_label"] == pytest.approx(2 * DIM, rel=0.01)  # fp16, no fp32 copy
+    assert pq["bytes_per_label"] > 2 * DIM  # the fp16 re-ranking copy plus the PQ codes
+    assert pq["bytes_without_refine_copy"] < pq["bytes"] / 2
+    assert max(row["recall_at_10"] for row in pq["sweep"]) >= MIN_RECALL["ivf_pq"]

@@ -77,10 +77,19 @@ $(TOOLS_STAMP): | $(STAMP)
 test: lint $(TOOLS_STAMP)
 	$(PY) -m pytest
 
-# `make bench` reproduces the tables of BENCHMARKS.md: the quality benchmark on Home Depot and
-# cooking (absent bundles are trained first), then the tables regenerated from its JSON. The
-# peer libraries get their own venv: libpecos pins numpy<2, which .venv must not be given; its
-# declared torch/transformers deps serve XR-Transformer only, hence --no-deps.
+# `make bench` reproduces every table of BENCHMARKS.md (about 80 min on 2 cores, keep the machine
+# otherwise idle: most tables are timings). Its parts, run in this order:
+#   bench-quality  ours vs BM25, the untrained encoder and the XMC peers on Home Depot and
+#                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder;
+#   bench-serving  HTTP load (fp32, int8), offline batch scoring, catalog upserts, the in-process
+#                  CPU baseline of the GPU benchmark, MACH decoding at 1M and 10M labels;
+#   bench-scale    index choice by catalog size, K = 20K, 100K and 1M (about 35 min), checked
+#                  against the Home Depot bundle's real vectors;
+# then bench.report rewrites the generated tables from the results JSON. bench-serving needs the
+# bundles and the int8 encoder that bench-quality leaves. K = 10M is its own target, added to the
+# same results (about an hour, 14 GB of memory).
+# The peer libraries get their own venv: libpecos pins numpy<2, which .venv must not be given;
+# its declared torch/transformers deps serve XR-Transformer only, hence --no-deps.
 PEERS_VENV  := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed-stamp
 $(PEERS_STAMP): bench/requirements-peers.txt
@@ -90,16 +99,37 @@ $(PEERS_STAMP): bench/requirements-peers.txt
 	$(PEERS_VENV)/bin/pip install --quiet --no-deps libpecos==1.2.8
 	touch $@
 
-# The index scale benchmark (bench/scale.py) runs K = 20K, 100K and 1M here (about 25 min on
-# 2 cores), checked against the Home Depot bundle's real vectors when it exists; K = 10M is
-# its own target, added to the same results (about an hour on 2 cores, 14 GB of memory).
+HOMEDEPOT := ../shared/data/homedepot/xc
+COOKING   := ../shared/data/cooking/xc
 SCALE_CALIBRATE := $(if $(wildcard models/homedepot/manifest.json),--calibrate models/homedepot)
 
-.PHONY: bench bench-10m
-bench: $(STAMP) $(PEERS_STAMP)
-	$(PY) -m bench.quality --dataset homedepot --dataset cooking --build-missing
-	$(PY) -m bench.scale --merge $(SCALE_CALIBRATE)
+.PHONY: bench bench-quality bench-serving bench-scale bench-10m
+bench:
+	$(MAKE) bench-quality
+	$(MAKE) bench-serving
+	$(MAKE) bench-scale
 	$(PY) -m bench.report
+
+bench-quality: $(STAMP) $(PEERS_STAMP)
+	$(PY) -m bench.quality --dataset homedepot --dataset cooking --build-missing
+	$(PY) -m bench.parity --data $(HOMEDEPOT) --data $(COOKING)
+	$(PY) -m bench.int8 --bundle models/homedepot --data $(HOMEDEPOT)
+
+bench-serving: $(STAMP)
+	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-fp32 \
+	    --duration 15 --overload-duration 15 --requests 2000
+	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-int8 \
+	    --server-env XC_ENCODER_PRECISION=int8 --duration 15 --overload-duration 15 --requests 2000
+	$(PY) -m bench.batch --bundle models/homedepot --data $(HOMEDEPOT) --requests 100000 \
+	    --paths cli,worker,ray --env XC_ENCODER_PRECISION=int8
+	$(PY) -m bench.catalog --bundle models/homedepot --data $(HOMEDEPOT)
+	$(PY) -m bench.catalog --bundle models/homedepot --data $(HOMEDEPOT) --precision int8 \
+	    --out bench/results/catalog-int8.json
+	$(PY) -m bench.gpu --bundle models/homedepot-hybrid --data $(HOMEDEPOT) --device cpu
+	$(PY) -m bench.mach_decode
+
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale --merge $(SCALE_CALIBRATE)
 
 bench-10m: $(STAMP)
 	$(PY) -m bench.scale --sizes 10000000 --merge

@@ -321,6 +321,37 @@ def render_parity(record: dict[str, Any]) -> str:
     return f"{table}\n\n{_generated_from('parity.json')}\n"
 
 
+INT8_METRICS = ("P@1", "nDCG@10", "R@100")
+
+
+def render_int8(record: dict[str, Any]) -> str:
+    """bench.int8's JSON: the int8 encoder's cosine to fp32 and both encoders' dev metrics."""
+    parity, fp32 = record["parity"], record["dev_fp32"]
+    rows = [
+        ["fp32 (`encoder.onnx`)", "1", "1", "1"],
+        [
+            "int8 (`encoder.int8.onnx`)",
+            f"{parity['cosine_min']:.4f}",
+            f"{parity['cosine_p01']:.4f}",
+            f"{parity['cosine_mean']:.4f}",
+        ],
+    ]
+    for row, precision in zip(rows, ("fp32", "int8"), strict=True):
+        metrics = record[f"dev_{precision}"]
+        row += [f"{metrics[name]:.4f}" for name in INT8_METRICS]
+    headers = ["encoder", "min cosine to fp32", "1st pct.", "mean"]
+    table = markdown_table([*headers, *(f"dev {name}" for name in INT8_METRICS)], rows)
+    int8 = record["dev_int8"]
+    results_file = f"int8_{record['dataset']}.json"
+    cost = ", ".join(f"{int8[name] - fp32[name]:+.4f} {name}" for name in INT8_METRICS)
+    return (
+        f"{table}\n\nQuality cost of int8: {cost} ({int(parity['queries']):,} dev queries for "
+        f"the cosines, {record['dataset']}). "
+        f"{_generated_from(results_file)} Written by `{record['command']}` "
+        f"on {record['date']}.\n"
+    )
+
+
 # The issue's throughput target is set at 32 concurrent clients (the "p99 at" column).
 TARGET_CLIENTS = 32
 
@@ -515,6 +546,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "gpu:cpu": ("gpu_homedepot-hybrid_cpu.json", render_gpu),
     "gpu:cuda": ("gpu_homedepot-hybrid_cuda.json", render_gpu),
     "parity": ("parity.json", render_parity),
+    "int8": ("int8_homedepot.json", render_int8),
     "load": (("load_homedepot-int8.json", "load_homedepot-fp32.json"), render_load),
     "load:stages": ("load_homedepot-int8.json", render_load_stages),
     "mach_decode": ("mach_decode.json", render_mach_decode),

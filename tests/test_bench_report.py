@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from bench.report import (
     main,
     render_batch,
     render_catalog,
+    render_int8,
     render_load,
     render_load_stages,
     render_mach_decode,
@@ -226,3 +229,53 @@ def test_catalog_table_has_two_columns_per_run_and_joins_differing_counts() -> N
     )
     added = [f"{run['overlay']['catalog']['added']:,}" for run in runs.values()]
     assert f"after: {' / '.join(dict.fromkeys(added))} added" in table
+
+
+def test_int8_table_shows_the_cosines_the_dev_metrics_and_the_cost() -> None:
+    record = {
+        "dataset": "homedepot",
+        "command": "python -m bench.int8 --bundle b --data d",
+        "date": "2026-11-21",
+        "parity": {
+            "queries": 1163.0,
+            "cosine_min": 0.98431,
+            "cosine_p01": 0.9876,
+            "cosine_mean": 0.9925,
+        },
+        "dev_fp32": {"P@1": 0.37, "nDCG@10": 0.3866, "R@100": 0.7196},
+        "dev_int8": {"P@1": 0.3662, "nDCG@10": 0.3844, "R@100": 0.7181},
+    }
+    text = render_int8(record)
+    assert (
+        "| int8 (`encoder.int8.onnx`) | 0.9843 | 0.9876 | 0.9925 | 0.3662 | 0.3844 | 0.7181 |"
+        in text
+    )
+    assert "| fp32 (`encoder.onnx`) | 1 | 1 | 1 | 0.3700 | 0.3866 | 0.7196 |" in text
+    assert "-0.0038 P@1, -0.0022 nDCG@10, -0.0015 R@100" in text
+    assert "1,163 dev queries" in text and "`bench/results/int8_homedepot.json`" in text
+
+
+def _writer(results_file: str, modules: list[str]) -> str:
+    """The bench module that writes `results_file`: the longest module name it starts with."""
+    return max((m for m in modules if results_file.startswith(m)), key=len)
+
+
+def test_make_bench_runs_every_benchmark_whose_json_a_table_is_generated_from() -> None:
+    root = Path(__file__).resolve().parents[1]
+    modules = [path.stem for path in (root / "bench").glob("*.py") if path.stem != "__init__"]
+    dry_run = subprocess.run(
+        ["make", "--no-print-directory", "-n", "bench"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    needs_gpu = {"gpu:cuda"}
+    for name, (files, _) in SECTIONS.items():
+        if name in needs_gpu:
+            continue
+        for file in (files,) if isinstance(files, str) else files:
+            module = _writer(file, modules)
+            ran = re.search(rf"-m bench\.{module}(\s|$)", dry_run, re.M)
+            assert ran, f"{name}: nothing in make bench writes {file}"
+    assert dry_run.rstrip().endswith("-m bench.report")

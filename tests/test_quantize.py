@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from bench import int8 as bench_int8
+from bench.report import render_int8
 from service.bundle import BundleError, load_bundle
 from service.engine import SearchEngine
 from training.data import load_dataset
@@ -61,3 +64,21 @@ def test_int8_serves_nearly_the_same_products(int8_bundle: Path, demo_data: Path
 def test_int8_without_an_int8_encoder_is_refused(demo_bundle: Path) -> None:
     with pytest.raises(BundleError, match=r"no int8 encoder.*training quantize"):
         SearchEngine.load(demo_bundle, precision="int8")
+
+
+def test_bench_int8_quantises_the_bundle_and_records_what_int8_costs(
+    demo_bundle: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "demo"
+    shutil.copytree(demo_bundle, bundle)
+    out = tmp_path / "int8.json"
+    bench_int8.main(["--bundle", str(bundle), "--data", str(demo_data), "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert load_bundle(bundle).manifest.encoder.int8_file == INT8_ENCODER_FILE
+    dev = load_dataset(demo_data).split("dev")
+    assert record["parity"]["queries"] == len(dev.texts)
+    assert 0.95 < record["parity"]["cosine_min"] <= record["parity"]["cosine_mean"] <= 1.0
+    assert record["dev_fp32"]["points"] == record["dev_int8"]["points"] > 0
+    assert abs(record["dev_fp32"]["P@1"] - record["dev_int8"]["P@1"]) <= 0.1
+    assert record["command"].startswith("python -m bench.int8 --bundle")
+    assert f"{record['dev_int8']['nDCG@10']:.4f}" in render_int8(record)

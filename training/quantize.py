@@ -18,6 +18,8 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from service.bundle import load_bundle, read_manifest, write_manifest
 from service.encoder import QueryEncoder
+from training.data import load_dataset
+from training.evaluate import evaluate_bundle
 
 INT8_ENCODER_FILE = "encoder.int8.onnx"
 
@@ -60,3 +62,18 @@ def int8_parity(bundle_dir: Path, texts: list[str], batch_size: int = 256) -> di
         "cosine_p01": float(np.percentile(cos, 1)),
         "cosine_mean": float(cos.mean()),
     }
+
+
+def quantize_and_report(bundle_dir: Path, data: Path | None = None) -> dict:
+    """Add the int8 encoder to the bundle; with `data` (a dataset with a dev split), also its
+    parity with the fp32 encoder on the dev queries and the dev metrics of both encoders, so a
+    user can see what the faster encoder costs before serving it."""
+    report: dict = {"int8_encoder": str(quantize_encoder(bundle_dir))}
+    if data is not None:
+        dataset = load_dataset(data)
+        report["parity"] = int8_parity(bundle_dir, dataset.split("dev").texts)
+        for precision in ("fp32", "int8"):
+            report[f"dev_{precision}"] = evaluate_bundle(
+                bundle_dir, dataset, "dev", precision=precision
+            )
+    return report

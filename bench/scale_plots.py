@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 MIB = 1 << 20
 
@@ -39,6 +40,7 @@ def plot_recall_latency(report: dict[str, Any], path: Path) -> None:
                     markersize=4,
                 )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short spans
         ax.set_xlabel("p50 ms per query (1 thread)")
         ax.set_ylabel("recall@10 vs exact")
         ax.set_title(f"K = {size['labels']:,} ({size['vector_dtype']})")
@@ -76,6 +78,7 @@ def plot_latency_by_k(report: dict[str, Any], target: float, path: Path) -> None
         for name, points in data.items():
             ax.plot(*zip(*sorted(points), strict=True), "o-", label=name, markersize=4)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short spans
         ax.set_yscale("log")
         ax.set_xlabel("labels K")
         ax.grid(True, which="both", alpha=0.3)

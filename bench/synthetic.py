@@ -23,11 +23,12 @@ a query takes a random label's tree parent plus QUERY_VARIANCE of noise and that
 plus N(0, QUERY_LATENT_NOISE²), so (like encoded queries against trained label vectors) it is
 farther from its nearest labels than labels are from each other.
 
-On the calibration set the synthetic space is close to the real one, a little easier for the
-indexes (see BENCHMARKS.md, "Index choice by catalog size", for the table): the mean
-similarity of a query to its 1st / 10th nearest label is 0.71 / 0.43 against 0.61 / 0.48;
-recall@10 of HNSW at efSearch 16 / 32 is 0.94 / 0.98 against 0.92 / 0.96, of IVF-Flat (512
-lists) at nprobe 4 / 16 0.81 / 0.91 against 0.76 / 0.88.
+On the calibration set (BENCHMARKS.md, "Index choice by catalog size", has the generated
+table) the synthetic space is about as hard as the real one for HNSW and harder for IVF:
+recall@10 of HNSW at efSearch 16 / 32 is 0.92 / 0.98 against 0.94 / 0.97 on the real vectors,
+of IVF-Flat (512 lists) at nprobe 4 / 64 0.69 / 0.88 against 0.76 / 0.95. So the IVF figures at
+large K lean pessimistic. When the parameters were fitted, the mean similarity of a query to
+its 1st / 10th nearest label was 0.71 / 0.43 against 0.61 / 0.48 on the real vectors.
 
 As K grows the tree keeps its local density (a catalog grows by adding categories), and so does
 the manifold: the latent's spread grows as (K / CALIBRATION_LABELS)^(1 / LATENT_DIM), so a

@@ -28,10 +28,14 @@ GPU_MAX_K = 2048
 # within fp16 rounding); 10^7 x 384 fp32 vectors (14.3 GiB) stay fp32 on an 80 GB H100.
 GPU_FP16_BYTES = 16 << 30
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef_search": 128}
+# HNSW efSearch by catalog size, (up to this many labels, efSearch): the smallest setting of
+# bench/scale.py's sweep with recall@10 >= 0.95, rounded up (0.997 at 100K with 128; 1M needs
+# 256 for 0.969). The last row is an extrapolation: nothing between 1M and 4M was measured.
+HNSW_EF_SEARCH_BY_SIZE = ((250_000, 128), (2_000_000, 256), (HNSW_MAX_LABELS, 512))
 IVF_NPROBE = 64
 # IVF-PQ: nbits-bit codes of m sub-vectors of PQ_DIMS_PER_CODE dims; refine_k·k candidates
 # are re-ranked against an fp16 copy of the vectors (refine_k = 0: PQ scores only).
-PQ_DEFAULTS = {"nbits": 8, "refine_k": 4}
+PQ_DEFAULTS = {"nbits": 8, "refine_k": 16}
 PQ_DIMS_PER_CODE = 8
 # k-means for the IVF lists runs on this many points per list (FAISS asks for at least 39).
 IVF_TRAIN_POINTS_PER_LIST = 40
@@ -45,17 +49,26 @@ IVF_TYPES = ("ivf_flat", "ivf_pq")
 def auto_index_type(num_labels: int) -> str:
     """The index type for a catalog of `num_labels` labels.
 
-    From `bench/scale.py` (d = 384, calibrated synthetic label spaces, one thread per query):
-    an exact scan costs about 1.5 ms a query at 20K labels and grows linearly (8 ms at 100K,
-    80 ms at 1M), while HNSW stays under a millisecond at recall@10 >= 0.99 and is the fastest
-    index at every recall level measured; IVF-Flat needs several times HNSW's latency for the
-    same recall, and IVF-PQ alone tops out near 0.7 recall@10. So: exact up to
-    EXACT_MAX_LABELS, HNSW up to HNSW_MAX_LABELS, and beyond, where HNSW's memory and build
-    time stop fitting one machine, IVF-PQ re-ranked against fp16 vectors.
+    From `bench/scale.py` (d = 384, synthetic label spaces fitted to the Home Depot vectors, one
+    thread per query): an exact scan costs about 1.1 ms a query at 20K labels and grows
+    linearly (7 ms at 100K, 65 ms at 1M). HNSW is the fastest index at every recall level
+    measured: recall@10 0.997 in 1.1 ms at 100K, 0.969 in 3.2 ms at 1M (efSearch 256, see
+    `hnsw_ef_search`), where IVF-Flat needs 19 ms for 0.87 and IVF-PQ tops out near 0.8. So:
+    exact up to EXACT_MAX_LABELS, HNSW up to HNSW_MAX_LABELS; beyond, where HNSW's memory
+    (1.8 KB a label) and build time (24 min for 1M on 2 cores) stop fitting one machine,
+    IVF-PQ re-ranked against fp16 vectors, which trades recall for memory.
     """
     if num_labels <= EXACT_MAX_LABELS:
         return "flat"
     return "hnsw" if num_labels <= HNSW_MAX_LABELS else "ivf_pq"
+
+
+def hnsw_ef_search(num_labels: int) -> int:
+    """HNSW efSearch for a catalog of `num_labels`: recall@10 >= 0.95 as the catalog grows."""
+    return next(
+        (ef for most, ef in HNSW_EF_SEARCH_BY_SIZE if num_labels <= most),
+        HNSW_EF_SEARCH_BY_SIZE[-1][1],
+    )
 
 
 def ivf_lists(num_labels: int) -> int:
@@ -77,7 +90,9 @@ def default_index_spec(num_labels: int, index_type: str = "auto", dim: int = 384
     if index_type == "flat":
         return IndexSpec(type="flat", params={})
     if index_type == "hnsw":
-        return IndexSpec(type="hnsw", params=dict(HNSW_DEFAULTS))
+        return IndexSpec(
+            type="hnsw", params={**HNSW_DEFAULTS, "ef_search": hnsw_ef_search(num_labels)}
+        )
     if index_type in IVF_TYPES:
         nlist = ivf_lists(num_labels)
         params = {"nlist": nlist, "nprobe": min(IVF_NPROBE, nlist)}

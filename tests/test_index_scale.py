@@ -19,6 +19,7 @@ from service.retrieval import (
     AnnIndex,
     build_index,
     default_index_spec,
+    hnsw_ef_search,
     ivf_lists,
     pq_codes,
 )
@@ -54,6 +55,16 @@ def recall_at_10(truth: np.ndarray, found: np.ndarray) -> float:
 )
 def test_rule_picks_the_index_by_catalog_size(num_labels: int, expected: str) -> None:
     assert default_index_spec(num_labels).type == expected
+
+
+@pytest.mark.parametrize(
+    ("num_labels", "ef_search"),
+    [(EXACT_MAX_LABELS + 1, 128), (100_000, 128), (1_000_000, 256), (HNSW_MAX_LABELS, 512)],
+)
+def test_hnsw_searches_deeper_as_the_catalog_grows(num_labels: int, ef_search: int) -> None:
+    assert hnsw_ef_search(num_labels) == ef_search
+    assert default_index_spec(num_labels, "hnsw").params["ef_search"] == ef_search
+    assert default_index_spec(10 * HNSW_MAX_LABELS, "hnsw").params["ef_search"] == 512
 
 
 def test_ivf_parameters_follow_the_catalog_and_the_dimension() -> None:

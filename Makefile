@@ -87,7 +87,7 @@ test: lint $(TOOLS_STAMP)
 #                  against the Home Depot bundle's real vectors;
 # then bench.report rewrites the generated tables from the results JSON. bench-serving needs the
 # bundles and the int8 encoder that bench-quality leaves. K = 10M is its own target, added to the
-# same results (about an hour, 14 GB of memory).
+# same results (about 30 min, 13 GB of memory).
 # The peer libraries get their own venv: libpecos pins numpy<2, which .venv must not be given;
 # its declared torch/transformers deps serve XR-Transformer only, hence --no-deps.
 PEERS_VENV  := .venv-peers

@@ -16,7 +16,7 @@ trained and text-only labels share one scale. Each step trains both parts on one
   encoder (in-batch negatives), and at the end every text-only label is re-embedded with the
   trained encoder; with `"frozen"` the query is matched against the base encoder's text vectors.
 
-Dev tuning on Home Depot (see BENCHMARKS.md) chose to keep the BCE gradient away from the
+Dev tuning on Home Depot (see docs/TUNING.md) chose to keep the BCE gradient away from the
 encoder (`bce_trains_encoder=False`): mined negatives among near-duplicate products are often
 unjudged relevant ones, and pushing the encoder away from them hurt exactly the products never
 seen in training.

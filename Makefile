@@ -77,13 +77,13 @@ $(TOOLS_STAMP): | $(STAMP)
 test: lint $(TOOLS_STAMP)
 	$(PY) -m pytest
 
-# `make bench` reproduces every table of BENCHMARKS.md (about 80 min on 2 cores, keep the machine
+# `make bench` reproduces every table of BENCHMARKS.md (65 min on 2 cores; keep the machine
 # otherwise idle: most tables are timings). Its parts, run in this order:
 #   bench-quality  ours vs BM25, the untrained encoder and the XMC peers on Home Depot and
 #                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder;
 #   bench-serving  HTTP load (fp32, int8), offline batch scoring, catalog upserts, the in-process
 #                  CPU baseline of the GPU benchmark, MACH decoding at 1M and 10M labels;
-#   bench-scale    index choice by catalog size, K = 20K, 100K and 1M (about 35 min), checked
+#   bench-scale    index choice by catalog size, K = 20K, 100K and 1M (about 40 min), checked
 #                  against the Home Depot bundle's real vectors;
 # then bench.report rewrites the generated tables from the results JSON. bench-serving needs the
 # bundles and the int8 encoder that bench-quality leaves. K = 10M is its own target, added to the

@@ -2,9 +2,9 @@
 
     python -m bench.int8 --bundle models/homedepot --data ../shared/data/homedepot/xc
 
-Runs `python -m training quantize --bundle ... --data ...` (which adds `encoder.int8.onnx` to
-the bundle, so the int8 load and catalog benchmarks can serve it) and writes its report with
-the machine, versions and command to `bench/results/int8_<dataset>.json`.
+Does what `python -m training quantize --bundle ... --data ...` does (adds `encoder.int8.onnx`
+to the bundle, so the int8 load and catalog benchmarks can serve it, and measures it) and
+writes the report with the machine, versions and command to `bench/results/int8_<dataset>.json`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from datetime import date
 from pathlib import Path
 
 from bench.provenance import command_line, machine, versions
-from training.data import load_dataset
 from training.quantize import quantize_and_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,17 +28,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset with a dev split")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    name = load_dataset(args.data).name
     report = {
         "date": date.today().isoformat(),
         "command": command_line("bench.int8", argv),
         "machine": machine(),
         "versions": versions(LIBRARIES),
         "bundle": str(args.bundle),
-        "dataset": name,
         **quantize_and_report(args.bundle, args.data),
     }
-    out = args.out or RESULTS / f"int8_{name}.json"
+    out = args.out or RESULTS / f"int8_{report['dataset']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))

@@ -28,9 +28,9 @@ GPU_MAX_K = 2048
 # within fp16 rounding); 10^7 x 384 fp32 vectors (14.3 GiB) stay fp32 on an 80 GB H100.
 GPU_FP16_BYTES = 16 << 30
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef_search": 128}
-# HNSW efSearch by catalog size, (up to this many labels, efSearch): the smallest setting of
-# bench/scale.py's sweep with recall@10 >= 0.95, rounded up (0.997 at 100K with 128; 1M needs
-# 256 for 0.969). The last row is an extrapolation: nothing between 1M and 4M was measured.
+# HNSW efSearch by catalog size, (up to this many labels, efSearch): recall@10 >= 0.95 with a
+# margin at the sizes bench/scale.py measured (128 gives 0.997 at 100K; 1M needs 256 for
+# 0.969). The last row is an extrapolation: nothing between 1M and 4M was measured.
 HNSW_EF_SEARCH_BY_SIZE = ((250_000, 128), (2_000_000, 256), (HNSW_MAX_LABELS, 512))
 IVF_NPROBE = 64
 # IVF-PQ: nbits-bit codes of m sub-vectors of PQ_DIMS_PER_CODE dims; refine_k·k candidates

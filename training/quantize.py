@@ -71,6 +71,7 @@ def quantize_and_report(bundle_dir: Path, data: Path | None = None) -> dict:
     report: dict = {"int8_encoder": str(quantize_encoder(bundle_dir))}
     if data is not None:
         dataset = load_dataset(data)
+        report["dataset"] = dataset.name
         report["parity"] = int8_parity(bundle_dir, dataset.split("dev").texts)
         for precision in ("fp32", "int8"):
             report[f"dev_{precision}"] = evaluate_bundle(

@@ -48,6 +48,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench import mach_decode
+from bench.load import latency_summary
 from bench.provenance import command_line, machine, versions
 from bench.synthetic import synthetic_label_space
 from bench.timing import rank_all, single_query_ms
@@ -112,16 +113,6 @@ def index_bytes(index: faiss.Index) -> int:
     return total
 
 
-def percentiles(ms: list[float]) -> dict[str, float]:
-    """p50, p99 and mean of per-query milliseconds."""
-    arr = np.asarray(ms)
-    return {
-        "p50": float(np.percentile(arr, 50)),
-        "p99": float(np.percentile(arr, 99)),
-        "mean": float(arr.mean()),
-    }
-
-
 def measure_setting(
     index: AnnIndex, queries: np.ndarray, truth: np.ndarray, latency_queries: int, desc: str
 ) -> dict[str, Any]:
@@ -139,7 +130,7 @@ def measure_setting(
         faiss.omp_set_num_threads(threads)
     return {
         "recall_at_10": mach_decode.recall_at_k(truth, found),
-        "latency_ms": percentiles(latency),
+        "latency_ms": latency_summary(latency),
         "latency_queries": latency_queries,
         "batched_queries": len(queries),
         "batched_qps": len(queries) / seconds,

@@ -12,21 +12,29 @@ stopped at the end; with `--url` an already-running server is measured. Request 
 `{"query": ..., "k": --k}` (plus `"model"` with `--model`), queries taken in order, cycling,
 from the dataset's dev split (`training.data.load_dataset(...).split("dev")`).
 
-Phases (`--phases`, default all three, in this order):
+Phases (`--phases`, default all five, in this order):
 
 1. ``sequential``: one client on one keep-alive connection, one request at a time
    (`--requests` after `--warmup`): client-side p50/p90/p99/mean and the server's `took_ms`.
+   ``sequential_lean``: the same with `LeanConnection`, a bare HTTP/1.1 client on asyncio
+   streams (plain http only), instead of httpx.
 2. ``throughput``: a closed loop per `--concurrency` level: N clients, each sending its next
    request when its previous answer arrives, for `--warmup-s` (not counted) then `--duration`
    seconds. Answers that arrive inside the measured window count: queries/s of 200 answers,
-   p50/p99 of 200s, answers per status.
+   p50/p99 of 200s, answers per status. ``throughput_lean``: the same with N lean connections.
+
+Why two clients: httpx spends about a millisecond of CPU per request, on the same two cores as
+the server; the lean client's figures are the server's over HTTP with most of that taken out,
+the httpx ones what a typical Python client on the same machine sees.
+
 3. ``overload``: an open loop: requests launched at `--overload-factor` × the best queries/s of
-   phase 2 (or at `--overload-rate`), Poisson or at fixed intervals (`--arrivals`), whether or
-   not earlier ones have finished, for `--overload-duration` seconds, on a pool of
-   `--overload-connections`. Reports answers per status (only 200 and 429 are expected, a 429
-   with a `Retry-After` header), p50/p99 of 200s measured from each request's *scheduled*
-   arrival (time spent waiting on the client is counted: no coordinated omission) and from its
-   send, how late requests were launched, and whether GET /healthz answers 200 afterwards.
+   the httpx ``throughput`` levels (or at `--overload-rate`), Poisson or at fixed intervals
+   (`--arrivals`), whether or not earlier ones have finished, for `--overload-duration`
+   seconds, on a pool of `--overload-connections`. Reports answers per status (only 200 and 429
+   are expected, a 429 with a `Retry-After` header), p50/p99 of 200s measured from each
+   request's *scheduled* arrival (time spent waiting on the client is counted: no coordinated
+   omission) and from its send, how late requests were launched, and whether GET /healthz
+   answers 200 afterwards.
 
 Transport errors and timeouts (`--timeout`) are counted per exception type under ``errors``,
 never as statuses. When GET /metrics exists (a 404 means absent) it is scraped before and after
@@ -64,7 +72,15 @@ import ssl
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,7 +94,7 @@ from training.data import load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEARCH_PATH = "/search"
-PHASES = ("sequential", "throughput", "overload")
+PHASES = ("sequential", "sequential_lean", "throughput", "throughput_lean", "overload")
 STAGE_METRIC = "xc_stage_seconds"
 STAGE_ORDER = ("tokenize", "queue", "encode", "retrieve", "total")
 EXPECTED_OVERLOAD_STATUSES = frozenset({200, 429})
@@ -459,35 +475,109 @@ async def _with_progress(
 # --- phases ----------------------------------------------------------------------------------
 
 
-async def run_sequential(
-    base: str,
+class LeanConnection:
+    """One keep-alive HTTP/1.1 connection on asyncio streams that POSTs ready-made JSON bodies.
+
+    It formats each request with one f-string and parses only the status line and the body's
+    framing (Content-Length or chunked), so it costs a few microseconds per request where httpx
+    costs about a millisecond: on a 2-core machine shared with the server that difference is a
+    fifth of a search's latency. Plain http only. After a failed exchange the connection is
+    closed and the next `post` opens a new one, so a half-read answer never leaks into the next.
+    """
+
+    def __init__(self, base: str, headers: Mapping[str, str] | None = None) -> None:
+        url = httpx.URL(base)
+        if url.scheme != "http":
+            raise ValueError(f"url: the lean client speaks plain http only, got {base!r}")
+        self.host, self.port = url.host, url.port or 80
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self.head = f"Host: {self.host}:{self.port}\r\nContent-Type: application/json\r\n{extra}"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> LeanConnection:
+        await self._connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._close()
+
+    async def _connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def _close(self) -> None:
+        writer, self.reader, self.writer = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """(status, body) of one POST; any failure closes the connection and is re-raised."""
+        if self.writer is None:
+            await self._connect()
+        try:
+            return await self._exchange(path, body)
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _exchange(self, path: str, body: bytes) -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
+        request = f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n"
+        self.writer.write(request.encode("latin-1") + body)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *header_lines = head.split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        if not version.startswith("HTTP/") or not rest[:3].isdigit():
+            raise ValueError(f"lean client: not an HTTP status line: {status_line!r}")
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in header_lines if line)
+        }
+        if "content-length" in headers:
+            return int(rest[:3]), await self.reader.readexactly(int(headers["content-length"]))
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                chunks.append(await self.reader.readexactly(size))
+                await self.reader.readexactly(2)  # the CRLF after each chunk
+            await self.reader.readuntil(b"\r\n")  # no trailers: the final CRLF
+            return int(rest[:3]), b"".join(chunks)
+        raise ValueError(f"lean client: answer to {path} has neither length nor chunks")
+
+
+LEAN_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
+
+
+async def _sequential_loop(
+    post: Callable[[bytes], Awaitable[tuple[int, bytes]]],
+    errors: tuple[type[BaseException], ...],
     bodies: Sequence[bytes],
     requests: int,
     warmup: int,
-    timeout_s: float = 30.0,
-    headers: Mapping[str, str] | None = None,
+    desc: str,
 ) -> dict[str, Any]:
-    """One client, one keep-alive connection, one request at a time: latency and `took_ms`."""
+    """Send `warmup` then `requests` bodies one at a time through `post`; latency and took_ms."""
     samples: list[Sample] = []
     took_ms: list[float] = []
     n = len(bodies)
-    async with make_client(base, 1, timeout_s, headers) as client:
-        for i in range(warmup):
-            with contextlib.suppress(httpx.TransportError):
-                await client.post(SEARCH_PATH, content=bodies[i % n])
-        for i in tqdm(range(requests), desc="sequential", unit="req", disable=requests < 200):
-            start = time.perf_counter()
-            try:
-                response = await client.post(SEARCH_PATH, content=bodies[(warmup + i) % n])
-            except httpx.TransportError as exc:
-                samples.append((start, time.perf_counter(), type(exc).__name__))
-                continue
-            samples.append((start, time.perf_counter(), response.status_code))
-            if response.status_code == 200:
-                took = response.json().get("took_ms")
-                if isinstance(took, (int, float)):
-                    took_ms.append(float(took))
-    statuses, errors = tally(outcome for _, _, outcome in samples)
+    for i in range(warmup):
+        with contextlib.suppress(*errors):
+            await post(bodies[i % n])
+    for i in tqdm(range(requests), desc=desc, unit="req", disable=requests < 200):
+        start = time.perf_counter()
+        try:
+            status, content = await post(bodies[(warmup + i) % n])
+        except errors as exc:
+            samples.append((start, time.perf_counter(), type(exc).__name__))
+            continue
+        samples.append((start, time.perf_counter(), status))
+        if status == 200:
+            took = json.loads(content).get("took_ms")
+            if isinstance(took, (int, float)):
+                took_ms.append(float(took))
+    statuses, error_counts = tally(outcome for _, _, outcome in samples)
     ok_ms = [1000.0 * (end - start) for start, end, outcome in samples if outcome == 200]
     return {
         "requests": requests,
@@ -495,8 +585,44 @@ async def run_sequential(
         "client_ms": latency_summary(ok_ms),
         "server_took_ms": latency_summary(took_ms),
         "statuses": statuses,
-        "errors": errors,
+        "errors": error_counts,
     }
+
+
+def httpx_post(client: httpx.AsyncClient) -> Callable[[bytes], Awaitable[tuple[int, bytes]]]:
+    """POST a body to /search on `client` -> (status, body), the shape `LeanConnection` has."""
+
+    async def post(body: bytes) -> tuple[int, bytes]:
+        response = await client.post(SEARCH_PATH, content=body)
+        return response.status_code, response.content
+
+    return post
+
+
+async def run_sequential(
+    base: str,
+    bodies: Sequence[bytes],
+    requests: int,
+    warmup: int,
+    timeout_s: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+    lean: bool = False,
+) -> dict[str, Any]:
+    """One client, one keep-alive connection, one request at a time: latency and `took_ms`.
+
+    With `lean`, the client is `LeanConnection` instead of httpx (no timeout: a plain-http
+    server on this machine).
+    """
+    if lean:
+        async with LeanConnection(base, headers) as connection:
+            post = functools.partial(connection.post, SEARCH_PATH)
+            return await _sequential_loop(
+                post, LEAN_ERRORS, bodies, requests, warmup, "sequential, lean client"
+            )
+    async with make_client(base, 1, timeout_s, headers) as client:
+        return await _sequential_loop(
+            httpx_post(client), (httpx.TransportError,), bodies, requests, warmup, "sequential"
+        )
 
 
 async def run_closed_loop(
@@ -508,39 +634,52 @@ async def run_closed_loop(
     timeout_s: float = 30.0,
     headers: Mapping[str, str] | None = None,
     backoff_429_s: float = 0.0,
+    lean: bool = False,
 ) -> dict[str, Any]:
     """`concurrency` clients in a closed loop; answers arriving in the measured window count.
 
     The window opens `warmup_s` after the start and lasts `duration_s`; no request is sent after
-    it closes. A client that gets a 429 waits `backoff_429_s` before its next request.
+    it closes. A client that gets a 429 waits `backoff_429_s` before its next request. Each
+    client is one httpx client with one connection, or with `lean` one `LeanConnection` (no
+    client-side timeout; the server's own deadline bounds every answer).
     """
     samples: list[Sample] = []
     n = len(bodies)
     counter = itertools.count()
-    begin = time.perf_counter()
-    window_start = begin + warmup_s
-    window_end = window_start + duration_s
-    # One client, with one connection, per worker: see ClientShards for why not one big pool.
-    async with ClientShards(base, concurrency, timeout_s, headers, per_client=1) as shards:
+    errors: tuple[type[BaseException], ...] = LEAN_ERRORS if lean else (httpx.TransportError,)
 
-        async def worker(client: httpx.AsyncClient) -> None:
-            post = client.post
-            while True:
-                start = time.perf_counter()
-                if start >= window_end:
-                    return
-                try:
-                    outcome: int | str = (
-                        await post(SEARCH_PATH, content=bodies[next(counter) % n])
-                    ).status_code
-                except httpx.TransportError as exc:
-                    outcome = type(exc).__name__
-                samples.append((start, time.perf_counter(), outcome))
-                if outcome == 429 and backoff_429_s > 0:
-                    await asyncio.sleep(backoff_429_s)
+    async def worker(post: Callable[[bytes], Awaitable[tuple[int, bytes]]]) -> None:
+        while True:
+            start = time.perf_counter()
+            if start >= window_end:
+                return
+            try:
+                outcome: int | str = (await post(bodies[next(counter) % n]))[0]
+            except errors as exc:
+                outcome = type(exc).__name__
+            samples.append((start, time.perf_counter(), outcome))
+            if outcome == 429 and backoff_429_s > 0:
+                await asyncio.sleep(backoff_429_s)
 
-        work = asyncio.gather(*(worker(client) for client in shards.clients))
-        await _with_progress(f"concurrency {concurrency}", warmup_s + duration_s, samples, work)
+    async with contextlib.AsyncExitStack() as stack:
+        if lean:
+            connections = [
+                await stack.enter_async_context(LeanConnection(base, headers))
+                for _ in range(concurrency)
+            ]
+            posts = [functools.partial(c.post, SEARCH_PATH) for c in connections]
+        else:
+            # One client, with one connection, per worker: see ClientShards for why not one pool.
+            shards = await stack.enter_async_context(
+                ClientShards(base, concurrency, timeout_s, headers, per_client=1)
+            )
+            posts = [httpx_post(client) for client in shards.clients]
+        begin = time.perf_counter()
+        window_start = begin + warmup_s
+        window_end = window_start + duration_s
+        work = asyncio.gather(*(worker(post) for post in posts))
+        label = f"concurrency {concurrency}{', lean client' if lean else ''}"
+        await _with_progress(label, warmup_s + duration_s, samples, work)
     window = [s for s in samples if window_start <= s[1] < window_end]
     return {
         "concurrency": concurrency,
@@ -698,7 +837,18 @@ async def run_benchmark(
                     )
                 )
             result["sequential"] = phase
-        if "throughput" in args.phases:
+        if "sequential_lean" in args.phases and httpx.URL(base).scheme == "http":
+            phase = {}
+            async with probe.measure(phase):
+                phase.update(
+                    await run_sequential(
+                        base, bodies, args.requests, args.warmup, headers=headers, lean=True
+                    )
+                )
+            result["sequential_lean"] = phase
+        for key, lean in (("throughput", False), ("throughput_lean", True)):
+            if key not in args.phases or (lean and httpx.URL(base).scheme != "http"):
+                continue
             levels = []
             for concurrency in args.concurrency:
                 phase = {}
@@ -713,11 +863,12 @@ async def run_benchmark(
                             args.timeout,
                             headers,
                             args.backoff_429,
+                            lean,
                         )
                     )
                 levels.append(phase)
-            result["throughput"] = levels
-            if levels:
+            result[key] = levels
+            if levels and not lean:  # the overload phase's rate is set from httpx's best
                 best = max(levels, key=lambda level: level["qps_200"])
                 result["best"] = {"concurrency": best["concurrency"], "qps_200": best["qps_200"]}
         if "overload" in args.phases:
@@ -766,21 +917,25 @@ def _counts(counts: Mapping[str, int]) -> str:
 def format_summary(result: Mapping[str, Any]) -> str:
     """A plain-text table of a result (sequential, throughput levels, overload, stage means)."""
     lines = [f"load test of {result.get('name')} at {result.get('url')}"]
-    seq = result.get("sequential")
-    if seq:
+    for phase_key, title in (("sequential", "sequential"), ("sequential_lean", "lean client")):
+        seq = result.get(phase_key)
+        if not seq:
+            continue
         client, server = seq["client_ms"], seq["server_took_ms"]
         lines += [
             "",
-            f"sequential ({client['count']} answers of 200)  p50    p90    p99    mean  (ms)",
+            f"{title} ({client['count']} answers of 200)  p50    p90    p99    mean  (ms)",
             "  client                   "
             + " ".join(f"{_fmt(client[key]):>6}" for key in ("p50", "p90", "p99", "mean")),
             "  server took_ms           "
             + " ".join(f"{_fmt(server[key]):>6}" for key in ("p50", "p90", "p99", "mean")),
             f"  statuses {_counts(seq['statuses'])}  errors {_counts(seq['errors'])}",
         ]
-    levels = result.get("throughput") or []
-    if levels:
-        lines += ["", "concurrency   q/s(200)   p50 ms   p99 ms   cpu client/server s  statuses"]
+    for key, title in (("throughput", "concurrency"), ("throughput_lean", "lean client")):
+        levels = result.get(key) or []
+        if not levels:
+            continue
+        lines += ["", f"{title}   q/s(200)   p50 ms   p99 ms   cpu client/server s  statuses"]
         for level in levels:
             lat = level["latency_ms_200"]
             cpu = f"{_fmt(level.get('client_cpu_s'))}/{_fmt(level.get('server_cpu_s'))}"
@@ -811,27 +966,31 @@ def format_summary(result: Mapping[str, Any]) -> str:
     if stage_rows:
         stages = list(dict.fromkeys(stage for _, means in stage_rows for stage in means))
         lines += ["", "mean ms per stage (GET /metrics, xc_stage_seconds)"]
-        lines.append(f"{'phase':<18}" + "".join(f"{stage:>10}" for stage in stages))
+        lines.append(f"{'phase':<22}" + "".join(f"{stage:>10}" for stage in stages))
         for label, means in stage_rows:
             cells = "".join(
                 f"{_fmt(None if means.get(s) is None else 1000 * means[s], 2):>10}" for s in stages
             )
-            lines.append(f"{label:<18}{cells}")
+            lines.append(f"{label:<22}{cells}")
         lines += ["", "server-side ms from arrival to answer (xc_stage_seconds total, p50 / p99)"]
         for label, phase in _phases(result):
             total = phase.get("metrics", {}).get("stage_seconds", {}).get("total") or {}
             if total.get("p99_s") is not None:
                 p50, p99 = 1000 * total["p50_s"], 1000 * total["p99_s"]
-                lines.append(f"{label:<18}{_fmt(p50):>10}{_fmt(p99):>10}")
+                lines.append(f"{label:<22}{_fmt(p50):>10}{_fmt(p99):>10}")
     return "\n".join(lines)
 
 
 def _phases(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """(label, phase result) of every phase that ran, in order."""
     phases: list[tuple[str, Mapping[str, Any]]] = []
-    if result.get("sequential"):
-        phases.append(("sequential", result["sequential"]))
-    phases += [(f"concurrency {lvl['concurrency']}", lvl) for lvl in result.get("throughput") or []]
+    for key in ("sequential", "sequential_lean"):
+        if result.get(key):
+            phases.append((key, result[key]))
+    for key, suffix in (("throughput", ""), ("throughput_lean", " lean")):
+        phases += [
+            (f"concurrency {lvl['concurrency']}{suffix}", lvl) for lvl in result.get(key) or []
+        ]
     if result.get("overload") and "skipped" not in result["overload"]:
         phases.append(("overload", result["overload"]))
     return phases
@@ -855,13 +1014,23 @@ def plot_load(result: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax_qps, ax_lat, ax_over) = plt.subplots(1, 3, figsize=(15, 4.5))
-    levels = result.get("throughput") or []
-    conc = [level["concurrency"] for level in levels]
-    if levels:
-        ax_qps.plot(conc, [level["qps_200"] for level in levels], "o-")
-        for key, style in (("p50", "o-"), ("p99", "s--")):
-            values = [level["latency_ms_200"][key] for level in levels]
-            ax_lat.plot(conc, [math.nan if v is None else v for v in values], style, label=key)
+    conc: list[int] = []
+    for key, client in (("throughput", "httpx"), ("throughput_lean", "lean client")):
+        levels = result.get(key) or []
+        if not levels:
+            continue
+        conc = [level["concurrency"] for level in levels]
+        ax_qps.plot(conc, [level["qps_200"] for level in levels], "o-", label=client)
+        for stat, style in (("p50", "o-"), ("p99", "s--")):
+            values = [level["latency_ms_200"][stat] for level in levels]
+            ax_lat.plot(
+                conc,
+                [math.nan if v is None else v for v in values],
+                style,
+                label=f"{stat}, {client}",
+            )
+    if conc:
+        ax_qps.legend()
         ax_lat.legend()
         for ax in (ax_qps, ax_lat):
             ax.set_xscale("log", base=2)
@@ -913,7 +1082,7 @@ def parse_levels(text: str) -> list[int]:
 
 
 def parse_phases(text: str) -> list[str]:
-    """`sequential,overload` -> the named phases (of sequential, throughput, overload)."""
+    """`sequential,overload` -> the named phases (of `PHASES`)."""
     phases = [part.strip() for part in text.split(",") if part.strip()]
     unknown = sorted(set(phases) - set(PHASES))
     if unknown or not phases:

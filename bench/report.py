@@ -362,17 +362,21 @@ def _encoder_precision(record: Mapping[str, Any]) -> str:
 
 
 def render_load(records: dict[str, Any]) -> str:
-    """bench.load's JSON, one run per encoder precision: single-client latency and throughput."""
+    """bench.load's JSON, one run per encoder precision: single-client latency and throughput,
+    with httpx and (where measured) with the lean client."""
     rows = []
     for record in records.values():
-        single = record["sequential"]
+        single, lean = record["sequential"], record.get("sequential_lean")
         at_target = next(r for r in record["throughput"] if r["concurrency"] == TARGET_CLIENTS)
+        lean_levels = record.get("throughput_lean") or []
         rows.append(
             [
                 _encoder_precision(record),
                 _p50_p99(single["client_ms"]),
+                _p50_p99(lean["client_ms"]) if lean else "-",
                 f"{single['server_took_ms']['p50']:.1f}",
                 " / ".join(f"{run['qps_200']:.0f}" for run in record["throughput"]),
+                " / ".join(f"{run['qps_200']:.0f}" for run in lean_levels) or "-",
                 f"{at_target['latency_ms_200']['p99']:.0f}",
             ]
         )
@@ -381,10 +385,12 @@ def render_load(records: dict[str, Any]) -> str:
     )
     headers = [
         "encoder",
-        "single client p50 / p99 (ms)",
+        "single client p50 / p99 (ms), httpx",
+        "same, lean client",
         "server `took_ms` p50",
-        f"q/s at {clients} clients",
-        f"p99 at {TARGET_CLIENTS} clients (ms)",
+        f"q/s at {clients} clients, httpx",
+        "same, lean clients",
+        f"p99 at {TARGET_CLIENTS} clients (ms), httpx",
     ]
     return f"{markdown_table(headers, rows)}\n\n{_generated_from(*records)}\n"
 

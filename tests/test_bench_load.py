@@ -22,6 +22,7 @@ import uvicorn
 
 from bench.load import (
     ClientShards,
+    LeanConnection,
     arrival_offsets,
     encode_bodies,
     format_series,
@@ -323,6 +324,43 @@ class FakeSearch:
         await send({"type": "http.response.body", "body": body})
 
 
+def test_lean_connection_frames_requests_and_reads_both_answer_framings() -> None:
+    with pytest.raises(ValueError, match="plain http"):
+        LeanConnection("https://127.0.0.1:8443")
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        seen.append(head + await reader.readexactly(length))
+        writer.write(b'HTTP/1.1 201 Created\r\ncontent-length: 7\r\n\r\n{"a":1}')
+        await reader.readuntil(b"\r\n\r\n")  # the second answer comes in two chunks
+        writer.write(b"HTTP/1.1 429 Too Many\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b'3\r\n{"b\r\n4\r\n":2}\r\n0\r\n\r\n')
+        await reader.readuntil(b"\r\n\r\n")  # the third is not framed at all
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        async with server, LeanConnection(base, {"authorization": "Bearer t"}) as connection:
+            assert await connection.post("/search", b'{"query":"x"}') == (201, b'{"a":1}')
+            assert await connection.post("/search", b"{}") == (429, b'{"b":2}')
+            with pytest.raises(ValueError, match="neither length nor chunks"):
+                await connection.post("/search", b"{}")
+            assert connection.writer is None  # closed; the next post would reconnect
+
+    asyncio.run(scenario())
+    request = seen[0].decode()
+    assert request.startswith("POST /search HTTP/1.1\r\n")
+    assert "\r\nauthorization: Bearer t\r\n" in request
+    assert "\r\nContent-Type: application/json\r\n" in request
+    assert request.endswith('Content-Length: 13\r\n\r\n{"query":"x"}')
+
+
 @pytest.fixture
 def fake_server(request: pytest.FixtureRequest) -> Iterator[str]:
     """FakeSearch served by uvicorn in a thread; yields its base URL."""
@@ -386,9 +424,15 @@ def test_main_against_fake_server(
         "429",
     }
     assert sequential["server_took_ms"]["p50"] == 0.5
-    assert [level["concurrency"] for level in result["throughput"]] == [1, 2]
-    for level in result["throughput"]:
-        assert level["qps_200"] > 0 and level["errors"] == {}
+    lean = result["sequential_lean"]
+    assert lean["statuses"] == {"200": 20, "429": 10} and lean["errors"] == {}
+    assert lean["client_ms"]["count"] == 20 and lean["server_took_ms"]["p50"] == 0.5
+    for key in ("throughput", "throughput_lean"):
+        assert [level["concurrency"] for level in result[key]] == [1, 2]
+        for level in result[key]:
+            assert level["qps_200"] > 0 and level["errors"] == {}
+            assert set(level["statuses"]) == {"200", "429"}
+    assert result["best"]["qps_200"] == max(lvl["qps_200"] for lvl in result["throughput"])
     overload = result["overload"]
     assert overload["target_rate"] == 100.0 and overload["requests"] == 100
     assert overload["only_200_429"] and overload["server_up"]
@@ -399,7 +443,13 @@ def test_main_against_fake_server(
     if not with_metrics:
         assert not any("metrics" in phase for phase in [sequential, *result["throughput"]])
     else:
-        for phase in [sequential, *result["throughput"], overload]:
+        for phase in [
+            sequential,
+            lean,
+            *result["throughput"],
+            *result["throughput_lean"],
+            overload,
+        ]:
             encode = phase["metrics"]["stage_seconds"]["encode"]
             assert encode["mean_s"] == pytest.approx(0.002)
             assert (
@@ -441,7 +491,9 @@ def test_main_starts_the_service_on_the_demo_bundle(
         "client",
         "settings",
         "sequential",
+        "sequential_lean",
         "throughput",
+        "throughput_lean",
         "best",
         "overload",
         "metrics_endpoint",
@@ -450,12 +502,15 @@ def test_main_starts_the_service_on_the_demo_bundle(
     assert result["server"]["env"] == {"XC_LOG_LEVEL": "error"}
     assert result["sequential"]["client_ms"]["count"] == 30
     assert result["sequential"]["server_took_ms"]["count"] == 30
+    assert result["sequential_lean"]["server_took_ms"]["count"] == 30
     level = result["throughput"][0]
     assert level["concurrency"] == 4 and level["qps_200"] > 0
     assert level["server_cpu_s"] is not None and level["server_cpu_s"] > 0
     overload = result["overload"]
     assert overload["target_rate"] == pytest.approx(4 * result["best"]["qps_200"], rel=0.01)
-    for phase in (result["sequential"], level, overload):
+    lean_level = result["throughput_lean"][0]
+    assert lean_level["concurrency"] == 4 and lean_level["qps_200"] > 0
+    for phase in (result["sequential"], result["sequential_lean"], level, lean_level, overload):
         assert set(phase["statuses"]) <= {"200", "429"}
         assert phase["errors"] == {}
     assert overload["only_200_429"] and overload["server_up"]

@@ -150,16 +150,25 @@ def _load_run(precision: str | None, single_p50: float) -> dict[str, Any]:
         },
         "throughput": throughput,
         "overload": {"metrics": _stages(234.33)},
+        **(
+            {
+                "sequential_lean": {"client_ms": {"p50": 4.449, "p99": 6.73}},
+                "throughput_lean": [{"concurrency": c, "qps_200": 2 * c} for c in (8, 32, 128)],
+            }
+            if precision
+            else {}
+        ),
     }
 
 
 def test_load_table_has_a_row_per_encoder_and_the_stage_table_starts_at_32_clients() -> None:
     runs = {"a.json": _load_run("int8", 7.266), "b.json": _load_run(None, 8.635)}
     table = render_load(runs)
-    assert table.startswith("| encoder | single client p50 / p99 (ms) |")
-    assert "q/s at 8 / 32 / 128 clients" in table
-    assert "| int8 | 7.3 / 11.5 | 4.4 | 269 / 397 / 492 | 96 |" in table
-    assert "| fp32 | 8.6 / 11.5 |" in table and "`bench/results/b.json`" in table
+    assert table.startswith("| encoder | single client p50 / p99 (ms), httpx | same, lean client |")
+    assert "q/s at 8 / 32 / 128 clients, httpx" in table
+    assert "| int8 | 7.3 / 11.5 | 4.4 / 6.7 | 4.4 | 269 / 397 / 492 | 16 / 64 / 256 | 96 |" in table
+    assert "| fp32 | 8.6 / 11.5 | - | 4.4 | 269 / 397 / 492 | - | 96 |" in table
+    assert "`bench/results/b.json`" in table
     stages = render_load_stages(runs["a.json"])
     assert stages.startswith("| phase (int8) | tokenize | queue | encode | retrieve | total |")
     assert "| single client | 4.49 | 4.49 | 4.49 | 4.49 | 4.49 | 7.5 |" in stages

@@ -548,48 +548,10 @@ class LeanConnection:
 
 
 LEAN_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError)
+Post = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 
 
-async def _sequential_loop(
-    post: Callable[[bytes], Awaitable[tuple[int, bytes]]],
-    errors: tuple[type[BaseException], ...],
-    bodies: Sequence[bytes],
-    requests: int,
-    warmup: int,
-    desc: str,
-) -> dict[str, Any]:
-    """Send `warmup` then `requests` bodies one at a time through `post`; latency and took_ms."""
-    samples: list[Sample] = []
-    took_ms: list[float] = []
-    n = len(bodies)
-    for i in range(warmup):
-        with contextlib.suppress(*errors):
-            await post(bodies[i % n])
-    for i in tqdm(range(requests), desc=desc, unit="req", disable=requests < 200):
-        start = time.perf_counter()
-        try:
-            status, content = await post(bodies[(warmup + i) % n])
-        except errors as exc:
-            samples.append((start, time.perf_counter(), type(exc).__name__))
-            continue
-        samples.append((start, time.perf_counter(), status))
-        if status == 200:
-            took = json.loads(content).get("took_ms")
-            if isinstance(took, (int, float)):
-                took_ms.append(float(took))
-    statuses, error_counts = tally(outcome for _, _, outcome in samples)
-    ok_ms = [1000.0 * (end - start) for start, end, outcome in samples if outcome == 200]
-    return {
-        "requests": requests,
-        "warmup": warmup,
-        "client_ms": latency_summary(ok_ms),
-        "server_took_ms": latency_summary(took_ms),
-        "statuses": statuses,
-        "errors": error_counts,
-    }
-
-
-def httpx_post(client: httpx.AsyncClient) -> Callable[[bytes], Awaitable[tuple[int, bytes]]]:
+def httpx_post(client: httpx.AsyncClient) -> Post:
     """POST a body to /search on `client` -> (status, body), the shape `LeanConnection` has."""
 
     async def post(body: bytes) -> tuple[int, bytes]:
@@ -597,6 +559,31 @@ def httpx_post(client: httpx.AsyncClient) -> Callable[[bytes], Awaitable[tuple[i
         return response.status_code, response.content
 
     return post
+
+
+@contextlib.asynccontextmanager
+async def open_clients(
+    base: str,
+    count: int,
+    timeout_s: float,
+    headers: Mapping[str, str] | None,
+    lean: bool,
+) -> AsyncIterator[tuple[list[Post], tuple[type[BaseException], ...]]]:
+    """`count` single-connection clients of /search, each as `post(body) -> (status, body)`,
+    with the exceptions that count as transport errors: httpx clients (see ClientShards for why
+    not one pool), or `LeanConnection`s (no client-side timeout: the server's own deadline
+    bounds every answer)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if lean:
+            connections = [
+                await stack.enter_async_context(LeanConnection(base, headers)) for _ in range(count)
+            ]
+            yield [functools.partial(c.post, SEARCH_PATH) for c in connections], LEAN_ERRORS
+        else:
+            shards = await stack.enter_async_context(
+                ClientShards(base, count, timeout_s, headers, per_client=1)
+            )
+            yield [httpx_post(client) for client in shards.clients], (httpx.TransportError,)
 
 
 async def run_sequential(
@@ -610,19 +597,38 @@ async def run_sequential(
 ) -> dict[str, Any]:
     """One client, one keep-alive connection, one request at a time: latency and `took_ms`.
 
-    With `lean`, the client is `LeanConnection` instead of httpx (no timeout: a plain-http
-    server on this machine).
+    The client is httpx, or with `lean` a `LeanConnection`.
     """
-    if lean:
-        async with LeanConnection(base, headers) as connection:
-            post = functools.partial(connection.post, SEARCH_PATH)
-            return await _sequential_loop(
-                post, LEAN_ERRORS, bodies, requests, warmup, "sequential, lean client"
-            )
-    async with make_client(base, 1, timeout_s, headers) as client:
-        return await _sequential_loop(
-            httpx_post(client), (httpx.TransportError,), bodies, requests, warmup, "sequential"
-        )
+    samples: list[Sample] = []
+    took_ms: list[float] = []
+    n = len(bodies)
+    desc = "sequential, lean client" if lean else "sequential"
+    async with open_clients(base, 1, timeout_s, headers, lean) as ([post], errors):
+        for i in range(warmup):
+            with contextlib.suppress(*errors):
+                await post(bodies[i % n])
+        for i in tqdm(range(requests), desc=desc, unit="req", disable=requests < 200):
+            start = time.perf_counter()
+            try:
+                status, content = await post(bodies[(warmup + i) % n])
+            except errors as exc:
+                samples.append((start, time.perf_counter(), type(exc).__name__))
+                continue
+            samples.append((start, time.perf_counter(), status))
+            if status == 200:
+                took = json.loads(content).get("took_ms")
+                if isinstance(took, (int, float)):
+                    took_ms.append(float(took))
+    statuses, error_counts = tally(outcome for _, _, outcome in samples)
+    ok_ms = [1000.0 * (end - start) for start, end, outcome in samples if outcome == 200]
+    return {
+        "requests": requests,
+        "warmup": warmup,
+        "client_ms": latency_summary(ok_ms),
+        "server_took_ms": latency_summary(took_ms),
+        "statuses": statuses,
+        "errors": error_counts,
+    }
 
 
 async def run_closed_loop(
@@ -639,41 +645,27 @@ async def run_closed_loop(
     """`concurrency` clients in a closed loop; answers arriving in the measured window count.
 
     The window opens `warmup_s` after the start and lasts `duration_s`; no request is sent after
-    it closes. A client that gets a 429 waits `backoff_429_s` before its next request. Each
-    client is one httpx client with one connection, or with `lean` one `LeanConnection` (no
-    client-side timeout; the server's own deadline bounds every answer).
+    it closes. A client that gets a 429 waits `backoff_429_s` before its next request. The
+    clients are httpx, or with `lean` `LeanConnection`s (`open_clients`).
     """
     samples: list[Sample] = []
     n = len(bodies)
     counter = itertools.count()
-    errors: tuple[type[BaseException], ...] = LEAN_ERRORS if lean else (httpx.TransportError,)
+    async with open_clients(base, concurrency, timeout_s, headers, lean) as (posts, errors):
 
-    async def worker(post: Callable[[bytes], Awaitable[tuple[int, bytes]]]) -> None:
-        while True:
-            start = time.perf_counter()
-            if start >= window_end:
-                return
-            try:
-                outcome: int | str = (await post(bodies[next(counter) % n]))[0]
-            except errors as exc:
-                outcome = type(exc).__name__
-            samples.append((start, time.perf_counter(), outcome))
-            if outcome == 429 and backoff_429_s > 0:
-                await asyncio.sleep(backoff_429_s)
+        async def worker(post: Post) -> None:
+            while True:
+                start = time.perf_counter()
+                if start >= window_end:
+                    return
+                try:
+                    outcome: int | str = (await post(bodies[next(counter) % n]))[0]
+                except errors as exc:
+                    outcome = type(exc).__name__
+                samples.append((start, time.perf_counter(), outcome))
+                if outcome == 429 and backoff_429_s > 0:
+                    await asyncio.sleep(backoff_429_s)
 
-    async with contextlib.AsyncExitStack() as stack:
-        if lean:
-            connections = [
-                await stack.enter_async_context(LeanConnection(base, headers))
-                for _ in range(concurrency)
-            ]
-            posts = [functools.partial(c.post, SEARCH_PATH) for c in connections]
-        else:
-            # One client, with one connection, per worker: see ClientShards for why not one pool.
-            shards = await stack.enter_async_context(
-                ClientShards(base, concurrency, timeout_s, headers, per_client=1)
-            )
-            posts = [httpx_post(client) for client in shards.clients]
         begin = time.perf_counter()
         window_start = begin + warmup_s
         window_end = window_start + duration_s
@@ -828,26 +820,20 @@ async def run_benchmark(
     result: dict[str, Any] = {}
     async with make_client(base, 2, 10.0, headers) as control:
         probe = PhaseProbe(control, server_pid, scrape=not args.no_metrics)
-        if "sequential" in args.phases:
+        plain_http = httpx.URL(base).scheme == "http"  # the lean client's only scheme
+        for key, lean in (("sequential", False), ("sequential_lean", True)):
+            if key not in args.phases or (lean and not plain_http):
+                continue
             phase: dict[str, Any] = {}
             async with probe.measure(phase):
                 phase.update(
                     await run_sequential(
-                        base, bodies, args.requests, args.warmup, args.timeout, headers
+                        base, bodies, args.requests, args.warmup, args.timeout, headers, lean
                     )
                 )
-            result["sequential"] = phase
-        if "sequential_lean" in args.phases and httpx.URL(base).scheme == "http":
-            phase = {}
-            async with probe.measure(phase):
-                phase.update(
-                    await run_sequential(
-                        base, bodies, args.requests, args.warmup, headers=headers, lean=True
-                    )
-                )
-            result["sequential_lean"] = phase
+            result[key] = phase
         for key, lean in (("throughput", False), ("throughput_lean", True)):
-            if key not in args.phases or (lean and httpx.URL(base).scheme != "http"):
+            if key not in args.phases or (lean and not plain_http):
                 continue
             levels = []
             for concurrency in args.concurrency:

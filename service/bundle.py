@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.lexical import LexicalIndex
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -30,6 +33,7 @@ LABEL_TITLES_FILE = "labels.txt"
 LABEL_IDS_FILE = "label_ids.txt"
 MACH_HEADS_FILE = "mach_heads.onnx"
 MACH_IDF_FILE = "mach_idf.npy"
+LEXICAL_FILE = "lexical.npz"
 
 
 class BundleError(Exception):
@@ -72,13 +76,28 @@ class IndexSpec(BaseModel):
     params: dict[str, int] = {}
 
 
+class LexicalSpec(BaseModel):
+    """ASTRA's lexical ranker: BM25 postings over the titles (see `service.lexical`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = LEXICAL_FILE
+    k1: float = Field(1.5, gt=0.0)
+    b: float = Field(0.75, ge=0.0, le=1.0)
+    avgdl: float = Field(gt=0.0, description="mean title length in terms")
+    weight: float = Field(
+        0.5, ge=0.0, le=10.0, description="BM25's weight (normalised per query) beside the cosine"
+    )
+
+
 class AstraSpec(BaseModel):
-    """ASTRA: one classifier vector per label, searched with the index."""
+    """ASTRA: one classifier vector per label, searched with the index (and, optionally,
+    ranked together with BM25's candidates by the lexical ranker)."""
 
     model_config = ConfigDict(extra="forbid")
     classifiers: str = CLASSIFIERS_FILE
     index: IndexSpec
     trained_labels: int = Field(ge=0, description="labels that had a training query")
+    lexical: LexicalSpec | None = None
 
 
 class NgramSpec(BaseModel):
@@ -167,6 +186,7 @@ class Bundle:
     label_ids: list[str]
     classifiers: np.ndarray | None
     mach_idf: np.ndarray | None
+    lexical: LexicalIndex | None = None
 
     def file(self, name: str) -> Path:
         """Path of one of the bundle's files."""
@@ -253,6 +273,8 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
         referenced.append(manifest.labels.ids)
     if manifest.astra:
         referenced += [manifest.astra.classifiers, manifest.astra.index.file]
+        if manifest.astra.lexical:
+            referenced.append(manifest.astra.lexical.file)
     if manifest.mach:
         referenced.append(manifest.mach.heads)
         if manifest.mach.ngrams:
@@ -296,7 +318,7 @@ def _load_float32(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:
-    """Read and verify a bundle: checksums, label counts, classifier and IDF shapes.
+    """Read and verify a bundle: checksums, label counts, classifier, IDF and postings shapes.
 
     The ONNX encoder's output width and the index's size are checked by their loaders,
     which raise `BundleError` naming those files.
@@ -315,8 +337,15 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         classifiers = _load_float32(
             path / manifest.astra.classifiers, (count, manifest.encoder.dim)
         )
+    lexical = None
+    if manifest.astra and manifest.astra.lexical:
+        spec = manifest.astra.lexical
+        try:
+            lexical = LexicalIndex.load(path / spec.file, count, spec.k1, spec.b, spec.avgdl)
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise BundleError(f"{path / spec.file}: not a lexical index ({exc})") from exc
     mach_idf = None
     if manifest.mach and manifest.mach.ngrams:
         ngrams = manifest.mach.ngrams
         mach_idf = _load_float32(path / ngrams.idf, (ngrams.dim,))
-    return Bundle(path, manifest, titles, ids, classifiers, mach_idf)
+    return Bundle(path, manifest, titles, ids, classifiers, mach_idf, lexical)

@@ -12,6 +12,9 @@
   bundle's own title back restores the trained vector.
 * A **deleted product** is dropped from every model's results; the main index and MACH are
   read deeper to still return k products.
+* **BM25** (ASTRA's lexical ranker, when the bundle has one) retrieves from the bundle's titles
+  less hidden products; new and retitled products enter the ranking through the side index and
+  are scored against their current title with the bundle's BM25 statistics.
 * **MACH** ranks only the labels it was trained on: new products never appear in its results
   and its answers say so (`notice`). **Hybrid** takes new products from the ASTRA side; their
   MACH term is borrowed from their anchor, the trained product whose classifier vector is
@@ -39,6 +42,7 @@ import numpy as np
 from service.catalog_store import CatalogStore, ProductState
 from service.encoder import QueryEncoder, encoder_file
 from service.engine import Hit, SearchEngine, top_k
+from service.lexical import LexicalIndex, Matches
 from service.mach import MachModel
 from service.retrieval import AnnIndex
 from service.schemas import CatalogInfo
@@ -149,10 +153,13 @@ class CatalogView:
         )
 
     def astra_top(
-        self, index: AnnIndex, vectors: np.ndarray, k: int
+        self, index: AnnIndex, vectors: np.ndarray, k: int, effort: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
-        """ASTRA's top-k: the main index less hidden products, merged with the side index's."""
-        main = _without(lambda depth: index.search(vectors, depth), k, self.hidden, self.base_count)
+        """ASTRA's top-k: the main index less hidden products, merged with the side index's
+        (`effort`: as `AnnIndex.search`)."""
+        main = _without(
+            lambda depth: index.search(vectors, depth, effort), k, self.hidden, self.base_count
+        )
         if not self.live.any():
             return main
         scores = vectors @ self.vectors.T
@@ -189,6 +196,25 @@ class CatalogView:
         if rows.size:
             side = self.vectors[slots[rows, cols]]
             scores[rows, cols] = np.einsum("nd,nd->n", vectors[rows], side)
+        return scores
+
+    def lexical_top(self, matches: list[Matches], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """BM25's top-k over the bundle's titles, less hidden products (the new and retitled
+        ones are not indexed: they reach the lexical ranker through ASTRA's side index)."""
+        return _without(
+            lambda depth: LexicalIndex.top(matches, depth), k, self.hidden, self.base_count
+        )
+
+    def lexical_scores(
+        self, lexical: LexicalIndex, matches: list[Matches], labels: np.ndarray
+    ) -> np.ndarray:
+        """BM25 scores [n, c] of queries with labels (>= 0), against each one's current title."""
+        scores = LexicalIndex.pair_scores(matches, np.minimum(labels, self.base_count - 1))
+        slots = self._slots(labels)
+        for i in np.flatnonzero((slots >= 0).any(axis=1)):
+            cols = np.flatnonzero(slots[i] >= 0)
+            titles = [self.slot_titles[slot] for slot in slots[i, cols]]
+            scores[i, cols] = lexical.title_scores(matches[i].rows, titles)
         return scores
 
     def mach_labels(self, labels: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from pathlib import Path
 from service.catalog import Catalogs
 from service.engine import SearchEngine
 from service.metrics import ServiceMetrics
-from service.schemas import EncoderInfo, IndexInfo, MachInfo, ModelInfo
+from service.schemas import EncoderInfo, IndexInfo, LexicalInfo, MachInfo, ModelInfo
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class Served:
                 top_buckets=spec_m.top_buckets,
                 hybrid_weight=engine.hybrid_weight,
             )
+        lexical = None
+        if engine.lexical is not None:
+            lexical = LexicalInfo(weight=engine.lexical_weight, terms=len(engine.lexical.terms))
         catalog = engine.catalog.info(manifest.version) if engine.catalog is not None else None
         return ModelInfo(
             name=manifest.name,
@@ -75,6 +78,7 @@ class Served:
                 providers=list(engine.encoder.providers),
             ),
             index=index,
+            lexical=lexical,
             mach=mach,
             devices=engine.devices.describe(),
             catalog=catalog,
@@ -108,6 +112,7 @@ class EngineRegistry:
             settings.device,
             settings.hybrid_weight,
             settings.encoder_precision,
+            settings.lexical_weight,
         )
         if self.catalogs is not None:
             self.catalogs.attach(engine)

@@ -219,14 +219,21 @@ class AnnIndex:
         """Serialise the index (into a bundle)."""
         faiss.write_index(self.index, str(path))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, label ids) per query row; ids are -1 where fewer than k exist."""
+    def search(
+        self, queries: np.ndarray, k: int, effort: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, label ids) per query row; ids are -1 where fewer than k exist.
+
+        `effort` < 1 scales HNSW's efSearch down (never below k), for callers that only need
+        candidates they rescore themselves; the other index types ignore it.
+        """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, self.index.ntotal)
         if self.gpu is not None and k <= GPU_MAX_K:
             return self.gpu.search(queries, k)
         if self.spec.type == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.spec.params["ef_search"], k))
+            ef_search = int(self.spec.params["ef_search"] * effort)
+            params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k))
             return self.index.search(queries, k, params=params)
         if self.spec.type in IVF_TYPES:
             return self.index.search(queries, k, params=ivf_search_parameters(self.spec.params))

@@ -340,6 +340,15 @@ class IndexInfo(BaseModel):
     params: dict[str, int] = Field(description="Index parameters (HNSW: M, ef_construction, ...).")
 
 
+class LexicalInfo(BaseModel):
+    """ASTRA's lexical ranker: BM25 over the titles, fused with the cosine."""
+
+    weight: float = Field(
+        description="BM25's weight in use (per-query normalised, beside the cosine); 0: off."
+    )
+    terms: int = Field(description="Distinct title terms indexed.")
+
+
 class MachInfo(BaseModel):
     """MACH's hashed heads and how they are decoded."""
 
@@ -377,6 +386,9 @@ class ModelInfo(BaseModel):
     labels: int = Field(description="Products in the catalog.")
     encoder: EncoderInfo
     index: IndexInfo | None = Field(description="ASTRA's index (null without ASTRA).")
+    lexical: LexicalInfo | None = Field(
+        None, description="ASTRA's lexical ranker (null when the bundle has none)."
+    )
     mach: MachInfo | None = Field(description="MACH's parameters (null without MACH).")
     devices: dict[str, str] = Field(
         description="Where each part runs (XC_DEVICE asked for; encoder provider, ASTRA index "

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     hybrid_weight: float | None = Field(
         None, ge=0.0, le=1.0, description="MACH's share of the hybrid score (default: bundle's)"
     )
+    lexical_weight: float | None = Field(
+        None,
+        ge=0.0,
+        le=10.0,
+        description="BM25's weight in ASTRA's lexical ranker (default: bundle's; 0 turns it off)",
+    )
     max_query_tokens: int = Field(
         128,
         ge=1,

@@ -1,4 +1,4 @@
-"""Command line: `python -m training {demo,train,merge,evaluate,quantize}`.
+"""Command line: `python -m training {demo,train,merge,evaluate,quantize,lexical}`.
 
 `train` reads a dataset (XC text layout or fastText), trains ASTRA or MACH, writes a bundle,
 scores it on the dev split and records those metrics in the manifest. `train --model mach
@@ -8,6 +8,8 @@ on N processes: ASTRA with DistributedDataParallel, MACH with the heads spread o
 rank 0 alone writes the bundle and prints the result.
 `evaluate` prints one JSON object on the last line of standard output. `quantize` adds an int8
 copy of the encoder to a bundle (and with `--data`, reports its parity and dev metrics).
+`lexical` adds ASTRA's BM25 ranker to a bundle built without one (with `--data`, it tunes its
+weight and the hybrid's on the dev split, as `train` does).
 """
 
 from __future__ import annotations
@@ -132,6 +134,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", choices=["astra", "mach", "hybrid"], default=None)
     evaluate.add_argument("--hybrid-weight", type=float, default=None)
     evaluate.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    evaluate.add_argument("--lexical-weight", type=float, default=None)
+    lexical = commands.add_parser(
+        "lexical", help="add ASTRA's lexical (BM25) ranker to a bundle built without one"
+    )
+    lexical.add_argument("--bundle", type=Path, required=True)
+    lexical.add_argument(
+        "--data", type=Path, default=None, help="dataset the bundle was trained on: tune on dev"
+    )
 
     quantize = commands.add_parser(
         "quantize", help="add an int8 copy of the encoder to a bundle (XC_ENCODER_PRECISION)"
@@ -206,18 +216,32 @@ def _train(args: argparse.Namespace, runtime: Runtime) -> dict | None:
 def _dev_metrics(
     bundle: Path, dataset: XCDataset, split: str, default_model: str | None = None
 ) -> dict:
-    """Dev metrics of every model in a fresh bundle, tuning the hybrid weight on dev first.
+    """Dev metrics of every model in a fresh bundle, tuning ASTRA's lexical weight and then the
+    hybrid weight on dev first.
 
-    The tuned weight and, unless `default_model` is given, the default model (both by best dev
+    The tuned weights and, unless `default_model` is given, the default model (all by best dev
     nDCG@10) are written into the manifest; nothing is tuned on tst.
     """
     from service.bundle import read_manifest, save_manifest
     from training.evaluate import evaluate_bundle
+    from training.lexical import lexical_weight_trials
 
     manifest = read_manifest(bundle)
     if split == "trn" or not len(dataset.split("dev")):
         return {}
     by_model = {}
+    lexical = manifest.astra.lexical if manifest.astra else None
+    if lexical is not None:
+        trials = lexical_weight_trials(bundle, dataset)
+        weight = max(trials, key=lambda w: trials[w]["nDCG@10"])
+        astra = manifest.astra.model_copy(
+            update={"lexical": lexical.model_copy(update={"weight": weight})}
+        )
+        manifest = save_manifest(bundle, manifest.model_copy(update={"astra": astra}))
+        by_model["astra"] = {
+            **trials[weight],
+            "lexical_weight_trials": {str(w): trials[w]["nDCG@10"] for w in trials},
+        }
     if "hybrid" in manifest.models:
         trials = {
             w: evaluate_bundle(bundle, dataset, "dev", "hybrid", hybrid_weight=w)
@@ -232,7 +256,8 @@ def _dev_metrics(
             "weight_trials": {str(w): trials[w]["nDCG@10"] for w in trials},
         }
     for model in manifest.kinds:
-        by_model[model] = evaluate_bundle(bundle, dataset, "dev", model)
+        if model not in by_model:
+            by_model[model] = evaluate_bundle(bundle, dataset, "dev", model)
     if default_model is None:
         default_model = max(by_model, key=lambda m: by_model[m]["nDCG@10"])
     metrics = {"dev": by_model[default_model], "dev_by_model": by_model}
@@ -343,6 +368,22 @@ def _merge(args: argparse.Namespace) -> dict:
     return _write_mach(args.out, dataset, config, results, featurizer, meta, args.default_model)
 
 
+def _lexical(args: argparse.Namespace) -> dict:
+    """Add the lexical ranker to `--bundle`; with `--data`, tune the weights on its dev split."""
+    from service.bundle import read_manifest
+    from training.lexical import add_lexical
+
+    spec = add_lexical(args.bundle)
+    report: dict = {"bundle": str(args.bundle), "lexical": spec.model_dump()}
+    if args.data is not None:
+        manifest = read_manifest(args.bundle)
+        astra = manifest.training.get("astra", manifest.training)
+        split = astra.get("split", "trn")
+        report.update(_dev_metrics(args.bundle, load_dataset(args.data), split))
+        report["lexical"] = read_manifest(args.bundle).astra.lexical.model_dump()
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parser().parse_args(argv)
@@ -365,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             from training.quantize import quantize_and_report  # onnxruntime.quantization: slow
 
             print(json.dumps(quantize_and_report(args.bundle, args.data)))
+        elif args.command == "lexical":
+            print(json.dumps(_lexical(args)))
         else:
             from training.evaluate import evaluate_bundle
 
@@ -376,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.model,
                 hybrid_weight=args.hybrid_weight,
                 precision=args.precision,
+                lexical_weight=args.lexical_weight,
             )
             print(json.dumps(metrics))
     except (DataError, ValueError) as exc:

@@ -63,9 +63,14 @@ def evaluate_bundle(
     batch_size: int = 256,
     hybrid_weight: float | None = None,
     precision: str = "fp32",
+    lexical_weight: float | None = None,
 ) -> dict[str, float]:
-    """Metrics of a bundle's model on one split; also reports points and per-query time."""
-    engine = SearchEngine.load(bundle_dir, hybrid_weight=hybrid_weight, precision=precision)
+    """Metrics of a bundle's model on one split; also reports points and per-query time.
+
+    The weights default to the bundle's own."""
+    engine = SearchEngine.load(
+        bundle_dir, hybrid_weight=hybrid_weight, precision=precision, lexical_weight=lexical_weight
+    )
     engine.resolve_model(model)
     if engine.manifest.labels.count != dataset.num_labels:
         raise ValueError(

@@ -30,6 +30,7 @@ from service.bundle import (
 )
 from service.retrieval import AnnIndex, build_index, default_index_spec
 from training.encoder import SentenceEncoder, base_model_dir, load_tokenizer, tokenize
+from training.lexical import write_lexical
 
 ENCODER_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -67,7 +68,8 @@ def write_bundle(
     training: dict[str, Any] | None = None,
     extra_files: dict[str, Path] | None = None,
 ) -> Manifest:
-    """Write a complete ASTRA bundle to `out_dir` (replacing any bundle already there)."""
+    """Write a complete ASTRA bundle to `out_dir` (replacing any bundle already there), its
+    lexical ranker included (at the default weight, until dev tuning sets it)."""
     if classifiers.shape != (len(label_titles), encoder.dim):
         raise ValueError(f"classifiers shape {classifiers.shape} does not match the labels")
     if out_dir.exists():
@@ -81,6 +83,7 @@ def write_bundle(
     write_lines(out_dir / LABEL_IDS_FILE, label_ids)
     index_spec = default_index_spec(len(label_titles), index_type, encoder.dim)
     AnnIndex(build_index(matrix, index_spec), index_spec).write(out_dir / index_spec.file)
+    lexical = write_lexical(out_dir, label_titles)
     for name, source in (extra_files or {}).items():
         shutil.copyfile(source, out_dir / name)
     created = utc_now()
@@ -94,7 +97,7 @@ def write_bundle(
             "default_model": "astra",
             "labels": LabelSpec(count=len(label_titles)),
             "encoder": EncoderSpec(max_length=query_max_length, dim=encoder.dim),
-            "astra": AstraSpec(index=index_spec, trained_labels=trained_labels),
+            "astra": AstraSpec(index=index_spec, trained_labels=trained_labels, lexical=lexical),
             "training": training or {},
         },
     )

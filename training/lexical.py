@@ -1,0 +1,49 @@
+"""ASTRA's lexical ranker on the training side: BM25 postings over a bundle's titles.
+
+`train` writes them into every ASTRA bundle; `python -m training lexical --bundle B` adds them
+to a bundle built before (with `--data`, the weight is then tuned on the dev split). The weight
+is chosen, like the hybrid weight, by dev nDCG@10 (`training.__main__._dev_metrics`); nothing
+is tuned on tst.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.bundle import LEXICAL_FILE, LexicalSpec, load_bundle, write_manifest
+from service.lexical import LexicalIndex
+from training.data import XCDataset
+from training.evaluate import evaluate_bundle
+
+# BM25's share tried on dev (per-query normalised, beside a cosine).
+LEXICAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def write_lexical(out_dir: Path, titles: list[str]) -> LexicalSpec:
+    """Index the titles into `out_dir` (default weight; the caller lists the file)."""
+    index = LexicalIndex.build(titles)
+    staged = out_dir / f".{LEXICAL_FILE}.tmp"
+    index.save(staged)
+    staged.replace(out_dir / LEXICAL_FILE)
+    return LexicalSpec(k1=index.k1, b=index.b, avgdl=index.avgdl)
+
+
+def add_lexical(bundle_dir: Path) -> LexicalSpec:
+    """Add the lexical ranker to an existing ASTRA bundle (replacing any it had)."""
+    bundle = load_bundle(bundle_dir)  # verifies the bundle before touching it
+    manifest = bundle.manifest
+    if manifest.astra is None:
+        raise ValueError(f"bundle: {bundle_dir} has no ASTRA section to add a lexical ranker to")
+    spec = write_lexical(bundle_dir, bundle.label_titles)
+    astra = manifest.astra.model_copy(update={"lexical": spec})
+    fields = manifest.model_dump(exclude={"files", "format_version", "astra"})
+    write_manifest(bundle_dir, {**fields, "astra": astra.model_dump()})
+    return spec
+
+
+def lexical_weight_trials(bundle_dir: Path, dataset: XCDataset) -> dict[float, dict[str, float]]:
+    """Dev metrics of ASTRA at each of `LEXICAL_WEIGHTS`."""
+    return {
+        w: evaluate_bundle(bundle_dir, dataset, "dev", "astra", lexical_weight=w)
+        for w in LEXICAL_WEIGHTS
+    }

@@ -276,7 +276,7 @@ class SearchEngine:
             bm25 = np.where(labels >= 0, self._lexical_scores(matches, safe), 0.0)
             best = bm25.max(axis=1, keepdims=True)
             scores = scores + self.lexical_weight * bm25 / np.where(best > 0, best, 1.0)
-        if hybrid:
+        if hybrid and self.hybrid_weight > 0:  # at w = 0, 0·(-inf) would be nan, not 0
             mach_scores = self.mach.decoder.rescore(bucket_scores, self._mach_labels(safe))
             mach = mach_scores / self.mach.spec.reps
             scores = (1.0 - self.hybrid_weight) * scores + self.hybrid_weight * mach

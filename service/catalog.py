@@ -41,7 +41,7 @@ import numpy as np
 
 from service.catalog_store import CatalogStore, ProductState
 from service.encoder import QueryEncoder, encoder_file
-from service.engine import Hit, SearchEngine, top_k
+from service.engine import Hit, SearchEngine, inner_products, top_k
 from service.lexical import LexicalIndex, Matches
 from service.mach import MachModel
 from service.retrieval import AnnIndex
@@ -189,8 +189,7 @@ class CatalogView:
         self, classifiers: np.ndarray, vectors: np.ndarray, labels: np.ndarray
     ) -> np.ndarray:
         """ASTRA's inner products [n, c] of queries with labels (>= 0), side vectors included."""
-        trained = np.minimum(labels, self.base_count - 1)
-        scores = np.einsum("nd,ncd->nc", vectors, classifiers[trained])
+        scores = inner_products(vectors, classifiers, np.minimum(labels, self.base_count - 1))
         slots = self._slots(labels)
         rows, cols = np.nonzero(slots >= 0)
         if rows.size:

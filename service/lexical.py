@@ -200,9 +200,12 @@ class LexicalIndex:
         if not spans:
             return Matches(rows, np.empty(0, np.int32), np.empty(0, np.float32))
         labels = np.concatenate([self.labels[s] for s in spans])
-        matched, at = np.unique(labels, return_inverse=True)
-        weights = np.concatenate([self.weights[s] for s in spans])
-        return Matches(rows, matched, np.bincount(at, weights).astype(np.float32))
+        # Each term's postings are one increasing run: timsort merges the runs in near-linear time.
+        order = np.argsort(labels, kind="stable")
+        labels = labels[order]
+        weights = np.concatenate([self.weights[s] for s in spans])[order]
+        starts = np.flatnonzero(np.concatenate(([True], labels[1:] != labels[:-1])))
+        return Matches(rows, labels[starts], np.add.reduceat(weights, starts))
 
     @staticmethod
     def top(matches: list[Matches], k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -222,3 +222,17 @@ def test_the_setting_overrides_the_bundles_weight(demo_bundle: Path) -> None:
             assert [h["id"] for h in answer["results"]] == [h.id for h in hits]
     with pytest.raises(ValueError, match="lexical_weight"):
         Settings(bundle=demo_bundle, lexical_weight=11)
+
+
+def test_hybrid_at_weight_zero_ranks_by_astras_fused_score(demo_bundle_both: Path) -> None:
+    """w = 0 leaves ASTRA's score (cosine + lexical term) alone, even where MACH's is -inf."""
+    engine = SearchEngine.load(demo_bundle_both, hybrid_weight=0.0)
+    queries = ["cordless drill", "white paint 1 gal", "garden hose 50 ft", "qqqq"]
+    scores, labels = engine.rank(queries, 20, "hybrid")
+    assert (labels >= 0).all() and np.isfinite(scores).all()
+    matches = engine.lexical.match(queries)
+    best = engine.lexical.top(matches, 1)[0][:, :1]
+    vectors = engine.encoder.encode(queries)
+    cosine = np.einsum("nd,nkd->nk", vectors, engine.bundle.classifiers[labels])
+    bm25 = engine.lexical.pair_scores(matches, labels) / np.where(best > 0, best, 1.0)
+    np.testing.assert_allclose(scores, cosine + engine.lexical_weight * bm25, atol=1e-5)

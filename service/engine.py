@@ -273,14 +273,15 @@ class SearchEngine:
         assert self.index is not None and self.bundle.classifiers is not None
         depth = max(k, FUSION_CANDIDATES)
         if lexical:
-            ann = self._astra_top(vectors, max(k, LEXICAL_ANN_CANDIDATES), LEXICAL_ANN_EFFORT)
-        else:
-            ann = self._astra_top(vectors, depth)
-        pools = [ann[1]]
-        if lexical:
             assert self.lexical is not None
             matches = self.lexical.match(queries)
-            pools.append(self._lexical_top(matches, depth)[1])
+            ann_depth = max(k, LEXICAL_ANN_CANDIDATES)
+            pools = [
+                self._astra_top(vectors, ann_depth, LEXICAL_ANN_EFFORT)[1],
+                self._lexical_top(matches, depth)[1],
+            ]
+        else:
+            pools = [self._astra_top(vectors, depth)[1]]
         if hybrid:
             assert self.mach is not None
             bucket_scores = self.mach.bucket_scores(vectors, queries)

@@ -125,15 +125,19 @@ def our_models(
 ) -> tuple[OurModel, ...]:
     """ASTRA (with and without its lexical ranker), MACH and hybrid of one bundle, and the
     untrained encoder as a baseline (alone, and with the same lexical ranker)."""
-    lexical = lexical_weight
     return (
-        OurModel("ASTRA", bundle, "astra", OURS, None, lexical),
+        OurModel("ASTRA", bundle, "astra", OURS, None, lexical_weight),
         OurModel("ASTRA, index only (no lexical ranker)", bundle, "astra", OURS, None, 0.0),
         OurModel("MACH", bundle, "mach"),
-        OurModel("hybrid (ASTRA + MACH)", bundle, "hybrid", OURS, hybrid_weight, lexical),
+        OurModel("hybrid (ASTRA + MACH)", bundle, "hybrid", OURS, hybrid_weight, lexical_weight),
         OurModel(ZERO_SHOT, zero_shot_bundle, "astra", BASELINE, None, 0.0),
         OurModel(
-            f"{ZERO_SHOT} + lexical ranker", zero_shot_bundle, "astra", BASELINE, None, lexical
+            f"{ZERO_SHOT} + lexical ranker",
+            zero_shot_bundle,
+            "astra",
+            BASELINE,
+            None,
+            lexical_weight,
         ),
     )
 

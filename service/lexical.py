@@ -66,6 +66,19 @@ STOP_WORDS = frozenset(
 ARRAYS = ("terms", "idf", "indptr", "labels", "weights")
 
 
+def bm25_weight(
+    idf: np.ndarray | float,
+    tf: np.ndarray | float,
+    length: np.ndarray | float,
+    k1: float,
+    b: float,
+    avgdl: float,
+) -> np.ndarray | float:
+    """Lucene's BM25 weight of a term seen `tf` times in a title of `length` terms (arrays or
+    scalars): idf · tf / (tf + k1 (1 - b + b · length / avgdl))."""
+    return idf * tf / (tf + k1 * (1.0 - b + b * length / avgdl))
+
+
 class Analyzer:
     """Text → BM25 terms. Thread-safe: each thread gets its own stemmer."""
 
@@ -129,7 +142,8 @@ class LexicalIndex:
         analyzer = Analyzer()
         counts = [Counter(analyzer.terms(title)) for title in titles]
         lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
-        avgdl = float(lengths.mean()) if len(lengths) and lengths.mean() > 0 else 1.0
+        avgdl = float(lengths.mean()) if len(lengths) else 0.0
+        avgdl = avgdl if avgdl > 0 else 1.0
         vocab = sorted({term for c in counts for term in c})
         row_of = {term: row for row, term in enumerate(vocab)}
         rows, labels, tfs = [], [], []
@@ -145,8 +159,7 @@ class LexicalIndex:
         tf = np.asarray(tfs, dtype=np.float64)[order]
         df = np.bincount(rows_a, minlength=len(vocab)).astype(np.float64)
         idf = np.log1p((len(titles) - df + 0.5) / (df + 0.5))
-        norm = k1 * (1.0 - b + b * lengths[labels_a] / avgdl)
-        weights = idf[rows_a] * tf / (tf + norm)
+        weights = bm25_weight(idf[rows_a], tf, lengths[labels_a], k1, b, avgdl)
         indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
         return cls(
             np.array(vocab, dtype=np.str_),
@@ -230,9 +243,10 @@ class LexicalIndex:
         scores = np.zeros(len(titles), dtype=np.float32)
         for j, title in enumerate(titles):
             counts = Counter(self.analyzer.terms(title))
-            norm = self.k1 * (1.0 - self.b + self.b * sum(counts.values()) / self.avgdl)
+            length = sum(counts.values())
             for row, repeats in wanted.items():
                 tf = counts.get(str(self.terms[row]), 0)
                 if tf:
-                    scores[j] += repeats * self.idf[row] * tf / (tf + norm)
+                    weight = bm25_weight(self.idf[row], tf, length, self.k1, self.b, self.avgdl)
+                    scores[j] += repeats * weight
         return scores

@@ -1,5 +1,7 @@
 # Two commands: `make run` (set up, build the demo bundle if missing, serve on :8000) and
-# `make test` (set up, lint, run the test suite). Everything else is a helper of those two.
+# `make test` (set up, lint, run the test suite). Everything else is a helper of those two;
+# `make test-fast` is the inner loop (lint and the tests that need no trained bundle, server,
+# browser, Ray or torchrun).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -23,7 +25,7 @@ MACH_ARGS ?= $(if $(DATA),,--epochs 20 --repetitions 8)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test lint format openapi bundle clean
+.PHONY: setup run test test-fast lint format openapi bundle clean
 
 setup: $(STAMP)
 
@@ -76,6 +78,11 @@ $(TOOLS_STAMP): | $(STAMP)
 
 test: lint $(TOOLS_STAMP)
 	$(PY) -m pytest
+
+# Under two minutes on 2 cores: no training, no live server, no browser (tests marked `slow`,
+# and every test that needs a trained bundle, are left out; see tests/conftest.py).
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
 
 # `make bench` reproduces every table of BENCHMARKS.md (65 min on 2 cores; keep the machine
 # otherwise idle: most tables are timings). Its parts, run in this order:

@@ -24,7 +24,7 @@ import numpy as np
 from bench.load import latency_summary
 from bench.provenance import command_line, machine, versions
 from bench.timing import single_query_ms
-from service.engine import SearchEngine
+from service.search.engine import SearchEngine
 from training.data import load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,7 +46,7 @@ def measure(
 ) -> dict[str, Any]:
     """Single-query latency and batched throughput of every model of `engine`."""
     by_model: dict[str, Any] = {}
-    for model in engine.kinds:
+    for model in engine.models:
 
         def rank_one(start: int, stop: int, model: str = model) -> np.ndarray:
             return engine.rank(queries[start:stop], k, model)[1]
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     split = dataset.tst if dataset.tst is not None else dataset.trn
     texts = split.texts
     queries = [texts[i % len(texts)] for i in range(args.queries)]
-    engine = SearchEngine.load(args.bundle, args.threads, args.device, None, args.precision)
+    engine = SearchEngine.load(
+        args.bundle, threads=args.threads, device=args.device, precision=args.precision
+    )
     devices = engine.devices.describe()
     batches = [int(b) for b in args.batches.split(",")]
     by_model = measure(engine, queries, args.k, min(args.singles, len(queries)), batches)

@@ -81,7 +81,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -1170,7 +1170,7 @@ def skip_missing_sniffio() -> None:
     httpcore reads as asyncio, as before. Nothing changes where sniffio is installed.
     """
     if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
+        sys.modules["sniffio"] = None
 
 
 def run_loop(coro: Coroutine[Any, Any, T], use_uvloop: bool = True) -> tuple[T, str]:
@@ -1204,7 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
     if not queries:
         raise SystemExit(f"no queries in the {args.split} split of {args.data}")
     bodies = encode_bodies(queries, args.k, args.model)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     machine = machine_info()
     with contextlib.ExitStack() as stack:
         if args.url:

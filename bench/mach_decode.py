@@ -4,7 +4,7 @@
     python -m bench.mach_decode --labels 1000000 --queries 50 --scenarios graded
 
 For each label-space size K the bucket table comes from the real hash family and the decoder
-from `service.mach_decode`. No trained model is involved: bucket scores are synthetic, drawn in
+from `service.mach.decode`. No trained model is involved: bucket scores are synthetic, drawn in
 one of two named scenarios, and scores = log-sigmoid(logit) in both.
 
 - ``graded`` (the default, meant to resemble a trained model): each query has 20-50 related
@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from service.mach_decode import MachDecoder
-from service.mach_hash import HashFamily
+from service.mach.decode import MachDecoder
+from service.mach.hash import HashFamily
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1 << 20

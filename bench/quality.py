@@ -3,9 +3,9 @@
     python -m bench.quality --dataset homedepot --dataset cooking [--build-missing]
 
 One harness for every method, on the same `EvalSet` (the points of the evaluation split with a
-positive label) and scored by `training.metrics` (one implementation, same propensities):
+positive label) and scored by `training.ranking_metrics` (one implementation, same propensities):
 
-- ours, through the served path (`service.engine.SearchEngine`: ONNX encoder, FAISS index,
+- ours, through the served path (`service.search.engine.SearchEngine`: ONNX encoder, FAISS index,
   MACH decoding): ASTRA (with its lexical ranker, and with the index alone), MACH and the
   hybrid of one bundle, and the untrained encoder (`--epochs 0`, text-initialised vectors) as
   the zero-shot baseline, alone and with the same lexical ranker. Bundles are scored, not
@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from bench.provenance import command_line, machine, versions
 from bench.report import render_quality
 from bench.timing import RankRange, rank_all, single_query_ms
 from service.bundle import MANIFEST_NAME, Manifest
-from service.engine import SearchEngine
+from service.search.engine import SearchEngine
 from training.data import XCDataset, load_dataset
 from training.evaluate import EVAL_DEPTH, EvalSet
 
@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         record = run_benchmark(bench, load_dataset(settings.repo / data_dir), settings)
         record = {
             "benchmark": "quality",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": command_line("bench.quality", argv),
             "machine": {**host, "load_average_at_end": machine()["load_average"]},
             "versions": versions(LIBRARIES),

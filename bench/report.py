@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from training.metrics import METRIC_NAMES
+from training.ranking_metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -416,8 +416,8 @@ def render_load_stages(record: dict[str, Any]) -> str:
     return f"{markdown_table(headers, rows)}\n\n{source}\n"
 
 
-# The fast decoder's buckets per head in a trained bundle (training.mach.MachConfig.top_buckets;
-# not imported, as that module loads torch).
+# The fast decoder's buckets per head in a trained bundle
+# (training.mach.heads.MachConfig.top_buckets; not imported, as that module loads torch).
 SERVED_TOP_BUCKETS = 10
 
 

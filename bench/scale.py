@@ -7,7 +7,7 @@
 For each K a synthetic label space of unit vectors (d = 384, `bench.synthetic`: a category
 tree plus a continuous manifold, fitted to the Home Depot classifier vectors) and 1,000
 queries. Exact top-10 by blocked exact search (FAISS knn over blocks of labels) is the ground
-truth. Every index is built by `service.retrieval.build_index` and searched through
+truth. Every index is built by `service.astra.index.build_index` and searched through
 `AnnIndex.search`, the serving path, at a sweep of its search setting (HNSW efSearch, IVF
 nprobe, IVF-PQ nprobe x refine_k) and reported with:
 
@@ -52,7 +52,7 @@ from bench.load import latency_summary
 from bench.provenance import command_line, machine, versions
 from bench.synthetic import synthetic_label_space
 from bench.timing import rank_all, single_query_ms
-from service.retrieval import AnnIndex, build_index, default_index_spec
+from service.astra.index import AnnIndex, build_index, default_index_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K_TOP = 10
@@ -293,14 +293,14 @@ def calibration(args: argparse.Namespace) -> dict[str, Any]:
     """The same measurements on a bundle's real classifier vectors with its dataset's encoded
     dev queries, and on a synthetic space of the same size: how realistic the generator is."""
     from service.bundle import load_bundle
-    from service.encoder import QueryEncoder
+    from service.search.encoder import QueryEncoder
     from training.data import load_dataset
     from training.evaluate import EvalSet
 
     bundle = load_bundle(args.calibrate)
     data_dir = args.calibrate_data or Path(bundle.manifest.training["data_path"])
     texts = EvalSet.of(load_dataset(data_dir), "dev").texts[: args.queries]
-    encoder = QueryEncoder(args.calibrate, bundle.manifest.encoder)
+    encoder = QueryEncoder(bundle_dir=args.calibrate, spec=bundle.manifest.encoder)
     real_queries = np.concatenate(
         [encoder.encode(texts[i : i + 64]) for i in range(0, len(texts), 64)]
     )

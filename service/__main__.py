@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = uvicorn.Server(config)
     server.run()
-    return EXIT_LOAD_FAILED if app.state.registry.load_error else 0
+    return EXIT_LOAD_FAILED if app.state.shared.registry.load_error else 0
 
 
 if __name__ == "__main__":

@@ -3,23 +3,23 @@
 A bundle is a directory holding `manifest.json` plus the files it names, each with its sha256.
 Training writes it with `write_manifest`; the service (and evaluation) read it with
 `load_bundle`, which verifies every checksum and every shape and refuses a bad bundle with a
-`BundleError` naming the file and what is wrong. This module imports neither torch nor faiss.
+`BundleError` naming the file and what is wrong. This module is the contract alone: it imports no
+model implementation (neither torch nor faiss nor the service's models); each model's loader
+(`service.astra`, `service.mach`, `service.search.encoder`) reads its own files and raises
+`BundleError` naming them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from service.lexical import LexicalIndex
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -77,7 +77,7 @@ class IndexSpec(BaseModel):
 
 
 class LexicalSpec(BaseModel):
-    """ASTRA's lexical ranker: BM25 postings over the titles (see `service.lexical`)."""
+    """ASTRA's lexical ranker: BM25 postings over the titles (see `service.astra.lexical`)."""
 
     model_config = ConfigDict(extra="forbid")
     file: str = LEXICAL_FILE
@@ -101,7 +101,7 @@ class AstraSpec(BaseModel):
 
 
 class NgramSpec(BaseModel):
-    """MACH's hashed word n-gram TF-IDF input (see `service.mach_features`)."""
+    """MACH's hashed word n-gram TF-IDF input (see `service.mach.features`)."""
 
     model_config = ConfigDict(extra="forbid")
     dim: int = Field(ge=2, description="hashed slots; 0 is padding")
@@ -114,7 +114,7 @@ class MachSpec(BaseModel):
     """MACH: R heads over B hashed buckets, exported as one ONNX model.
 
     The heads output bucket log-probabilities [n, R, B] (log-sigmoid for BCE heads, log-softmax
-    for softmax heads); a label's score is their sum over r (see `service.mach_decode`).
+    for softmax heads); a label's score is their sum over r (see `service.mach.decode`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -176,7 +176,7 @@ class Manifest(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Bundle:
     """A verified bundle: its manifest and the arrays and texts the service needs."""
 
@@ -186,7 +186,6 @@ class Bundle:
     label_ids: list[str]
     classifiers: np.ndarray | None
     mach_idf: np.ndarray | None
-    lexical: LexicalIndex | None = None
 
     def file(self, name: str) -> Path:
         """Path of one of the bundle's files."""
@@ -204,7 +203,7 @@ def sha256_file(path: Path) -> str:
 
 def utc_now() -> str:
     """ISO-8601 UTC timestamp used for `created_at` and versions."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
@@ -318,10 +317,10 @@ def _load_float32(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:
-    """Read and verify a bundle: checksums, label counts, classifier, IDF and postings shapes.
+    """Read and verify a bundle: checksums, label counts, classifier and IDF shapes.
 
-    The ONNX encoder's output width and the index's size are checked by their loaders,
-    which raise `BundleError` naming those files.
+    The ONNX encoder's output width, the index's size and the BM25 postings are checked by
+    their loaders, which raise `BundleError` naming those files.
     """
     path = Path(bundle_dir).resolve()
     manifest = read_manifest(path)
@@ -337,15 +336,15 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         classifiers = _load_float32(
             path / manifest.astra.classifiers, (count, manifest.encoder.dim)
         )
-    lexical = None
-    if manifest.astra and manifest.astra.lexical:
-        spec = manifest.astra.lexical
-        try:
-            lexical = LexicalIndex.load(path / spec.file, count, spec.k1, spec.b, spec.avgdl)
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise BundleError(f"{path / spec.file}: not a lexical index ({exc})") from exc
     mach_idf = None
     if manifest.mach and manifest.mach.ngrams:
         ngrams = manifest.mach.ngrams
         mach_idf = _load_float32(path / ngrams.idf, (ngrams.dim,))
-    return Bundle(path, manifest, titles, ids, classifiers, mach_idf, lexical)
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        label_titles=titles,
+        label_ids=ids,
+        classifiers=classifiers,
+        mach_idf=mach_idf,
+    )

@@ -7,16 +7,22 @@ everything on the CPU; `auto` puts each part on the GPU when its library can rea
 `cuda` demands the encoder on the GPU (a `cuda` request that silently ran on the CPU would be
 a surprise measured in milliseconds) and moves the other parts when they can, saying so when
 they cannot. The plan is logged as one line at load, so what runs where is never a guess.
+`open_session` opens the ONNX Runtime sessions (the encoder's, MACH's heads') on the planned
+providers.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import faiss
 import onnxruntime as ort
+
+from service.bundle import BundleError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ class Capabilities:
 NO_GPU = Capabilities(onnxruntime_cuda=False, faiss_gpus=0, cupy_gpus=0)
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class DevicePlan:
     """The device of each serving part, decided once from the request and the capabilities."""
 
@@ -91,7 +97,9 @@ def plan_devices(requested: str, capabilities: Capabilities) -> DevicePlan:
     if requested not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device {requested!r}: expected auto, cpu or cuda")
     if requested == "cpu":
-        return DevicePlan(requested, (CPU_PROVIDER,), faiss_gpu=False, cupy_gpu=False)
+        return DevicePlan(
+            requested=requested, encoder_providers=(CPU_PROVIDER,), faiss_gpu=False, cupy_gpu=False
+        )
     if requested == "cuda" and not capabilities.onnxruntime_cuda:
         raise DeviceError(
             f"XC_DEVICE=cuda: onnxruntime has no {CUDA_PROVIDER} "
@@ -100,8 +108,8 @@ def plan_devices(requested: str, capabilities: Capabilities) -> DevicePlan:
         )
     providers = (CUDA_PROVIDER, CPU_PROVIDER) if capabilities.onnxruntime_cuda else (CPU_PROVIDER,)
     return DevicePlan(
-        requested,
-        providers,
+        requested=requested,
+        encoder_providers=providers,
         faiss_gpu=capabilities.faiss_gpus > 0,
         cupy_gpu=capabilities.cupy_gpus > 0,
     )
@@ -118,3 +126,18 @@ def resolve_device(requested: str) -> DevicePlan:
             extra={"astra_index": parts["astra_index"], "mach_decode": parts["mach_decode"]},
         )
     return plan
+
+
+def open_session(
+    model_path: Path, threads: int, providers: Sequence[str] = (CPU_PROVIDER,)
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on `providers` (a plan's `encoder_providers`); BundleError names
+    a file it cannot load."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from exc

@@ -7,8 +7,9 @@ is answered. A bundle that fails to load or warm is refused and the old one keep
 Only one reload runs at a time.
 
 With `catalogs`, each loaded engine gets the catalog changes stored for its bundle name before
-it is warmed (`service.catalog`), and `refresh_catalog` swaps in the served engine bound to the
-latest change, the same way: requests in flight keep the snapshot they were admitted with.
+it is warmed (`service.catalog.changes`), and `refresh_catalog` swaps in the served engine bound
+to the latest change, the same way: requests in flight keep the snapshot they were admitted with.
+What `/v1/models` says about a served engine is built by the API (`service.api.admin`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from service.catalog import Catalogs
-from service.engine import SearchEngine
+from service.catalog.changes import Catalogs
 from service.metrics import ServiceMetrics
-from service.schemas import EncoderInfo, IndexInfo, LexicalInfo, MachInfo, ModelInfo
+from service.search.engine import SearchEngine
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,49 +40,6 @@ class Served:
     engine: SearchEngine
     path: Path
     loaded_at: datetime
-
-    def info(self) -> ModelInfo:
-        """What `/v1/models` says about this bundle."""
-        engine, manifest = self.engine, self.engine.manifest
-        index = None
-        if manifest.astra is not None:
-            spec = manifest.astra.index
-            index = IndexInfo(type=spec.type, metric=spec.metric, params=spec.params)
-        mach = None
-        if manifest.mach is not None:
-            spec_m = manifest.mach
-            mach = MachInfo(
-                repetitions=spec_m.reps,
-                buckets=spec_m.buckets,
-                top_buckets=spec_m.top_buckets,
-                hybrid_weight=engine.hybrid_weight,
-            )
-        lexical = None
-        if engine.lexical is not None:
-            lexical = LexicalInfo(weight=engine.lexical_weight, terms=len(engine.lexical.terms))
-        catalog = engine.catalog.info(manifest.version) if engine.catalog is not None else None
-        return ModelInfo(
-            name=manifest.name,
-            version=manifest.version,
-            created_at=manifest.created_at,
-            path=str(self.path),
-            loaded_at=self.loaded_at.isoformat(timespec="seconds"),
-            models=list(engine.kinds),
-            default_model=engine.default_model,
-            labels=manifest.labels.count,
-            encoder=EncoderInfo(
-                base_model=manifest.encoder.base_model,
-                dim=manifest.encoder.dim,
-                max_length=manifest.encoder.max_length,
-                precision=engine.encoder.precision,
-                providers=list(engine.encoder.providers),
-            ),
-            index=index,
-            lexical=lexical,
-            mach=mach,
-            devices=engine.devices.describe(),
-            catalog=catalog,
-        )
 
 
 class EngineRegistry:
@@ -108,11 +65,11 @@ class EngineRegistry:
         settings = self.settings
         engine = SearchEngine.load(
             path,
-            settings.model_threads,
-            settings.device,
-            settings.hybrid_weight,
-            settings.encoder_precision,
-            settings.lexical_weight,
+            threads=settings.model_threads,
+            device=settings.device,
+            hybrid_weight=settings.hybrid_weight,
+            precision=settings.encoder_precision,
+            lexical_weight=settings.lexical_weight,
         )
         if self.catalogs is not None:
             self.catalogs.attach(engine)
@@ -122,9 +79,9 @@ class EngineRegistry:
     def _publish(self, engine: SearchEngine, path: Path) -> Served:
         if self.catalogs is not None:  # changes made while it loaded
             engine = self.catalogs.latest(engine)
-        self.served = Served(engine, path, datetime.now(timezone.utc))
+        self.served = Served(engine, path, datetime.now(UTC))
         self.load_error = None
-        self.metrics.serving(engine.manifest.name, engine.manifest.version, engine.kinds)
+        self.metrics.serving(engine.manifest.name, engine.manifest.version, engine.models)
         return self.served
 
     def refresh_catalog(self) -> None:

@@ -2,6 +2,11 @@
 
 The bundle is built once per test session through the real CLI (`python -m training train`),
 so every test that serves or evaluates a model exercises the actual training and export path.
+A test that needs one is marked `slow` here, as are the tests that start servers, a browser,
+Ray or torchrun (marked in their modules): `make test-fast` runs the rest.
+
+The tree mirrors the packages (`tests/service/search/` tests `service/search/`, ...);
+`tests/support/` holds what several test modules share.
 """
 
 from __future__ import annotations
@@ -17,9 +22,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("XC_DATA_DIR", tempfile.mkdtemp(prefix="xc-test-data-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO_PRODUCTS = 400
+# Fixtures that train (or export) a model: a test that uses one, directly or through another
+# fixture, is slow. The first three are below; the others are their modules' own.
+TRAINED_FIXTURES = frozenset(
+    {"demo_bundle", "demo_bundle_v2", "demo_bundle_both", "tiny_runs", "mach_bundle", "base_onnx"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a trained bundle `slow`."""
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +90,7 @@ def demo_bundle_both(
     demo_data: Path, demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """The demo bundle plus small MACH heads on its encoder: answers astra, mach and hybrid."""
-    from tests.test_mach import SMALL_MACH
+    from tests.support.configs import SMALL_MACH
     from training.__main__ import main
 
     out = tmp_path_factory.mktemp("both") / "demo-both"

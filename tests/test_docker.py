@@ -20,7 +20,7 @@ HADOLINT = shutil.which("hadolint") or (str(VENV_HADOLINT) if VENV_HADOLINT.exis
 
 
 def seconds(text: str) -> float:
-    value, unit = re.fullmatch(r"(\d+)(s|m)", text).groups()  # type: ignore[union-attr]
+    value, unit = re.fullmatch(r"(\d+)(s|m)", text).groups()
     return float(value) * (60 if unit == "m" else 1)
 
 

@@ -4,9 +4,8 @@ come from exactly one of the `cpu` and `gpu` extras (their builds share module n
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]

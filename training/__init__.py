@@ -1,0 +1,1 @@
+"""The training side: from a dataset to a scored bundle (docs/ARCHITECTURE.md)."""

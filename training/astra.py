@@ -37,13 +37,14 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from service.retrieval import AnnIndex, build_index, default_index_spec
-from training.data import XCDataset
+from service.astra.index import AnnIndex, build_index, default_index_spec
+from training.data import Split, XCDataset
 from training.distributed import (
     Runtime,
     barrier,
@@ -67,7 +68,7 @@ MINING_EXACT_MAX_LABELS = 200_000
 LOG = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AstraConfig:
     """Every knob of an ASTRA run (recorded in the bundle manifest)."""
 
@@ -146,7 +147,7 @@ class EncoderTowers(torch.nn.Module):
         return self.encoder(**queries), None if titles is None else self.encoder(**titles)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ShareOfBatch:
     """One rank's part of a step: what it backpropagates and what the ranks then sum."""
 
@@ -156,7 +157,7 @@ class ShareOfBatch:
     rows: int  # the global batch size
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingResult:
     """What a run produced: the model, the per-step losses and per-epoch dev metrics."""
 
@@ -249,21 +250,86 @@ def multi_positive_softmax(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return (-(log_probs * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)).sum()
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One rank's view of a step's queries: their texts, positives and judged negatives (the
+    whole batch: every rank builds the same label set) and the rows this rank encodes."""
+
+    texts: list[str]
+    positives: list[np.ndarray]
+    judged_negatives: list[np.ndarray]
+
+
+def label_set(
+    positives: list[np.ndarray],
+    judged_negatives: list[np.ndarray],
+    hard: np.ndarray,
+    sampled: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The step's shared label set, the queries' multi-hot targets over it and the BCE weights.
+
+    `sampled` is (importance-sampled labels, their weights, uniform labels). A label drawn
+    twice keeps its smallest weight, so the result does not depend on order; a positive never
+    carries a negative's importance weight.
+    """
+    important, importance_weights, uniform = sampled
+    explicit = np.concatenate([*positives, *judged_negatives, hard])
+    columns = np.concatenate([explicit, important, uniform]).astype(np.int64)
+    column_weights = np.concatenate(
+        [np.ones(len(explicit)), importance_weights, np.ones(len(uniform))]
+    )
+    labels, inverse = np.unique(columns, return_inverse=True)
+    weights = np.full(len(labels), np.inf)
+    np.minimum.at(weights, inverse, column_weights)
+    column_of = {int(label): i for i, label in enumerate(labels)}
+    targets = torch.zeros(len(positives), len(labels))
+    for row, pos in enumerate(positives):
+        targets[row, [column_of[int(p)] for p in pos]] = 1.0
+    weight = torch.from_numpy(weights.astype(np.float32)).expand(len(positives), -1).clone()
+    weight[targets > 0] = 1.0
+    return labels, targets, weight
+
+
+def text_loss(
+    batch_queries: torch.Tensor,
+    titles: tuple[torch.Tensor, np.ndarray] | None,
+    positives: list[np.ndarray],
+    label_vectors: tuple[torch.Tensor, torch.Tensor] | None,
+    config: AstraConfig,
+) -> torch.Tensor:
+    """The softmax loss against label *texts* that keeps the query encoder matching titles,
+    which is all that ranks products never seen in training.
+
+    With the shared tower, `titles` is (the batch's sampled titles as encoded by the trainable
+    encoder, the label each was picked as): an in-batch softmax between queries and titles, so
+    label texts move with the queries. Otherwise `label_vectors` is (the fixed text vectors of
+    the step's labels, the BCE targets over them).
+    """
+    if titles is not None:
+        batch_titles, picked = titles
+        text_targets = np.stack([np.isin(picked, p) for p in positives]).astype(np.float32)
+        return multi_positive_softmax(
+            config.logit_scale * batch_queries @ batch_titles.T,
+            torch.from_numpy(text_targets).to(batch_queries.device),
+        )
+    assert label_vectors is not None
+    text_vectors, targets = label_vectors
+    return multi_positive_softmax(config.logit_scale * batch_queries @ text_vectors.T, targets)
+
+
 def batch_loss(
     towers: torch.nn.Module,
     model: AstraModel,
     sampler: NegativeSampler,
-    tokenizer,
-    texts: list[str],
-    positives: list[np.ndarray],
-    judged_negatives: list[np.ndarray],
-    config: AstraConfig,
+    batch: Batch,
+    tokenizers: tuple[Any, Any],
     label_texts: list[str],
-    label_tokenizer,
+    config: AstraConfig,
     runtime: Runtime,
 ) -> ShareOfBatch:
     """BCE over the batch's positives and its sampled negatives (one shared label set),
     plus the text loss that trains the encoder; `towers` runs the encoder (under DDP or not).
+    `tokenizers` is (queries', labels').
 
     In one process the rank's share is the whole batch. With several ranks, every rank draws
     the batch's sampled negatives and titles from identically seeded generators, encodes its
@@ -273,7 +339,7 @@ def batch_loss(
     (DDP for the encoder, `sum_classifier_gradients` for the classifiers) gives the gradient
     of the single-process loss.
     """
-    device = runtime.device
+    device, texts, positives = runtime.device, batch.texts, batch.positives
     lo, hi = runtime.shard(len(texts))
     sizes = runtime.shard_sizes(len(texts))
     # Drawn before the forward pass and in the single-process order: importance, uniform, titles.
@@ -287,11 +353,12 @@ def batch_loss(
     # A rank with no rows (a last batch smaller than the world) encodes one row and keeps none
     # of it: every DDP rank must run the forward and backward passes.
     encoded = range(lo, hi) if hi > lo else range(1)
+    query_tokenizer, label_tokenizer = tokenizers
     with torch.set_grad_enabled(config.encoder_lr > 0), runtime.autocast():
         queries, titles = towers(
-            tokenize(tokenizer, [texts[i] for i in encoded], device),
+            tokenize(query_tokenizer, [texts[i] for i in encoded], device),
             tokenize(label_tokenizer, [label_texts[picked[i]] for i in encoded], device)
-            if shared
+            if picked is not None
             else None,
         )
     queries = queries.float()[: hi - lo]
@@ -299,21 +366,8 @@ def batch_loss(
     hard = np.concatenate(
         gather_objects(sampler.hard(queries.detach().cpu().numpy(), positives[mine]), runtime)
     )
-    explicit = np.concatenate([*positives, *judged_negatives, hard])
-    columns = np.concatenate([explicit, important, uniform]).astype(np.int64)
-    column_weights = np.concatenate(
-        [np.ones(len(explicit)), importance_weights, np.ones(len(uniform))]
-    )
-    labels, inverse = np.unique(columns, return_inverse=True)
-    # A label drawn twice keeps its smallest weight, so the result does not depend on order.
-    weights = np.full(len(labels), np.inf)
-    np.minimum.at(weights, inverse, column_weights)
-    column_of = {int(label): i for i, label in enumerate(labels)}
-    targets = torch.zeros(len(texts), len(labels))
-    for row, pos in enumerate(positives):
-        targets[row, [column_of[int(p)] for p in pos]] = 1.0
-    weight = torch.from_numpy(weights.astype(np.float32)).expand(len(texts), -1).clone()
-    weight[targets > 0] = 1.0  # a positive never carries a negative's importance weight
+    sampled = (important, importance_weights, uniform)
+    labels, targets, weight = label_set(positives, batch.judged_negatives, hard, sampled)
     targets, weight = targets.to(device), weight.to(device)
     label_ids = torch.from_numpy(labels).to(device)
 
@@ -326,23 +380,17 @@ def batch_loss(
     )
     loss = bce
     if text_loss_on:
-        # A softmax loss against the label *texts* keeps the query encoder matching titles,
-        # which is all that ranks products never seen in training.
         batch_queries = gather_rows(queries, runtime, sizes)
-        if shared:
-            # In-batch softmax between queries and their sampled titles, both encoded by the
-            # trainable encoder (a shared tower), so label texts move with the queries.
+        if picked is not None:
             batch_titles = gather_rows(titles.float()[: hi - lo], runtime, sizes)
-            text_targets = np.stack([np.isin(picked, p) for p in positives]).astype(np.float32)
-            text_loss = multi_positive_softmax(
-                config.logit_scale * batch_queries @ batch_titles.T,
-                torch.from_numpy(text_targets).to(device),
-            )
+            loss_t = text_loss(batch_queries, (batch_titles, picked), positives, None, config)
         else:
-            logits = config.logit_scale * batch_queries @ model.text_vectors[label_ids].T
-            text_loss = multi_positive_softmax(logits, targets)
-        loss = loss + config.text_loss_weight * text_loss
-    return ShareOfBatch(loss / len(texts), bce.detach(), label_ids, len(texts))
+            label_vectors = (model.text_vectors[label_ids], targets)
+            loss_t = text_loss(batch_queries, None, positives, label_vectors, config)
+        loss = loss + config.text_loss_weight * loss_t
+    return ShareOfBatch(
+        loss=loss / len(texts), bce=bce.detach(), columns=label_ids, rows=len(texts)
+    )
 
 
 def sum_classifier_gradients(
@@ -397,6 +445,133 @@ def set_dropout(encoder: SentenceEncoder, probability: float) -> None:
             module.p = probability
 
 
+@dataclass(kw_only=True, frozen=True)
+class TrainingData:
+    """The training split as the loop reads it: rows with a positive, and their labels."""
+
+    split: Split
+    positives: list[np.ndarray]
+    judged: list[np.ndarray]  # graded below the positive threshold (used when configured)
+    usable: list[int]  # rows with at least one positive
+    label_freq: np.ndarray
+
+    @classmethod
+    def of(cls, dataset: XCDataset, config: AstraConfig) -> TrainingData:
+        """`config.train_split` of `dataset`, read for training."""
+        split = dataset.split(config.train_split)
+        positives = split.positives(dataset.positive_min_weight)
+        judged = [
+            lab[w < dataset.positive_min_weight] if config.judged_negatives else lab[:0]
+            for lab, w in zip(split.labels, split.weights, strict=True)
+        ]
+        usable = [i for i, p in enumerate(positives) if len(p)]
+        return cls(
+            split=split,
+            positives=positives,
+            judged=judged,
+            usable=usable,
+            label_freq=dataset.label_frequencies(split),
+        )
+
+    def batch(self, rows: list[int]) -> Batch:
+        """The queries of `rows`, with their positives and judged negatives."""
+        return Batch(
+            [self.split.texts[r] for r in rows],
+            [self.positives[r] for r in rows],
+            [self.judged[r] for r in rows],
+        )
+
+
+def build_model(
+    dataset: XCDataset,
+    config: AstraConfig,
+    label_freq: np.ndarray,
+    cache_dir: Path | None,
+    runtime: Runtime,
+) -> tuple[AstraModel, tuple[Any, Any]]:
+    """The untrained model (classifier vectors from the base encoder's title vectors, shared by
+    rank 0) and the (query, label) tokenizers."""
+    encoder = SentenceEncoder()
+    if config.encoder_dropout is not None:
+        set_dropout(encoder, config.encoder_dropout)
+    label_tokenizer = load_tokenizer(config.label_max_length)
+    query_tokenizer = load_tokenizer(config.query_max_length)
+    text_vectors = broadcast_array(
+        cached_text_vectors(
+            encoder, label_tokenizer, dataset.label_titles, config.label_max_length, cache_dir
+        )
+        if runtime.is_main
+        else None,
+        (dataset.num_labels, encoder.dim),
+        runtime,
+    )
+    trained_labels = np.flatnonzero(label_freq > 0)
+    model = AstraModel(encoder, text_vectors, trained_labels).to(runtime.device)
+    return model, (query_tokenizer, label_tokenizer)
+
+
+def build_optimizer(
+    model: AstraModel, config: AstraConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the encoder and the trained classifier vectors (each its own learning rate),
+    with linear warm-up and decay over `total_steps`."""
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": model.encoder.parameters(),
+                "lr": config.encoder_lr,
+                "weight_decay": config.weight_decay,
+            },
+            {
+                "params": [model.trained_vectors, model.bias],
+                "lr": config.classifier_lr,
+                "weight_decay": 0.0,
+            },
+        ]
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total_steps, config.warmup_fraction)
+    )
+    return optimizer, schedule
+
+
+def optimizer_step(
+    share: ShareOfBatch,
+    model: AstraModel,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    runtime: Runtime,
+) -> float:
+    """Backpropagate this rank's share, sum the classifier gradients over ranks, step; returns
+    the whole batch's loss (this share plus the other ranks' BCE, zero in one process)."""
+    optimizer.zero_grad(set_to_none=True)
+    share.loss.backward()
+    batch_bce = sum_classifier_gradients(model, share, runtime)
+    torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), 5.0)
+    optimizer.step()
+    schedule.step()
+    return (share.loss.detach() + (batch_bce - share.bce) / share.rows).item()
+
+
+def end_of_epoch(
+    model: AstraModel,
+    tokenizers: tuple[Any, Any],
+    dataset: XCDataset,
+    dev: EvalSet | None,
+    last_epoch: bool,
+    config: AstraConfig,
+) -> dict[str, float] | None:
+    """Rank 0 after an epoch: after the last one (shared tower), give the labels without
+    training queries the trained encoder's view of their titles; then the dev metrics (None
+    without a dev split)."""
+    query_tokenizer, label_tokenizer = tokenizers
+    if config.label_tower == "shared" and last_epoch:
+        reembed_cold_labels(model, label_tokenizer, dataset.label_titles)
+    if dev is None or not dev.texts:
+        return None
+    return dev_metrics(model, query_tokenizer, dataset.num_labels, dev)
+
+
 def train_astra(
     dataset: XCDataset,
     config: AstraConfig,
@@ -415,59 +590,19 @@ def train_astra(
     seed_everything(config.seed, runtime.rank)
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
-    split = dataset.split(config.train_split)
-    positives = split.positives(dataset.positive_min_weight)
-    usable = [i for i, p in enumerate(positives) if len(p)]
-    judged = [
-        lab[w < dataset.positive_min_weight] if config.judged_negatives else lab[:0]
-        for lab, w in zip(split.labels, split.weights, strict=True)
-    ]
-    label_freq = dataset.label_frequencies(split)
-    trained_labels = np.flatnonzero(label_freq > 0)
-
-    encoder = SentenceEncoder()
-    if config.encoder_dropout is not None:
-        set_dropout(encoder, config.encoder_dropout)
-    label_tokenizer = load_tokenizer(config.label_max_length)
-    query_tokenizer = load_tokenizer(config.query_max_length)
-    text_vectors = broadcast_array(
-        cached_text_vectors(
-            encoder, label_tokenizer, dataset.label_titles, config.label_max_length, cache_dir
-        )
-        if runtime.is_main
-        else None,
-        (dataset.num_labels, encoder.dim),
-        runtime,
-    )
-    model = AstraModel(encoder, text_vectors, trained_labels).to(runtime.device)
-    result = TrainingResult(model, config)
+    data = TrainingData.of(dataset, config)
+    model, tokenizers = build_model(dataset, config, data.label_freq, cache_dir, runtime)
+    result = TrainingResult(model=model, config=config)
     dev = EvalSet.of(dataset, "dev") if config.train_split != "trn" else None
-    steps_per_epoch = math.ceil(len(usable) / config.batch_size)
-    total = steps_per_epoch * config.epochs
+    total = math.ceil(len(data.usable) / config.batch_size) * config.epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    if total == 0 or not usable:
+    if total == 0 or not data.usable:
         result.seconds = time.perf_counter() - started
         return result
 
-    optimizer = torch.optim.AdamW(
-        [
-            {
-                "params": model.encoder.parameters(),
-                "lr": config.encoder_lr,
-                "weight_decay": config.weight_decay,
-            },
-            {
-                "params": [model.trained_vectors, model.bias],
-                "lr": config.classifier_lr,
-                "weight_decay": 0.0,
-            },
-        ]
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total, config.warmup_fraction)
-    )
-    sampler = NegativeSampler(config, label_freq, rng)
+    optimizer, schedule = build_optimizer(model, config, total)
+    sampler = NegativeSampler(config, data.label_freq, rng)
     towers: torch.nn.Module = EncoderTowers(model.encoder)
     if config.encoder_lr > 0 and (config.bce_trains_encoder or config.text_loss_weight):
         towers = data_parallel(towers, runtime)
@@ -482,47 +617,26 @@ def train_astra(
     progress = tqdm(total=total, desc="astra", unit="step", disable=not runtime.is_main)
     model.train()
     for epoch in range(config.epochs):
-        order = torch.randperm(
-            len(usable), generator=torch.Generator().manual_seed(config.seed + epoch)
-        ).tolist()
+        seed = torch.Generator().manual_seed(config.seed + epoch)
+        order = torch.randperm(len(data.usable), generator=seed).tolist()
         for start in range(0, len(order), config.batch_size):
             if step >= total:
                 break
             if step % config.refresh_every == 0:
                 # Every rank rebuilds its own index from identical classifier vectors.
                 sampler.refresh(model.all_classifiers())
-            rows = [usable[i] for i in order[start : start + config.batch_size]]
+            batch = data.batch([data.usable[i] for i in order[start : start + config.batch_size]])
             share = batch_loss(
-                towers,
-                model,
-                sampler,
-                query_tokenizer,
-                [split.texts[r] for r in rows],
-                [positives[r] for r in rows],
-                [judged[r] for r in rows],
-                config,
-                dataset.label_titles,
-                label_tokenizer,
-                runtime,
+                towers, model, sampler, batch, tokenizers, dataset.label_titles, config, runtime
             )
-            optimizer.zero_grad(set_to_none=True)
-            share.loss.backward()
-            batch_bce = sum_classifier_gradients(model, share, runtime)
-            torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
-            # The whole batch's loss: this share plus the other ranks' BCE (zero in one process).
-            batch = share.loss.detach() + (batch_bce - share.bce) / share.rows
-            result.losses.append(batch.item())
+            result.losses.append(optimizer_step(share, model, optimizer, schedule, runtime))
             step += 1
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{result.losses[-1]:.3f}")
-        last_epoch = epoch + 1 == config.epochs or step >= total
         if runtime.is_main:  # the other ranks wait at the barrier
-            if config.label_tower == "shared" and last_epoch:
-                reembed_cold_labels(model, label_tokenizer, dataset.label_titles)
-            if dev is not None and dev.texts:
-                metrics = dev_metrics(model, query_tokenizer, dataset.num_labels, dev)
+            last_epoch = epoch + 1 == config.epochs or step >= total
+            metrics = end_of_epoch(model, tokenizers, dataset, dev, last_epoch, config)
+            if metrics is not None:
                 result.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})
                 progress.write(json.dumps(result.dev_history[-1]))
             if checkpoint_dir is not None:

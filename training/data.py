@@ -98,7 +98,7 @@ class Split:
         return [np.ones(int(np.count_nonzero(w >= threshold)), np.float32) for w in self.weights]
 
 
-@dataclass(eq=False)
+@dataclass(kw_only=True, eq=False)
 class XCDataset:
     """A labelled dataset: label texts and ids, training and optional test points."""
 

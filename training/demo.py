@@ -52,7 +52,7 @@ _PAINT_FINISHES = ("Flat", "Eggshell", "Satin", "Semi-Gloss")
 _APPLIANCE_FINISHES = ("Stainless Steel", "Black Stainless", "White", "Slate")
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class ProductType:
     """A product type: its department, title text, query synonyms and attribute choices."""
 
@@ -75,7 +75,15 @@ def _t(
     packs: tuple[int, ...] = (),
 ) -> ProductType:
     """Shorthand constructor that keeps the table below compact."""
-    return ProductType(department, name, synonyms, attributes, materials, colours, packs)
+    return ProductType(
+        department=department,
+        name=name,
+        synonyms=synonyms,
+        attributes=attributes,
+        materials=materials,
+        colours=colours,
+        packs=packs,
+    )
 
 
 _VOLTS = ("12-Volt", "18-Volt", "20-Volt", "24-Volt", "40-Volt")
@@ -286,7 +294,7 @@ PRODUCT_TYPES: tuple[ProductType, ...] = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class _Product:
     type_index: int
     brand: str
@@ -330,7 +338,17 @@ def _make_products(rng: random.Random, num_products: int) -> list[_Product]:
             title = _make_title(ptype, brand, attr, material, colour, pack)
             if title not in seen:
                 seen.add(title)
-                products.append(_Product(type_index, brand, attr, material, colour, pack, title))
+                products.append(
+                    _Product(
+                        type_index=type_index,
+                        brand=brand,
+                        attribute=attr,
+                        material=material,
+                        colour=colour,
+                        pack=pack,
+                        title=title,
+                    )
+                )
                 break
     return products
 

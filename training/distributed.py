@@ -24,7 +24,7 @@ from training.device import CPU, autocast, resolve_device, resolve_precision
 RANK_WAIT = timedelta(hours=3)
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class Runtime:
     """Where this process trains: its device, its precision and its place among the ranks."""
 
@@ -70,10 +70,10 @@ def start(device: str = "auto", precision: str = "auto") -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
     runtime = Runtime(
-        resolved,
-        resolve_precision(precision, resolved),
-        int(os.environ.get("RANK", "0")),
-        world_size,
+        device=resolved,
+        precision=resolve_precision(precision, resolved),
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=world_size,
     )
     if runtime.distributed and not dist.is_initialized():
         if resolved.type == "cuda":

@@ -33,9 +33,9 @@ def load_tokenizer(max_length: int, model_dir: Path | None = None) -> Tokenizer:
     """The HF fast tokenizer of the model, truncating to `max_length` and padding per batch.
 
     The service builds the identical tokenizer from the bundle's tokenizer.json (see
-    `service.encoder.configure_tokenizer`), so training and serving tokenise the same way.
+    `service.search.encoder.configure_tokenizer`), so training and serving tokenise the same way.
     """
-    from service.encoder import configure_tokenizer
+    from service.search.encoder import configure_tokenizer
 
     path = (model_dir or base_model_dir()) / "tokenizer.json"
     return configure_tokenizer(Tokenizer.from_file(str(path)), max_length)

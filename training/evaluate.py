@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from service.engine import SearchEngine
+from service.search.engine import SearchEngine
 from training.data import XCDataset
-from training.metrics import METRIC_NAMES, evaluate, inverse_propensities
+from training.ranking_metrics import METRIC_NAMES, evaluate, inverse_propensities
 
 EVAL_DEPTH = 100
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class EvalSet:
     """The points of one split that have a positive label, with what scoring them needs."""
 
@@ -41,10 +41,10 @@ class EvalSet:
             dataset.label_frequencies(full), len(full), dataset.propensity_a, dataset.propensity_b
         )
         return cls(
-            [data.texts[i] for i in keep],
-            [truth[i] for i in keep],
-            [gains[i] for i in keep],
-            inv_prop,
+            texts=[data.texts[i] for i in keep],
+            truth=[truth[i] for i in keep],
+            gains=[gains[i] for i in keep],
+            inv_propensity=inv_prop,
         )
 
     def score(self, ranked: np.ndarray, seconds: float | None = None) -> dict[str, float]:

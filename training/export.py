@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.astra.index import AnnIndex, build_index, default_index_spec
 from service.bundle import (
     CLASSIFIERS_FILE,
     ENCODER_FILE,
@@ -28,7 +29,6 @@ from service.bundle import (
     write_lines,
     write_manifest,
 )
-from service.retrieval import AnnIndex, build_index, default_index_spec
 from training.encoder import SentenceEncoder, base_model_dir, load_tokenizer, tokenize
 from training.lexical import write_lexical
 

@@ -2,7 +2,7 @@
 
 `train` writes them into every ASTRA bundle; `python -m training lexical --bundle B` adds them
 to a bundle built before (with `--data`, the weight is then tuned on the dev split). The weight
-is chosen, like the hybrid weight, by dev nDCG@10 (`training.__main__._dev_metrics`); nothing
+is chosen, like the hybrid weight, by dev nDCG@10 (`training.pipeline.tune_on_dev`); nothing
 is tuned on tst.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.astra.lexical import LexicalIndex
 from service.bundle import LEXICAL_FILE, LexicalSpec, load_bundle, write_manifest
-from service.lexical import LexicalIndex
 from training.data import XCDataset
 from training.evaluate import evaluate_bundle
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from service.bundle import EncoderSpec
-from service.encoder import QueryEncoder
+from service.search.encoder import QueryEncoder
 from training.encoder import SentenceEncoder, base_model_dir
 from training.export import export_encoder
 
@@ -31,7 +31,7 @@ def onnx_parity(onnx_dir: Path, texts: list[str], max_length: int = 32) -> np.nd
     """Cosine between the ONNX path and sentence-transformers for each text."""
     from sentence_transformers import SentenceTransformer
 
-    served = QueryEncoder(onnx_dir, EncoderSpec(max_length=max_length, dim=384))
+    served = QueryEncoder(bundle_dir=onnx_dir, spec=EncoderSpec(max_length=max_length, dim=384))
     reference = SentenceTransformer(str(base_model_dir()), device="cpu")
     reference.max_seq_length = max_length
     expected = reference.encode(texts, batch_size=128, normalize_embeddings=True)

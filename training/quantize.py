@@ -17,7 +17,7 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from service.bundle import load_bundle, read_manifest, write_manifest
-from service.encoder import QueryEncoder
+from service.search.encoder import QueryEncoder
 from training.data import load_dataset
 from training.evaluate import evaluate_bundle
 
@@ -49,8 +49,8 @@ def quantize_encoder(bundle_dir: Path) -> Path:
 def int8_parity(bundle_dir: Path, texts: list[str], batch_size: int = 256) -> dict[str, float]:
     """Cosine between the fp32 and int8 embeddings of `texts`: min, mean and 1st percentile."""
     spec = read_manifest(bundle_dir).encoder
-    fp32 = QueryEncoder(bundle_dir, spec, precision="fp32")
-    int8 = QueryEncoder(bundle_dir, spec, precision="int8")
+    fp32 = QueryEncoder(bundle_dir=bundle_dir, spec=spec, precision="fp32")
+    int8 = QueryEncoder(bundle_dir=bundle_dir, spec=spec, precision="int8")
     cosines = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]

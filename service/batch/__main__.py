@@ -27,7 +27,7 @@ from service.batch.ray_scoring import DEFAULT_BLOCK, DEFAULT_WORKERS, RayUnavail
 from service.batch.requests import BatchInputError, BatchRequest, parse_requests
 from service.batch.scoring import DEFAULT_CHUNK, Counts, ResumeMismatch, score_to_file
 from service.bundle import BundleError
-from service.engine import SearchEngine
+from service.search.engine import SearchEngine
 from service.settings import Settings
 
 EXIT_FAILED = 1
@@ -82,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def score(args: argparse.Namespace, settings: Settings, requests: list[BatchRequest]) -> Counts:
     """Score `requests` into `args.output` with the chosen engine."""
     progress = not args.no_progress
+    engine_options = {
+        "device": settings.device,
+        "hybrid_weight": settings.hybrid_weight,
+        "precision": settings.encoder_precision,
+        "lexical_weight": settings.lexical_weight,
+    }
     if args.engine == "ray":
         return score_with_ray(
             settings.bundle,
@@ -93,18 +99,10 @@ def score(args: argparse.Namespace, settings: Settings, requests: list[BatchRequ
             max_query_tokens=settings.max_query_tokens,
             chunk_size=args.chunk_size,
             threads=settings.threads,
-            device=settings.device,
-            hybrid_weight=settings.hybrid_weight,
-            precision=settings.encoder_precision,
+            engine_options=engine_options,
             progress=progress,
         )
-    engine = SearchEngine.load(
-        settings.bundle,
-        settings.threads,
-        settings.device,
-        settings.hybrid_weight,
-        settings.encoder_precision,
-    )
+    engine = SearchEngine.load(settings.bundle, threads=settings.threads, **engine_options)
     return score_to_file(
         engine,
         requests,

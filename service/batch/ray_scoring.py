@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from service.batch.scoring import (
     score_chunk,
 )
 from service.bundle import BundleError
-from service.engine import SearchEngine
+from service.search.engine import SearchEngine
 
 DEFAULT_BLOCK = 10_000
 DEFAULT_WORKERS = 2
@@ -64,18 +64,16 @@ class BlockScorer:
 
     def __init__(
         self,
+        *,
         bundle: str,
-        threads: int,
-        device: str,
-        hybrid_weight: float | None,
-        precision: str,
+        engine_options: dict[str, Any],
         max_query_tokens: int,
         chunk_size: int,
     ) -> None:
         self.error: str | None = None
         self.engine: SearchEngine | None = None
         try:
-            self.engine = SearchEngine.load(bundle, threads, device, hybrid_weight, precision)
+            self.engine = SearchEngine.load(bundle, **engine_options)
         except BundleError as exc:  # reported by `ready`, so the driver can name the file
             self.error = str(exc)
         self.max_query_tokens = max_query_tokens
@@ -167,6 +165,58 @@ def _start_ray(ray: Any, address: str | None, cpus: int) -> bool:
     return True
 
 
+def _written_blocks(
+    parts: Path, blocks: list[list[BatchRequest]], done: int, block_size: int, counts: Counts
+) -> list[int]:
+    """Count the answers of the block files a previous run wrote (checking each against its
+    requests) after the `done` lines already merged; return the blocks still to score."""
+    pending: list[int] = []
+    for index in range(done // block_size, len(blocks)):
+        path = block_path(parts, index)
+        if not path.exists():
+            pending.append(index)
+            continue
+        failed = _read_block(path, blocks[index])
+        _tally(counts, failed[max(0, done - index * block_size) :])
+    return pending
+
+
+def _score_blocks(
+    ray: Any,
+    pending: list[int],
+    blocks: list[list[BatchRequest]],
+    actor_args: dict[str, Any],
+    *,
+    address: str | None,
+    workers: int,
+    cpus: int,
+    on_block: Callable[[int, bytes, list[bool]], None],
+) -> None:
+    """Score the `pending` blocks on up to `workers` actors of `cpus` CPUs each, handing each
+    finished block to `on_block(index, jsonl, failed)` as it comes."""
+    from ray.util import ActorPool
+
+    started = _start_ray(ray, address, workers * cpus)
+    scorers: list[Any] = []
+    try:
+        actor = ray.remote(BlockScorer).options(num_cpus=cpus, max_restarts=2, max_task_retries=2)
+        scorers = [actor.remote(**actor_args) for _ in range(min(workers, len(pending)))]
+        for error in ray.get([scorer.ready.remote() for scorer in scorers]):
+            if error is not None:
+                raise BundleError(error)
+        finished = ActorPool(scorers).map_unordered(
+            lambda scorer, index: scorer.score.remote(index, blocks[index]), pending
+        )
+        for index, data, failures in finished:
+            on_block(index, data, failures)
+    finally:
+        if started:
+            ray.shutdown()
+        else:  # free the CPUs of a cluster or instance that outlives this call
+            for scorer in scorers:
+                ray.kill(scorer)
+
+
 def score_with_ray(
     bundle: Path,
     requests: list[BatchRequest],
@@ -178,84 +228,66 @@ def score_with_ray(
     max_query_tokens: int = 128,
     chunk_size: int = DEFAULT_CHUNK,
     threads: int = 0,
-    device: str = "auto",
-    hybrid_weight: float | None = None,
-    precision: str = "fp32",
+    engine_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Counts:
     """Answer every request into `output` with `workers` Ray actors; returns the counts.
 
     `address` is a Ray cluster (`ray://head:10001`, `auto`); without one a local instance with
     `workers * max(threads, 1)` CPUs is started (and stopped at the end). A Ray instance already
-    initialised in this process is used as it is. Each actor reserves `max(threads, 1)` CPUs and
-    runs the encoder with that many threads. Raises `RayUnavailable` without ray, `BundleError`
-    when an actor cannot load the bundle, `ResumeMismatch` for outputs of another input.
+    initialised in this process is used as it is. Each actor reserves `max(threads, 1)` CPUs,
+    runs the encoder with that many threads and loads the bundle with `engine_options` (the
+    other keywords of `SearchEngine.load`: device, precision, weights). Raises `RayUnavailable`
+    without ray, `BundleError` when an actor cannot load the bundle, `ResumeMismatch` for
+    outputs of another input.
     """
     if block_size < 1 or workers < 1 or chunk_size < 1:
         raise ValueError("block_size, workers and chunk_size must be at least 1")
     try:
         import ray
-        from ray.util import ActorPool
     except ImportError as exc:
         raise RayUnavailable(f"{INSTALL_HINT} ({exc})") from exc
-
     parts = parts_dir(output)
     counts = completed_prefix(output, requests)
     done = counts.completed + counts.failed
     if done == len(requests) and output.exists():
         shutil.rmtree(parts, ignore_errors=True)  # a crash between the merge and the cleanup
         return counts
-
     blocks = [requests[first : first + block_size] for first in range(0, len(requests), block_size)]
-    first_block = done // block_size
-    pending: list[int] = []
-    for index in range(first_block, len(blocks)):
-        path = block_path(parts, index)
-        if not path.exists():
-            pending.append(index)
-            continue
-        failed = _read_block(path, blocks[index])
-        _tally(counts, failed[max(0, done - index * block_size) :])
-
-    with tqdm(
+    pending = _written_blocks(parts, blocks, done, block_size, counts)
+    cpus = max(threads, 1)
+    actor_args = {
+        "bundle": str(bundle.absolute()),
+        "engine_options": {**(engine_options or {}), "threads": cpus},
+        "max_query_tokens": max_query_tokens,
+        "chunk_size": chunk_size,
+    }
+    bar = tqdm(
         total=len(blocks),
         initial=len(blocks) - len(pending),
         unit="block",
         desc="score",
         disable=not progress,
-    ) as bar:
-        if pending:
-            cpus = max(threads, 1)
-            started = _start_ray(ray, address, workers * cpus)
-            scorers: list[Any] = []
-            try:
-                actor = ray.remote(BlockScorer).options(
-                    num_cpus=cpus, max_restarts=2, max_task_retries=2
-                )
-                options = (device, hybrid_weight, precision, max_query_tokens, chunk_size)
-                scorers = [
-                    actor.remote(str(bundle.absolute()), cpus, *options)
-                    for _ in range(min(workers, len(pending)))
-                ]
-                for error in ray.get([scorer.ready.remote() for scorer in scorers]):
-                    if error is not None:
-                        raise BundleError(error)
-                parts.mkdir(parents=True, exist_ok=True)
-                pool = ActorPool(scorers)
-                finished = pool.map_unordered(
-                    lambda scorer, index: scorer.score.remote(index, blocks[index]), pending
-                )
-                for index, data, failures in finished:
-                    _write_atomic(block_path(parts, index), [data])
-                    _tally(counts, failures[max(0, done - index * block_size) :])
-                    bar.update(1)
-            finally:
-                if started:
-                    ray.shutdown()
-                else:  # free the CPUs of a cluster or instance that outlives this call
-                    for scorer in scorers:
-                        ray.kill(scorer)
+    )
 
+    def write_block(index: int, data: bytes, failures: list[bool]) -> None:
+        parts.mkdir(parents=True, exist_ok=True)
+        _write_atomic(block_path(parts, index), [data])
+        _tally(counts, failures[max(0, done - index * block_size) :])
+        bar.update(1)
+
+    with bar:
+        if pending:
+            _score_blocks(
+                ray,
+                pending,
+                blocks,
+                actor_args,
+                address=address,
+                workers=workers,
+                cpus=cpus,
+                on_block=write_block,
+            )
     output.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(output, _merged(output, done, parts, blocks, block_size))
     if parts.exists():

@@ -15,13 +15,13 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from service.schemas import ModelName, bounded_query, validation_details
+from service.validation import ModelName, bounded_query, validation_details
 
 MAX_CUSTOM_ID_CHARS = 256
 MAX_REPORTED_ERRORS = 20
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class BatchRequest:
     """One valid input line."""
 
@@ -58,7 +58,7 @@ def line_model(max_query_chars: int, max_k: int, default_k: int) -> type[BaseMod
         }
 
         custom_id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CUSTOM_ID_CHARS)]
-        query: bounded_query(max_query_chars)  # type: ignore[valid-type]
+        query: bounded_query(max_query_chars)
         k: int = Field(default=default_k, ge=1, le=max_k)
         model: ModelName | None = None
 
@@ -70,7 +70,7 @@ def parse_requests(
 ) -> list[BatchRequest]:
     """Every request of a JSONL text (blank lines skipped), or `BatchInputError`."""
     model = line_model(max_query_chars, max_k, default_k)
-    limits: dict[str, str] = model.field_limits  # type: ignore[attr-defined]
+    limits: dict[str, str] = model.field_limits
     requests: list[BatchRequest] = []
     problems: list[str] = []
     bad_lines: set[int] = set()
@@ -92,7 +92,7 @@ def parse_requests(
                 for detail in validation_details(exc.errors(), limits)
             ]
             continue
-        custom_id = line.custom_id  # type: ignore[attr-defined]
+        custom_id = line.custom_id
         if custom_id in seen:
             bad_lines.add(number)
             problems.append(
@@ -102,11 +102,11 @@ def parse_requests(
         seen[custom_id] = number
         requests.append(
             BatchRequest(
-                number,
-                custom_id,
-                line.query,  # type: ignore[attr-defined]
-                line.k,  # type: ignore[attr-defined]
-                line.model,  # type: ignore[attr-defined]
+                line=number,
+                custom_id=custom_id,
+                query=line.query,
+                k=line.k,
+                model=line.model,
             )
         )
     if problems:

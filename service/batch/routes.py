@@ -21,18 +21,14 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from service.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
+from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
+from service.api.errors import ERROR_BODY, api_error
+from service.api.state import state_of
 from service.batch.requests import BatchInputError, parse_requests
-from service.batch.store import TERMINAL, Job, JobStore
-from service.errors import ERROR_BODY, api_error
-from service.schemas import (
-    BatchCreate,
-    BatchJob,
-    BatchList,
-    RequestCounts,
-    validation_details,
-)
+from service.batch.schemas import BatchCreate, BatchJob, BatchList, RequestCounts
+from service.batch.store import TERMINAL, BatchJobRecord, JobStore
 from service.settings import Settings
+from service.validation import validation_details
 
 JSONL = "application/x-ndjson"
 JOB_ID = r"^batch_[0-9a-f]{32}$"
@@ -40,12 +36,12 @@ JOB_ID = r"^batch_[0-9a-f]{32}$"
 BatchId = Annotated[str, Path(pattern=JOB_ID, description="A job id from POST /batches.")]
 
 
-def job_model(job: Job) -> BatchJob:
+def job_model(job: BatchJobRecord) -> BatchJob:
     """The API shape of a stored job."""
     counts = RequestCounts(total=job.total, completed=job.completed, failed=job.failed)
     return BatchJob(
         id=job.id,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         created_at=job.created_at,
         updated_at=job.updated_at,
         request_counts=counts,
@@ -54,7 +50,7 @@ def job_model(job: Job) -> BatchJob:
 
 
 def _store(request: Request) -> JobStore:
-    store: JobStore | None = getattr(request.app.state, "job_store", None)
+    store = state_of(request).job_store
     if store is None:
         headers = {"Retry-After": "1"}
         msg = "not ready: the batch job store is starting; retry shortly"
@@ -62,7 +58,7 @@ def _store(request: Request) -> JobStore:
     return store
 
 
-def _job(store: JobStore, batch_id: str) -> Job:
+def _job(store: JobStore, batch_id: str) -> BatchJobRecord:
     job = store.get(batch_id)
     if job is None:
         msg = f"batch_id: there is no batch job {batch_id}"
@@ -115,155 +111,163 @@ def _error_lines(path: FilePath) -> Iterator[bytes]:
                 yield line
 
 
-def make_batch_router(settings: Settings, max_body_bytes: int) -> APIRouter:
-    """The /batches routes, behind the API key when one is set."""
+UPLOAD_SCHEMA = {
+    "type": "object",
+    "properties": {"file": {"type": "string", "format": "binary"}},
+    "required": ["file"],
+}
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": BatchCreate.model_json_schema()},
+            "multipart/form-data": {"schema": UPLOAD_SCHEMA},
+        },
+    },
+    **OPTIONAL_AUTH,
+}
+BAD_PARAMS = {422: {**ERROR_BODY, "description": "A path or query parameter is malformed."}}
+NOT_FOUND = {404: {**ERROR_BODY, "description": "No job has this id."}, **BAD_PARAMS}
+FINISHED = {
+    **NOT_FOUND,
+    200: {"content": {JSONL: {"schema": {"type": "string"}}}, "description": "JSONL."},
+    409: {**ERROR_BODY, "description": "The job has not finished yet."},
+}
+
+
+def create_responses(max_body_bytes: int) -> dict[int | str, dict[str, Any]]:
+    """What `POST /batches` can answer besides 201."""
+    return {
+        400: {**ERROR_BODY, "description": "The JSON body cannot be parsed."},
+        413: {**ERROR_BODY, "description": f"The upload is larger than {max_body_bytes} bytes."},
+        415: {**ERROR_BODY, "description": "Neither multipart/form-data nor JSON."},
+        422: {**ERROR_BODY, "description": "Bad lines (each named), or too many lines."},
+    }
+
+
+async def create_batch(request: Request) -> BatchJob:
+    """Check every request, store them, and queue the job for the background worker."""
+    settings = state_of(request).settings
+    store = _store(request)
+    lines, field = await _request_lines(request, settings)
+    count = sum(1 for line in lines if line.strip())
+    if count > settings.max_batch_lines:
+        msg = f"{field}: has {count} requests, limit {settings.max_batch_lines}"
+        raise api_error(422, ["body", field], msg, "too_many_requests")
+    if count == 0:
+        raise api_error(422, ["body", field], f"{field}: has no requests", "empty")
+    try:
+        requests = await asyncio.to_thread(
+            parse_requests,
+            lines,
+            settings.max_query_chars,
+            settings.max_k,
+            settings.default_k,
+        )
+    except BatchInputError as exc:
+        raise _refuse_lines(exc, field) from exc
+    return job_model(await asyncio.to_thread(store.create, requests))
+
+
+async def list_batches(
+    request: Request,
+    after: Annotated[str | None, Query(pattern=JOB_ID)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> BatchList:
+    """A page of jobs; pass the last id as `after` for the next page."""
+    jobs, more = _store(request).page(after, limit)
+    return BatchList(
+        data=[job_model(job) for job in jobs],
+        has_more=more,
+        last_id=jobs[-1].id if jobs else None,
+    )
+
+
+async def get_batch(request: Request, batch_id: BatchId) -> BatchJob:
+    """Status and request counts of one job."""
+    return job_model(_job(_store(request), batch_id))
+
+
+async def cancel_batch(request: Request, batch_id: BatchId) -> BatchJob:
+    """A waiting job is cancelled at once; a running one after its current chunk."""
+    store = _store(request)
+    _job(store, batch_id)
+    job = await asyncio.to_thread(store.cancel, batch_id)
+    assert job is not None
+    return job_model(job)
+
+
+def _finished_output(request: Request, batch_id: str) -> FilePath:
+    """The output file of a finished job (409 while it runs); it may not exist."""
+    store = _store(request)
+    job = _job(store, batch_id)
+    if job.status not in TERMINAL:
+        msg = f"status: the job is {job.status}; its output is ready once it has finished"
+        raise api_error(status.HTTP_409_CONFLICT, ["path", "batch_id"], msg, "not_finished")
+    return store.output_path(job.id)
+
+
+async def batch_output(request: Request, batch_id: BatchId) -> Any:
+    """`{"custom_id", "response", "error"}` per request."""
+    path = _finished_output(request, batch_id)
+    if not path.exists():  # cancelled before it started
+        return StreamingResponse(iter(()), media_type=JSONL)
+    return FileResponse(path, media_type=JSONL)
+
+
+async def batch_errors(request: Request, batch_id: BatchId) -> Any:
+    """The output lines whose `error` is set."""
+    path = _finished_output(request, batch_id)
+    lines = _error_lines(path) if path.exists() else iter(())
+    return StreamingResponse(lines, media_type=JSONL)
+
+
+def make_batch_router(settings: Settings) -> APIRouter:
+    """The /batches routes, behind the API key when one is set (the documented upload limit
+    is the settings')."""
     router = APIRouter(
         tags=["batches"], dependencies=[Depends(require_api_key)], responses=AUTH_RESPONSES
     )
-    upload_schema = {
-        "type": "object",
-        "properties": {"file": {"type": "string", "format": "binary"}},
-        "required": ["file"],
-    }
-    create_body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": BatchCreate.model_json_schema()},
-                "multipart/form-data": {"schema": upload_schema},
-            },
-        },
-        **OPTIONAL_AUTH,
-    }
-    bad_params = {422: {**ERROR_BODY, "description": "A path or query parameter is malformed."}}
-    not_found = {404: {**ERROR_BODY, "description": "No job has this id."}, **bad_params}
-
-    @router.post(
+    router.add_api_route(
         "/batches",
+        create_batch,
+        methods=["POST"],
         status_code=status.HTTP_201_CREATED,
         summary="Create a batch job from JSONL requests",
         operation_id="create_batch",
-        openapi_extra=create_body,
-        responses={
-            400: {**ERROR_BODY, "description": "The JSON body cannot be parsed."},
-            413: {
-                **ERROR_BODY,
-                "description": f"The upload is larger than {max_body_bytes} bytes.",
-            },
-            415: {**ERROR_BODY, "description": "Neither multipart/form-data nor JSON."},
-            422: {**ERROR_BODY, "description": "Bad lines (each named), or too many lines."},
-        },
+        openapi_extra=CREATE_BODY,
+        responses=create_responses(settings.max_batch_file_bytes),
     )
-    async def create_batch(request: Request) -> BatchJob:
-        """Check every request, store them, and queue the job for the background worker."""
-        store = _store(request)
-        lines, field = await _request_lines(request, settings)
-        count = sum(1 for line in lines if line.strip())
-        if count > settings.max_batch_lines:
-            msg = f"{field}: has {count} requests, limit {settings.max_batch_lines}"
-            raise api_error(422, ["body", field], msg, "too_many_requests")
-        if count == 0:
-            raise api_error(422, ["body", field], f"{field}: has no requests", "empty")
-        try:
-            requests = await asyncio.to_thread(
-                parse_requests,
-                lines,
-                settings.max_query_chars,
-                settings.max_k,
-                settings.default_k,
-            )
-        except BatchInputError as exc:
-            raise _refuse_lines(exc, field) from exc
-        return job_model(await asyncio.to_thread(store.create, requests))
-
-    @router.get(
-        "/batches",
-        summary="List batch jobs, newest first",
-        operation_id="list_batches",
-        responses=bad_params,
-        openapi_extra=OPTIONAL_AUTH,
-    )
-    async def list_batches(
-        request: Request,
-        after: Annotated[str | None, Query(pattern=JOB_ID)] = None,
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> BatchList:
-        """A page of jobs; pass the last id as `after` for the next page."""
-        jobs, more = _store(request).page(after, limit)
-        return BatchList(
-            data=[job_model(job) for job in jobs],
-            has_more=more,
-            last_id=jobs[-1].id if jobs else None,
+    routes: list[tuple[str, Any, str, str, dict[Any, Any], dict[str, Any]]] = [
+        ("/batches", list_batches, "GET", "List batch jobs, newest first", BAD_PARAMS, {}),
+        ("/batches/{batch_id}", get_batch, "GET", "A batch job", NOT_FOUND, {}),
+        ("/batches/{batch_id}/cancel", cancel_batch, "POST", "Cancel a batch job", NOT_FOUND, {}),
+        (
+            "/batches/{batch_id}/output",
+            batch_output,
+            "GET",
+            "A finished job's answers (JSONL, one line per request, in input order)",
+            FINISHED,
+            {"response_class": FileResponse},
+        ),
+        (
+            "/batches/{batch_id}/errors",
+            batch_errors,
+            "GET",
+            "A finished job's failed requests (JSONL)",
+            FINISHED,
+            {"response_class": StreamingResponse},
+        ),
+    ]
+    for path, endpoint, method, summary, responses, extra in routes:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            summary=summary,
+            operation_id=endpoint.__name__,
+            responses=responses,
+            openapi_extra=OPTIONAL_AUTH,
+            **extra,
         )
-
-    @router.get(
-        "/batches/{batch_id}",
-        summary="A batch job",
-        operation_id="get_batch",
-        responses=not_found,
-        openapi_extra=OPTIONAL_AUTH,
-    )
-    async def get_batch(request: Request, batch_id: BatchId) -> BatchJob:
-        """Status and request counts of one job."""
-        return job_model(_job(_store(request), batch_id))
-
-    @router.post(
-        "/batches/{batch_id}/cancel",
-        summary="Cancel a batch job",
-        operation_id="cancel_batch",
-        responses=not_found,
-        openapi_extra=OPTIONAL_AUTH,
-    )
-    async def cancel_batch(request: Request, batch_id: BatchId) -> BatchJob:
-        """A waiting job is cancelled at once; a running one after its current chunk."""
-        store = _store(request)
-        _job(store, batch_id)
-        job = await asyncio.to_thread(store.cancel, batch_id)
-        assert job is not None
-        return job_model(job)
-
-    ready = {
-        **not_found,
-        200: {"content": {JSONL: {"schema": {"type": "string"}}}, "description": "JSONL."},
-        409: {**ERROR_BODY, "description": "The job has not finished yet."},
-    }
-
-    def finished_output(request: Request, batch_id: str) -> FilePath:
-        """The output file of a finished job (409 while it runs); it may not exist."""
-        store = _store(request)
-        job = _job(store, batch_id)
-        if job.status not in TERMINAL:
-            msg = f"status: the job is {job.status}; its output is ready once it has finished"
-            raise api_error(status.HTTP_409_CONFLICT, ["path", "batch_id"], msg, "not_finished")
-        return store.output_path(job.id)
-
-    @router.get(
-        "/batches/{batch_id}/output",
-        summary="A finished job's answers (JSONL, one line per request, in input order)",
-        operation_id="batch_output",
-        response_class=FileResponse,
-        responses=ready,
-        openapi_extra=OPTIONAL_AUTH,
-    )
-    async def batch_output(request: Request, batch_id: BatchId) -> Any:
-        """`{"custom_id", "response", "error"}` per request."""
-        path = finished_output(request, batch_id)
-        if not path.exists():  # cancelled before it started
-            return StreamingResponse(iter(()), media_type=JSONL)
-        return FileResponse(path, media_type=JSONL)
-
-    @router.get(
-        "/batches/{batch_id}/errors",
-        summary="A finished job's failed requests (JSONL)",
-        operation_id="batch_errors",
-        response_class=StreamingResponse,
-        responses=ready,
-        openapi_extra=OPTIONAL_AUTH,
-    )
-    async def batch_errors(request: Request, batch_id: BatchId) -> Any:
-        """The output lines whose `error` is set."""
-        path = finished_output(request, batch_id)
-        lines = _error_lines(path) if path.exists() else iter(())
-        return StreamingResponse(lines, media_type=JSONL)
-
     return router

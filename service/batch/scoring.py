@@ -21,7 +21,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from service.batch.requests import BatchRequest
-from service.engine import Hit, SearchEngine, search_grouped
+from service.ranking import Hit, result_records
+from service.search.engine import SearchEngine
+from service.search.pipeline import QueryGroup, QueryTooLong, answer_groups
 
 DEFAULT_CHUNK = 1024
 
@@ -40,12 +42,8 @@ class Counts:
 
 
 def _answer(custom_id: str, model: str, version: str, hits: list[Hit]) -> dict[str, Any]:
-    results = [{"id": hit.id, "title": hit.title, "score": hit.score} for hit in hits]
-    return {
-        "custom_id": custom_id,
-        "response": {"model": model, "version": version, "results": results},
-        "error": None,
-    }
+    response = {"model": model, "version": version, "results": result_records(hits)}
+    return {"custom_id": custom_id, "response": response, "error": None}
 
 
 def _failure(custom_id: str, type_: str, msg: str) -> dict[str, Any]:
@@ -55,33 +53,29 @@ def _failure(custom_id: str, type_: str, msg: str) -> dict[str, Any]:
 def score_chunk(
     engine: SearchEngine, requests: list[BatchRequest], max_query_tokens: int
 ) -> list[dict[str, Any]]:
-    """Output records for `requests`, in order: encode once, retrieve once per (model, k)."""
-    records: list[dict[str, Any] | None] = [None] * len(requests)
-    token_ids = engine.encoder.tokenize([r.query for r in requests])
-    counts = engine.encoder.token_counts(token_ids)
-    kept: list[int] = []
-    wants: list[tuple[str, int]] = []
-    for position, (request, tokens) in enumerate(zip(requests, counts, strict=True)):
+    """Output records for `requests`, in order, through the one query path
+    (`service.search.pipeline`): encode once, retrieve once per (model, k)."""
+    records: list[dict[str, Any]] = [{} for _ in requests]
+    groups: list[QueryGroup] = []
+    positions: list[int] = []
+    for position, request in enumerate(requests):
         try:
             model = engine.resolve_model(request.model)
         except ValueError as exc:
             records[position] = _failure(request.custom_id, "model_not_found", str(exc))
             continue
-        if tokens > max_query_tokens:
-            msg = f"query: must be at most {max_query_tokens} tokens (has {tokens})"
-            records[position] = _failure(request.custom_id, "query_too_many_tokens", msg)
-            continue
-        kept.append(position)
-        wants.append((model, request.k))
-    if kept:
-        vectors = engine.encoder.embed([token_ids[p] for p in kept])
-        texts = [requests[p].query for p in kept]
-        version = engine.version  # with the catalog changes, in the service
-        hits = search_grouped(engine, vectors, texts, wants)
-        for position, (model, _), found in zip(kept, wants, hits, strict=True):
-            records[position] = _answer(requests[position].custom_id, model, version, found)
-    assert all(record is not None for record in records)
-    return records  # type: ignore[return-value]
+        groups.append(QueryGroup([request.query], model, request.k))
+        positions.append(position)
+    answers = answer_groups(engine, groups, max_query_tokens)
+    version = engine.version  # with the catalog changes, in the service
+    for position, group, result in zip(positions, groups, answers.results, strict=True):
+        custom_id = requests[position].custom_id
+        if isinstance(result, QueryTooLong):
+            msg = result.message("query")
+            records[position] = _failure(custom_id, "query_too_many_tokens", msg)
+        else:
+            records[position] = _answer(custom_id, group.model, version, result[0])
+    return records
 
 
 def completed_prefix(output: Path, requests: list[BatchRequest]) -> Counts:

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@dataclass(frozen=True)
-class Job:
-    """A job's record."""
+@dataclass(kw_only=True, frozen=True)
+class BatchJobRecord:
+    """A batch job's stored record (a live search request is `service.search.batcher.SearchJob`)."""
 
     id: str
     status: str
@@ -58,6 +58,14 @@ class Job:
     completed: int
     failed: int
     error: str | None
+
+
+COLUMNS = ("id", "status", "created_at", "updated_at", "total", "completed", "failed", "error")
+
+
+def _record(row: tuple[Any, ...]) -> BatchJobRecord:
+    """A `jobs` row, selected as `COLUMNS`, as a record."""
+    return BatchJobRecord(**dict(zip(COLUMNS, row, strict=True)))
 
 
 class JobStore:
@@ -96,7 +104,7 @@ class JobStore:
         """The answers of a job, one line per request in input order."""
         return self.job_dir(job_id) / "output.jsonl"
 
-    def create(self, requests: list[BatchRequest]) -> Job:
+    def create(self, requests: list[BatchRequest]) -> BatchJobRecord:
         """Write the requests and record a new job (status validating)."""
         job_id = f"batch_{uuid.uuid4().hex}"
         directory = self.job_dir(job_id)
@@ -120,18 +128,17 @@ class JobStore:
         assert job is not None
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str) -> BatchJobRecord | None:
         """A job by id (None when there is none)."""
         rows = self._execute(
-            "SELECT id, status, created_at, updated_at, total, completed, failed, error "
-            "FROM jobs WHERE id = ?",
+            f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?",
             (job_id,),
         )
-        return Job(*rows[0]) if rows else None
+        return _record(rows[0]) if rows else None
 
-    def page(self, after: str | None, limit: int) -> tuple[list[Job], bool]:
+    def page(self, after: str | None, limit: int) -> tuple[list[BatchJobRecord], bool]:
         """Jobs newest first, after the job `after`; and whether more follow."""
-        columns = "id, status, created_at, updated_at, total, completed, failed, error"
+        columns = ", ".join(COLUMNS)
         if after is None:
             rows = self._execute(
                 f"SELECT {columns} FROM jobs ORDER BY seq DESC LIMIT ?", (limit + 1,)
@@ -142,9 +149,9 @@ class JobStore:
                 "ORDER BY seq DESC LIMIT ?",
                 (after, limit + 1),
             )
-        return [Job(*row) for row in rows[:limit]], len(rows) > limit
+        return [_record(row) for row in rows[:limit]], len(rows) > limit
 
-    def next_runnable(self) -> Job | None:
+    def next_runnable(self) -> BatchJobRecord | None:
         """The oldest job that is waiting or was interrupted (resumed after a restart)."""
         rows = self._execute(
             "SELECT id FROM jobs WHERE status IN (?, ?, 'cancelling') ORDER BY seq LIMIT 1",
@@ -160,7 +167,7 @@ class JobStore:
             (*fields.values(), _now(), job_id),
         )
 
-    def cancel(self, job_id: str) -> Job | None:
+    def cancel(self, job_id: str) -> BatchJobRecord | None:
         """Ask a job to stop: waiting jobs end at once, a running one after its chunk."""
         with self._lock:
             self._db.execute(

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from service.batch.requests import parse_requests
 from service.batch.scoring import Counts, score_to_file
-from service.batch.store import Job, JobStore
-from service.engine import SearchEngine
+from service.batch.store import BatchJobRecord, JobStore
+from service.search.engine import SearchEngine
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class BatchWorker:
 
     def __init__(
         self,
+        *,
         store: JobStore,
         engine: Callable[[], SearchEngine | None],
         chunk_size: int,
@@ -63,7 +64,7 @@ class BatchWorker:
                 log.exception("batch job failed: %s", exc, extra={"job": job.id})
                 self.store.update(job.id, status="failed", error=str(exc))
 
-    def _run(self, job: Job, engine: SearchEngine) -> None:
+    def _run(self, job: BatchJobRecord, engine: SearchEngine) -> None:
         if job.status == "cancelling":
             self.store.update(job.id, status="cancelled")
             return

@@ -1,0 +1,141 @@
+"""`GET /v1/models` (what is served) and `POST /admin/reload` (swap in another bundle version).
+
+`model_info` is the one place that turns a served engine into what the API says about it: the
+registry holds engines, not response bodies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request, status
+
+from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
+from service.api.docs import BAD_JSON, NOT_READY
+from service.api.errors import ERROR_BODY, api_error
+from service.api.schemas import (
+    CatalogInfo,
+    EncoderInfo,
+    IndexInfo,
+    LexicalInfo,
+    MachInfo,
+    ModelInfo,
+    ModelsResponse,
+    ReloadRequest,
+    ReloadResponse,
+)
+from service.api.state import get_engine, state_of
+from service.catalog.view import CatalogView
+from service.registry import ReloadInProgress, Served
+
+RELOAD_MAX_BODY_BYTES = 16 * 1024
+
+RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: BAD_JSON,
+    **AUTH_RESPONSES,
+    409: {**ERROR_BODY, "description": "Another reload is still running."},
+    413: {**ERROR_BODY, "description": f"The body is larger than {RELOAD_MAX_BODY_BYTES} bytes."},
+    422: {
+        **ERROR_BODY,
+        "description": "The body is invalid, or the bundle was refused (the message "
+        "says why); the old bundle keeps serving.",
+    },
+}
+
+router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+def model_info(served: Served) -> ModelInfo:
+    """What `/v1/models` says about a served bundle."""
+    engine, manifest = served.engine, served.engine.manifest
+    index = lexical = mach = catalog = None
+    if manifest.astra is not None:
+        spec = manifest.astra.index
+        index = IndexInfo(type=spec.type, metric=spec.metric, params=spec.params)
+    if manifest.mach is not None:
+        mach = MachInfo(
+            repetitions=manifest.mach.reps,
+            buckets=manifest.mach.buckets,
+            top_buckets=manifest.mach.top_buckets,
+            hybrid_weight=engine.hybrid_weight,
+        )
+    if engine.lexical is not None:
+        lexical = LexicalInfo(weight=engine.lexical_weight, terms=len(engine.lexical.terms))
+    if isinstance(engine.catalog, CatalogView):
+        view = engine.catalog
+        catalog = CatalogInfo(
+            version=view.version,
+            served_version=engine.version,
+            added=view.added,
+            changed=view.changed,
+            deleted=view.removed,
+        )
+    encoder = EncoderInfo(
+        base_model=manifest.encoder.base_model,
+        dim=manifest.encoder.dim,
+        max_length=manifest.encoder.max_length,
+        precision=engine.encoder.precision,
+        providers=list(engine.encoder.providers),
+    )
+    return ModelInfo(
+        name=manifest.name,
+        version=manifest.version,
+        created_at=manifest.created_at,
+        path=str(served.path),
+        loaded_at=served.loaded_at.isoformat(timespec="seconds"),
+        models=list(engine.models),
+        default_model=engine.default_model,
+        labels=manifest.labels.count,
+        encoder=encoder,
+        index=index,
+        lexical=lexical,
+        mach=mach,
+        devices=engine.devices.describe(),
+        catalog=catalog,
+    )
+
+
+@router.get(
+    "/v1/models",
+    summary="The loaded bundle",
+    operation_id="models",
+    response_description="The bundle being served and its parameters.",
+    responses={**AUTH_RESPONSES, 503: NOT_READY},
+    dependencies=[Depends(get_engine)],
+    openapi_extra=OPTIONAL_AUTH,
+)
+async def models(request: Request) -> ModelsResponse:
+    """Name, version, models, label count, encoder and index parameters of the bundle."""
+    served = state_of(request).registry.served
+    assert served is not None  # get_engine answered 503 otherwise
+    return ModelsResponse(data=[model_info(served)])
+
+
+@router.post(
+    "/admin/reload",
+    summary="Load a bundle version and swap it in",
+    operation_id="reload",
+    response_description="The bundle served before and the one served now.",
+    responses=RELOAD_RESPONSES,
+    openapi_extra=OPTIONAL_AUTH,
+)
+async def reload(
+    request: Request, body: Annotated[ReloadRequest | None, Body()] = None
+) -> ReloadResponse:
+    """Load, warm and atomically swap in a bundle; refused bundles leave the old one."""
+    path = Path(body.bundle) if body is not None and body.bundle is not None else None
+    try:
+        previous, current, took = await state_of(request).registry.reload(path)
+    except ReloadInProgress as exc:
+        raise api_error(status.HTTP_409_CONFLICT, [], str(exc), "reload_in_progress") from exc
+    except Exception as exc:
+        msg = f"bundle: refused, the old bundle keeps serving: {exc}"
+        raise api_error(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, ["body", "bundle"], msg, "bundle_refused"
+        ) from exc
+    return ReloadResponse(
+        previous=model_info(previous) if previous is not None else None,
+        current=model_info(current),
+        load_s=round(took, 3),
+    )

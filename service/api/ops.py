@@ -1,0 +1,77 @@
+"""Operations: the search page, liveness, readiness and Prometheus metrics.
+
+Health, readiness and metrics stay open when the server has an API key, so probes and scrapers
+need no secret; the search page is static and calls the API itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
+
+from service.api.errors import ERROR_BODY
+from service.api.schemas import HealthResponse, ReadyResponse
+from service.api.state import EngineDep, state_of
+from service.metrics import CONTENT_TYPE
+
+SEARCH_PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+async def search_page() -> FileResponse:
+    """A search box over the API (static HTML, CSS and JS; no build step)."""
+    return FileResponse(SEARCH_PAGE, media_type="text/html")
+
+
+@router.get(
+    "/healthz",
+    tags=["operations"],
+    summary="Liveness",
+    operation_id="healthz",
+    response_description="The process is serving HTTP.",
+)
+async def healthz() -> HealthResponse:
+    """200 whenever the process answers HTTP, loaded or not."""
+    return HealthResponse()
+
+
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    summary="Readiness",
+    operation_id="readyz",
+    response_description="The bundle is loaded and warmed.",
+    responses={503: {**ERROR_BODY, "description": "Still loading, or the bundle failed."}},
+)
+async def readyz(engine: EngineDep) -> ReadyResponse:
+    """200 with the bundle's identity once it is loaded and warmed; 503 before."""
+    manifest = engine.manifest
+    return ReadyResponse(
+        bundle=manifest.name,
+        version=manifest.version,
+        models=list(engine.models),
+        default_model=engine.default_model,
+        labels=manifest.labels.count,
+    )
+
+
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    operation_id="metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+            "description": "Metrics in the Prometheus text format.",
+        }
+    },
+)
+async def prometheus_metrics(request: Request) -> Response:
+    """Stage latencies, batch sizes, queue depth, answers by status, the bundle version."""
+    return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,204 @@
+"""`POST /search`: admit the request into the micro-batcher, await its answer, shape the reply.
+
+The route never runs a model on the event loop: it admits the request's queries into the
+batcher (`service.search.batcher`) as one `SearchJob` and awaits the answer, watching for the
+client to go away meanwhile (the job is then abandoned, never run). Refusals (queue full,
+deadline passed, shutting down, a query over the token limit) are answered in the one error
+shape, with `Retry-After` where retrying helps.
+
+No `from __future__ import annotations`: the route's body model is built from the settings,
+and FastAPI can only resolve it when annotations are evaluated.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+
+from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
+from service.api.docs import BAD_JSON, NOT_READY, RETRY_AFTER_HEADER
+from service.api.errors import ERROR_BODY, api_error
+from service.api.schemas import (
+    BatchSearchResponse,
+    QueryResults,
+    SearchResponse,
+    search_request_model,
+)
+from service.api.state import RETRY_AFTER_S, EngineDep, state_of
+from service.metrics import ServiceMetrics
+from service.ranking import result_records
+from service.search.batcher import Answer, Dropped, Overloaded, SearchJob
+from service.search.engine import SearchEngine
+from service.search.pipeline import QueryTooLong
+from service.settings import Settings
+
+# 256 queries of 512 characters, every one \u-escaped (6 bytes), fit with room to spare.
+SEARCH_MAX_BODY_BYTES = 1024 * 1024
+# Status for a request whose client disconnected before the answer (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: BAD_JSON,
+    **AUTH_RESPONSES,
+    404: {**ERROR_BODY, "description": "The requested model is not in the loaded bundle."},
+    413: {**ERROR_BODY, "description": f"The body is larger than {SEARCH_MAX_BODY_BYTES} bytes."},
+    422: {
+        **ERROR_BODY,
+        "description": "A field is missing, of the wrong type, or out of range "
+        "(including a query over the token limit).",
+    },
+    429: {
+        **ERROR_BODY,
+        "headers": RETRY_AFTER_HEADER,
+        "description": "Overloaded: the queue is full, or "
+        "the query waited past the server's deadline. Retry after `Retry-After` seconds.",
+    },
+    500: {**ERROR_BODY, "description": "Server fault; `msg` quotes the request id."},
+    503: NOT_READY,
+}
+
+
+async def _client_disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def wait_for_answer(job: SearchJob, request: Request) -> Answer:
+    """The job's answer; if the client goes away first, the job is abandoned (never run)."""
+    watcher = asyncio.ensure_future(_client_disconnected(request))
+    try:
+        await asyncio.wait({job.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server gave up on this request (shutdown timeout)
+        job.abandoned = True
+        raise
+    finally:
+        watcher.cancel()
+    if job.future.done():
+        return job.future.result()
+    job.abandoned = True
+    raise api_error(CLIENT_CLOSED_REQUEST, [], "client closed the request", "client_closed")
+
+
+def refusal(exc: Exception, batched: bool) -> Exception:
+    """The HTTP answer for a job the batcher would not or could not run."""
+    if isinstance(exc, Overloaded):
+        msg = (
+            f"queue: the server is at capacity ({exc.queued} queries waiting, limit "
+            f"{exc.limit}); retry after {exc.retry_after_s} s"
+        )
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return api_error(status.HTTP_429_TOO_MANY_REQUESTS, [], msg, "overloaded", headers)
+    if isinstance(exc, QueryTooLong):
+        loc: list[str | int] = ["body", "queries", exc.position] if batched else ["body", "query"]
+        field = f"queries.{exc.position}" if batched else "query"
+        msg = exc.message(field)
+        return api_error(status.HTTP_422_UNPROCESSABLE_CONTENT, loc, msg, "query_too_many_tokens")
+    if isinstance(exc, Dropped) and exc.reason == "deadline":
+        headers = {"Retry-After": "1"}
+        return api_error(status.HTTP_429_TOO_MANY_REQUESTS, [], str(exc), "deadline", headers)
+    if isinstance(exc, Dropped):
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        msg = f"not available: {exc}; retry shortly"
+        return api_error(status.HTTP_503_SERVICE_UNAVAILABLE, [], msg, exc.reason, headers)
+    return exc
+
+
+def shed_response(metrics: ServiceMetrics) -> Callable[[Overloaded], JSONResponse]:
+    """The answer `ShedWhenFull` gives a search arriving while the queue is full."""
+
+    def shed(overloaded: Overloaded) -> JSONResponse:
+        metrics.rejected.labels("queue_full").inc()
+        exc = refusal(overloaded, batched=False)
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    return shed
+
+
+async def answer_search(
+    request: Request,
+    engine: SearchEngine,
+    *,
+    texts: list[str],
+    batched: bool,
+    k: int,
+    model: str | None,
+) -> SearchResponse | BatchSearchResponse:
+    """Admit the queries, await their hits and shape the reply (see the module docstring)."""
+    start = time.perf_counter()
+    state = state_of(request)
+    try:
+        chosen = engine.resolve_model(model)
+    except ValueError as exc:
+        raise api_error(
+            status.HTTP_404_NOT_FOUND, ["body", "model"], str(exc), "model_not_found"
+        ) from exc
+    loop = asyncio.get_running_loop()
+    job = SearchJob(
+        engine=engine,
+        queries=texts,
+        k=k,
+        model=chosen,
+        deadline=time.monotonic() + state.settings.request_timeout_ms / 1000,
+        future=loop.create_future(),
+        loop=loop,
+    )
+    try:
+        state.batcher.submit(job)
+        answer = await wait_for_answer(job, request)
+    except (Overloaded, Dropped, QueryTooLong) as exc:
+        if isinstance(exc, Overloaded):
+            state.metrics.rejected.labels("queue_full").inc()
+        raise refusal(exc, batched) from exc
+    took = time.perf_counter() - start
+    for stage, seconds in (*answer.stages.items(), ("total", took)):
+        state.metrics.stage_seconds.labels(stage, chosen, engine.manifest.version).observe(seconds)
+    answered_by = {
+        "model": chosen,
+        "version": engine.version,  # with the catalog snapshot the answer was ranked with
+        "took_ms": round(took * 1000, 3),
+        "notice": engine.catalog.notice(chosen, engine.models),
+    }
+    if not batched:
+        return SearchResponse(results=result_records(answer.hits[0]), **answered_by)
+    responses = [
+        QueryResults(query=query, results=result_records(hits))
+        for query, hits in zip(texts, answer.hits, strict=True)
+    ]
+    return BatchSearchResponse(responses=responses, **answered_by)
+
+
+def make_search_router(settings: Settings) -> APIRouter:
+    """The `/search` route, its body model bound to the settings' limits."""
+    SearchRequest = search_request_model(
+        settings.max_query_chars, settings.max_k, settings.default_k, settings.max_batch_queries
+    )
+    router = APIRouter()
+
+    @router.post(
+        "/search",
+        tags=["search"],
+        summary="Top-k products for a query or a list of queries",
+        operation_id="search",
+        response_description="The top-k products of each query, best first.",
+        response_model_exclude_none=True,  # `notice` only when there is one
+        responses=SEARCH_RESPONSES,
+        dependencies=[Depends(require_api_key)],
+        openapi_extra=OPTIONAL_AUTH,
+    )
+    async def search(
+        body: SearchRequest, request: Request, engine: EngineDep
+    ) -> SearchResponse | BatchSearchResponse:
+        """Answer with the k best products of the requested model for each query."""
+        batched = body.queries is not None
+        return await answer_search(
+            request, engine, texts=body.texts, batched=batched, k=body.k, model=body.model
+        )
+
+    return router

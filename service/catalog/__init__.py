@@ -1,0 +1,1 @@
+"""Catalog changes without retraining: snapshot, overlay, ordering, storage and routes."""

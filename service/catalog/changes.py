@@ -1,0 +1,136 @@
+"""Catalog changes as the API makes them: ordered, stored, then applied to every loaded engine.
+
+`Catalogs` holds the store (`service.catalog.store`), the overlay of every loaded engine
+(`service.catalog.overlay`) and the lock that orders all changes. A change is written to the
+store before it is applied, and the stored changes of a bundle name are re-applied when a bundle
+of that name is loaded (restart or hot reload), from the stored vectors when the encoder is the
+same. The registry then swaps in a shallow copy of the engine bound to the new snapshot
+(`SearchEngine.with_catalog`), so requests in flight keep the snapshot they were admitted with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.catalog.overlay import CatalogOverlay
+from service.catalog.store import CatalogStore, ProductState
+from service.search.engine import SearchEngine
+
+log = logging.getLogger(__name__)
+
+
+class UnknownProduct(Exception):
+    """No product has this id (or it was deleted)."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class UpsertResult:
+    """What a PUT did: products created, retitled and left as they were; the catalog version."""
+
+    created: int
+    updated: int
+    unchanged: int
+    version: int
+
+
+class Catalogs:
+    """The store, the overlay of every loaded engine, and the lock that orders all changes.
+
+    An overlay lives as long as its engine's bundle: PUT and DELETE apply to every overlay of
+    the bundle name (during a hot reload both the old and the new engine get the change).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.store: CatalogStore | None = None
+        self._lock = threading.Lock()
+        self._overlays: dict[int, CatalogOverlay] = {}
+
+    def open(self) -> None:
+        """Open the store (blocking: the app's lifespan runs it in a thread)."""
+        self.store = CatalogStore(self.data_dir)
+
+    def close(self) -> None:
+        """Close the store."""
+        if self.store is not None:
+            self.store.close()
+
+    def _store(self) -> CatalogStore:
+        if self.store is None:
+            raise RuntimeError("the catalog store is not open")
+        return self.store
+
+    def attach(self, engine: SearchEngine) -> None:
+        """Apply the stored changes of the engine's bundle name to it (blocking)."""
+        store, name = self._store(), engine.manifest.name
+        with self._lock:
+            version, states = store.load(name)
+            overlay = CatalogOverlay(engine)
+            states, embedded = overlay.with_vectors(states)
+            if embedded:
+                log.info("catalog: re-embedded %d stored titles", len(embedded))
+                store.save_vectors(name, embedded)
+            overlay.apply(states, version)
+            key = id(engine.bundle)
+            self._overlays[key] = overlay
+            weakref.finalize(engine.bundle, self._overlays.pop, key, None)
+        engine.catalog = overlay.view
+        view = overlay.view
+        log.info(
+            "catalog changes applied",
+            extra={
+                "bundle": name,
+                "catalog_version": version,
+                "added": view.added,
+                "changed": view.changed,
+                "deleted": view.removed,
+            },
+        )
+
+    def _overlay(self, engine: SearchEngine) -> CatalogOverlay:
+        overlay = self._overlays.get(id(engine.bundle))
+        if overlay is None:
+            raise RuntimeError("this engine has no catalog overlay (Catalogs.attach)")
+        return overlay
+
+    def latest(self, engine: SearchEngine) -> SearchEngine:
+        """The engine bound to its overlay's latest snapshot (itself when it already is, or when
+        it has no overlay)."""
+        overlay = self._overlays.get(id(engine.bundle))
+        if overlay is None or engine.catalog is overlay.view:
+            return engine
+        return engine.with_catalog(overlay.view)
+
+    def _record(self, overlay: CatalogOverlay, states: list[ProductState]) -> int:
+        """Store `states` as a new version and apply them to every overlay of the bundle name."""
+        version = self._store().commit(overlay.name, states)
+        for other in list(self._overlays.values()):
+            if other.name == overlay.name:
+                other.apply(other.with_vectors(states)[0], version)
+        return version
+
+    def upsert(self, engine: SearchEngine, products: list[tuple[str, str]]) -> UpsertResult:
+        """Create or retitle products (id, title) of the engine's catalog (blocking)."""
+        overlay = self._overlay(engine)
+        with self._lock:
+            states, created, updated = overlay.plan(products)
+            unchanged = len(products) - len(states)
+            if not states:
+                return UpsertResult(
+                    created=0, updated=0, unchanged=unchanged, version=overlay.version
+                )
+            states, _ = overlay.with_vectors(states)
+            version = self._record(overlay, states)
+        return UpsertResult(created=created, updated=updated, unchanged=unchanged, version=version)
+
+    def delete(self, engine: SearchEngine, product: str) -> int:
+        """Delete a product; returns the new catalog version. `UnknownProduct` if absent."""
+        overlay = self._overlay(engine)
+        with self._lock:
+            if overlay.title_of(product) is None:
+                raise UnknownProduct(product)
+            return self._record(overlay, [ProductState(id=product, title=None)])

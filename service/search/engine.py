@@ -1,0 +1,247 @@
+"""The loaded model behind the API: a verified bundle, its query encoder, ASTRA and MACH.
+
+`SearchEngine.rank` is blocking (ONNX Runtime and FAISS release the GIL); the service runs it
+off the event loop, through `service.search.pipeline`. Evaluation uses the same object, so
+offline metrics measure what is served.
+
+ASTRA with a lexical ranker (a bundle whose ASTRA section has `lexical`, weight λ > 0) ranks the
+union of the ANN index's candidates and BM25's (`service.astra.lexical`) by cosine + λ·bm25 / max,
+where max is the query's best BM25 score among them: the BM25 term lies in [0, λ] whatever the
+query's length. Hybrid fuses ASTRA and MACH over the union of their candidates (and BM25's):
+each candidate gets both exact scores, ASTRA's (a cosine in [-1, 1], plus the lexical term) and
+MACH's mean bucket log-probability over the R repetitions (in (-inf, 0]), and is ranked by
+(1 - w)·astra + w·mach. Every list is cut by `service.ranking.top_k`.
+
+`catalog` is the catalog the engine ranks over (`service.search.snapshot`): the bundle's products
+as built, or, in the service, a snapshot with the changes made through the API since; each
+model's retrieval and the titles of its results go through it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from service.astra.index import AnnIndex
+from service.astra.lexical import LexicalIndex
+from service.bundle import Bundle, Manifest, load_bundle
+from service.device import NO_GPU, DevicePlan, cupy_module, plan_devices, resolve_device
+from service.mach.model import MachModel
+from service.ranking import Hit, top_k, unique_per_row
+from service.search.encoder import QueryEncoder
+from service.search.snapshot import AS_BUILT, CatalogSnapshot
+
+log = logging.getLogger(__name__)
+
+WARM_QUERIES = ["cordless drill", "white paint 1 gal", "led light bulb 60w", "garden hose"]
+# Candidates each retriever (ANN index, BM25, MACH) contributes to a fused ranking (or k, when
+# k is larger).
+FUSION_CANDIDATES = 100
+# Beside BM25 the index only proposes candidates, each rescored exactly: it is read shallower and
+# with a quarter of its HNSW search effort (Home Depot dev: nDCG@10 0.4384 against 0.4394 for
+# 100 candidates at full effort, at half the retrieval time; docs/TUNING.md).
+LEXICAL_ANN_CANDIDATES = 30
+LEXICAL_ANN_EFFORT = 0.25
+
+
+class SearchEngine:
+    """Answers top-k queries for every model the bundle holds (`models`: its kinds, plus hybrid
+    when it holds both)."""
+
+    def __init__(
+        self,
+        *,
+        bundle: Bundle,
+        encoder: QueryEncoder,
+        index: AnnIndex | None = None,
+        lexical: LexicalIndex | None = None,
+        mach: MachModel | None = None,
+        hybrid_weight: float | None = None,
+        lexical_weight: float | None = None,
+        devices: DevicePlan | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.devices = devices or plan_devices("cpu", NO_GPU)
+        self.manifest: Manifest = bundle.manifest
+        self.encoder = encoder
+        self.index = index
+        self.mach = mach
+        self.models: list[str] = self.manifest.models
+        self.default_model: str = self.manifest.default_model
+        if hybrid_weight is None and self.manifest.mach is not None:
+            hybrid_weight = self.manifest.mach.hybrid_weight
+        self.hybrid_weight = 0.5 if hybrid_weight is None else hybrid_weight
+        self.lexical = lexical
+        lexical_spec = self.manifest.astra.lexical if self.manifest.astra else None
+        if lexical_weight is None:
+            lexical_weight = lexical_spec.weight if lexical_spec else 0.0
+        self.lexical_weight = lexical_weight if self.lexical is not None else 0.0
+        self.catalog: CatalogSnapshot = AS_BUILT
+
+    def with_catalog(self, catalog: CatalogSnapshot) -> SearchEngine:
+        """A copy of this engine answering over `catalog`; the models are shared, not copied."""
+        engine = copy.copy(self)
+        engine.catalog = catalog
+        return engine
+
+    @property
+    def version(self) -> str:
+        """What answers carry: the bundle version, `+c<n>` after n catalog changes."""
+        return self.catalog.served_version(self.manifest.version)
+
+    @classmethod
+    def load(
+        cls,
+        bundle_dir: str | Path,
+        *,
+        threads: int = 0,
+        device: str = "auto",
+        hybrid_weight: float | None = None,
+        precision: str = "fp32",
+        lexical_weight: float | None = None,
+    ) -> SearchEngine:
+        """Verify and load a bundle; raises `BundleError` naming the bad file.
+
+        `device` (auto | cpu | cuda) places each part (see `service.device`); `precision` picks
+        the query encoder: fp32, or the bundle's optional int8 copy. The weights default to the
+        bundle's; `lexical_weight=0` serves ASTRA from its index alone.
+        """
+        bundle = load_bundle(bundle_dir)
+        manifest = bundle.manifest
+        plan = resolve_device(device)
+        providers = plan.encoder_providers
+        encoder = QueryEncoder(
+            bundle_dir=bundle.path,
+            spec=manifest.encoder,
+            threads=threads,
+            providers=providers,
+            precision=precision,
+        )
+        index = lexical = mach = None
+        if manifest.astra:
+            spec = manifest.astra.index
+            index = AnnIndex.read(
+                bundle.file(spec.file), spec, manifest.labels.count, manifest.encoder.dim
+            )
+            if plan.faiss_gpu:
+                index.to_gpu()
+            if manifest.astra.lexical:
+                lexical = LexicalIndex.read(
+                    bundle.path, manifest.astra.lexical, manifest.labels.count
+                )
+        if manifest.mach:
+            mach = MachModel(
+                bundle_dir=bundle.path,
+                spec=manifest.mach,
+                num_labels=manifest.labels.count,
+                idf=bundle.mach_idf,
+                threads=threads,
+                providers=providers,
+                xp=cupy_module() if plan.cupy_gpu else None,
+            )
+        log.info(
+            "bundle loaded",
+            extra={
+                "bundle": manifest.name,
+                "version": manifest.version,
+                "kinds": manifest.kinds,
+                "labels": manifest.labels.count,
+                "encoder_providers": encoder.providers,
+                "encoder_precision": precision,
+                "index": index.device_kind if index else None,
+                "mach_decode": plan.describe()["mach_decode"] if mach else None,
+                "lexical": lexical is not None,
+            },
+        )
+        return cls(
+            bundle=bundle,
+            encoder=encoder,
+            index=index,
+            lexical=lexical,
+            mach=mach,
+            hybrid_weight=hybrid_weight,
+            lexical_weight=lexical_weight,
+            devices=plan,
+        )
+
+    def warm(self) -> None:
+        """Run a few queries through every model so the first request pays no start-up cost."""
+        for model in self.models:
+            self.search(WARM_QUERIES, k=10, model=model)
+            self.search(WARM_QUERIES[:1], k=10, model=model)
+
+    def resolve_model(self, model: str | None) -> str:
+        """The model that answers a request; ValueError names the field when it is absent."""
+        chosen = model or self.default_model
+        if chosen not in self.models:
+            available = ", ".join(self.models)
+            raise ValueError(f"model: {chosen!r} is not in this bundle (available: {available})")
+        return chosen
+
+    def search(self, queries: list[str], k: int, model: str | None = None) -> list[list[Hit]]:
+        """Top-k products for each query, best first."""
+        return self.hits(*self.rank(queries, k, model))
+
+    def rank(
+        self, queries: list[str], k: int, model: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, label ids) [n, k] of one model; label -1 pads a short row."""
+        return self.rank_encoded(self.encoder.encode(queries), queries, k, model)
+
+    def rank_encoded(
+        self, vectors: np.ndarray, queries: list[str], k: int, model: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`rank` for queries already embedded by `self.encoder` (the pipeline encodes once)."""
+        chosen = self.resolve_model(model)
+        if chosen == "mach":
+            assert self.mach is not None
+            return self.catalog.mach_top(self.mach, self.mach.bucket_scores(vectors, queries), k)
+        lexical = self.lexical_weight > 0
+        if chosen == "astra" and not lexical:
+            assert self.index is not None
+            return self.catalog.astra_top(self.index, vectors, k)
+        return self._fused(vectors, queries, k, lexical, chosen == "hybrid")
+
+    def hits(self, scores: np.ndarray, labels: np.ndarray) -> list[list[Hit]]:
+        """Ranked (scores, label ids) rows as products; -1 padding is dropped."""
+        return self.catalog.hits(self.bundle.label_ids, self.bundle.label_titles, scores, labels)
+
+    def _fused(
+        self, vectors: np.ndarray, queries: list[str], k: int, lexical: bool, hybrid: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """ASTRA with its lexical ranker, or hybrid (with or without it): every retriever's
+        candidates, each ranked by the exact fused score (see the module docstring)."""
+        assert self.index is not None and self.bundle.classifiers is not None
+        catalog = self.catalog
+        depth = max(k, FUSION_CANDIDATES)
+        if lexical:
+            assert self.lexical is not None
+            matches = self.lexical.match(queries)
+            ann_depth = max(k, LEXICAL_ANN_CANDIDATES)
+            pools = [
+                catalog.astra_top(self.index, vectors, ann_depth, LEXICAL_ANN_EFFORT)[1],
+                catalog.lexical_top(matches, depth)[1],
+            ]
+        else:
+            pools = [catalog.astra_top(self.index, vectors, depth)[1]]
+        if hybrid:
+            assert self.mach is not None
+            bucket_scores = self.mach.bucket_scores(vectors, queries)
+            pools.append(catalog.mach_top(self.mach, bucket_scores, depth)[1])
+        labels = unique_per_row(np.concatenate(pools, axis=1))
+        safe = np.maximum(labels, 0)
+        scores = catalog.astra_scores(self.bundle.classifiers, vectors, safe)
+        if lexical:
+            bm25 = catalog.lexical_scores(self.lexical, matches, safe)
+            bm25 = np.where(labels >= 0, bm25, 0.0)
+            best = bm25.max(axis=1, keepdims=True)
+            scores = scores + self.lexical_weight * bm25 / np.where(best > 0, best, 1.0)
+        if hybrid and self.hybrid_weight > 0:  # at w = 0, 0·(-inf) would be nan, not 0
+            mach_scores = self.mach.decoder.rescore(bucket_scores, catalog.mach_labels(safe))
+            mach = mach_scores / self.mach.spec.reps
+            scores = (1.0 - self.hybrid_weight) * scores + self.hybrid_weight * mach
+        # A candidate MACH rules out (score -inf) is dropped, not ranked last.
+        return top_k(scores, np.where(np.isfinite(scores), labels, -1), k)

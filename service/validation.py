@@ -1,0 +1,131 @@
+"""The rules every input obeys, whatever door it comes through, and the messages that say so.
+
+A query (`/search`), a product title (`PUT /products`) and a batch line (`POST /batches`, the
+batch CLI) are all `bounded_query` texts, and a model name is a `ModelName`. Every refusal of a
+field names the field and its limit (`"k: must be <= 1000"`): `validation_details` turns
+pydantic's errors into those messages, in the `{"loc", "msg", "type"}` items of the one error
+shape (`service.api.errors`). Only pydantic here: the offline batch CLI reads files with the
+same rules and messages as the HTTP API, without it.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, StringConstraints
+from pydantic_core import PydanticCustomError
+
+ModelName = Literal["astra", "mach", "hybrid"]
+
+# Control characters a pasted query may legitimately contain; every other one is rejected.
+ALLOWED_CONTROL_CHARS = frozenset("\t\n")
+
+
+def _check_query_text(query: str) -> str:
+    """Reject control characters other than tab and newline.
+
+    They mean nothing to a search and usually come from a broken client; rejecting them keeps
+    them out of the tokenizer and the logs. (Lone surrogates never get here: pydantic rejects
+    strings that are not valid Unicode.)
+    """
+    for position, char in enumerate(query):
+        if unicodedata.category(char) == "Cc" and char not in ALLOWED_CONTROL_CHARS:
+            raise PydanticCustomError(
+                "query_control_character",
+                "must not contain control characters other than tab and newline "
+                "(found {char} at position {position})",
+                {"char": f"U+{ord(char):04X}", "position": position},
+            )
+    return query
+
+
+def bounded_query(max_chars: int) -> Any:
+    """The query type every route and file format shares: 1..max_chars, no control characters.
+
+    Whitespace is trimmed first by the models' `str_strip_whitespace`.
+    """
+    return Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=max_chars),
+        AfterValidator(_check_query_text),
+    ]
+
+
+def _field_name(loc: Iterable[str | int]) -> str:
+    """`("body", "k")` -> `"k"`; the body itself -> `"body"`."""
+    parts = [str(part) for part in loc]
+    if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
+        parts = parts[1:] or parts
+    return ".".join(parts) or "body"
+
+
+def _describe(error: Mapping[str, Any], field: str, limits: Mapping[str, str]) -> str:
+    """The text after `<field>: ` for one pydantic error, naming the limit where there is one."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    # `queries.3` is an element of `queries`: its limit is stated with the list's.
+    limit = limits.get(field.split(".")[0])
+    expected = f" ({limit})" if limit else ""
+    if kind == "missing":
+        return f"is required{expected}"
+    if kind == "extra_forbidden":
+        return f"is not a known field (allowed: {', '.join(limits) or 'none'})"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}"
+    if kind == "string_too_short":
+        return "must not be empty or whitespace only"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters after trimming whitespace"
+    if kind == "literal_error" and limit:
+        return f"must be {limit}"
+    if field == "body" and kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return f"must be a JSON object with the fields {', '.join(limits) or '(none)'}"
+    if kind == "too_short" and limit:
+        return f"must be {limit}"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items"
+    if kind.startswith(("query_", "product_")):  # our own checks already say what is allowed
+        return str(error["msg"])
+    return f"{error['msg']}{expected}"
+
+
+def validation_details(
+    errors: Iterable[Mapping[str, Any]], limits: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Turn pydantic/FastAPI validation errors into `ErrorDetail` dicts with readable messages.
+
+    `limits` maps each body field to what it accepts, in words (a request model's
+    `field_limits`); it is appended to type errors. `input` and `ctx` are dropped: echoing a
+    rejected megabyte query back helps nobody.
+    """
+    limits = limits or {}
+    details = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        if error["type"] == "json_invalid":
+            # FastAPI puts the character offset where the field name would be.
+            position = loc[1] if len(loc) > 1 else "?"
+            reason = (error.get("ctx") or {}).get("error", "malformed")
+            details.append(
+                {
+                    "loc": ["body"],
+                    "msg": f"body: is not valid JSON ({reason} at position {position})",
+                    "type": "json_invalid",
+                }
+            )
+            continue
+        if error["type"] in {"query_missing", "query_and_queries"}:
+            loc = [*loc, "query"]  # a whole-body check, but about which query field to give
+        field = _field_name(loc)
+        details.append(
+            {
+                "loc": loc,
+                "msg": f"{field}: {_describe(error, field, limits)}",
+                "type": error["type"],
+            }
+        )
+    return details

@@ -1,0 +1,63 @@
+"""The search page in headless Chromium: type, see results, switch model, see an error.
+
+Chromium is Debian's (`make test` installs it when missing); Playwright drives it through
+`executable_path`, so no browser is downloaded.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import free_port, start_server, stop, wait_ready
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def base_url(demo_bundle_both: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("page") / "stderr.log"
+    process = start_server(demo_bundle_both, port, log)
+    try:
+        wait_ready(process, base, log)
+        yield base
+    finally:
+        stop(process)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (make test installs it)")
+def test_type_search_switch_model_and_see_errors(base_url: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(base_url + "/")
+        options = page.locator("#model option")
+        expect(options).to_have_count(3)
+        assert sorted(options.all_inner_texts()) == ["astra", "hybrid (default)", "mach"]
+
+        page.fill("#q", "cordless drill")
+        results = page.locator("#results li")
+        expect(results).to_have_count(10)
+        expect(page.locator("#status")).to_contain_text("results from hybrid in")
+        assert "Drill" in results.first.inner_text()
+        assert "id D" in results.first.locator(".meta").inner_text()
+
+        page.select_option("#model", "mach")
+        expect(page.locator("#status")).to_contain_text("results from mach in")
+        expect(results).to_have_count(10)
+
+        page.fill("#q", "x" * 600)
+        status = page.locator("#status")
+        expect(status).to_contain_text("Error 422: query: must be at most 512 characters")
+        expect(status).to_have_class("error")
+        expect(results).to_have_count(0)
+        browser.close()

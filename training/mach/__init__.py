@@ -1,0 +1,1 @@
+"""MACH training: the heads and their way into a bundle."""

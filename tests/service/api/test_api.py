@@ -26,7 +26,6 @@ from service.logs import JsonFormatter
 from service.settings import Settings
 from tests.support.client import assert_error, serve
 
-READY_TIMEOUT_S = 180
 JSON = {"content-type": "application/json"}
 
 pytestmark = pytest.mark.slow

@@ -4,12 +4,16 @@ A query (`/search`), a product title (`PUT /products`) and a batch line (`POST /
 batch CLI) are all `bounded_query` texts, and a model name is a `ModelName`. Every refusal of a
 field names the field and its limit (`"k: must be <= 1000"`): `validation_details` turns
 pydantic's errors into those messages, in the `{"loc", "msg", "type"}` items of the one error
-shape (`service.api.errors`). Only pydantic here: the offline batch CLI reads files with the
-same rules and messages as the HTTP API, without it.
+shape (`service.api.errors`). `strict_json` reads JSON text the way every door does: a
+duplicate key, nesting deeper than the parser goes and an integer too long to convert are
+refusals that name the limit, never a crash. Only pydantic here: the offline batch CLI reads
+files with the same rules and messages as the HTTP API, without it.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
@@ -129,3 +133,34 @@ def validation_details(
             }
         )
     return details
+
+
+class JsonRefused(ValueError):
+    """A JSON text the service will not read; the message says why and names the limit."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads`'s object hook: an object whose key repeats is refused, not merged."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise JsonRefused(f"the key {key!r} appears twice in one object; give each key once")
+        found[key] = value
+    return found
+
+
+def strict_json(text: str | bytes) -> Any:
+    """Parse JSON text; `JsonRefused` for invalid JSON, a repeated key, nesting deeper than
+    the parser goes, or an integer with more digits than Python converts."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except JsonRefused:
+        raise
+    except json.JSONDecodeError as exc:
+        raise JsonRefused(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except RecursionError as exc:
+        limit = sys.getrecursionlimit()
+        raise JsonRefused(f"not valid JSON here: nested deeper than about {limit} levels") from exc
+    except ValueError as exc:  # int(): "Exceeds the limit (4300 digits) ..."
+        digits = sys.get_int_max_str_digits()
+        raise JsonRefused(f"not valid JSON here: a number has more than {digits} digits") from exc

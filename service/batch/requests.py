@@ -3,19 +3,26 @@
 Every line is checked before anything is scored, with the online limits (query length and
 characters, k, model name) plus a `custom_id` that is present, at most 256 characters and
 unique in the file. A file with bad lines is refused as a whole, naming each bad line (the
-first `MAX_REPORTED_ERRORS`), so a job never half-runs on input its author did not mean.
+first `MAX_REPORTED_ERRORS`), so a job never half-runs on input its author did not mean. A line
+is read by `service.validation.strict_json`: a repeated key, nesting too deep or a number too
+long is a bad line like any other, never a server error.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from service.validation import ModelName, bounded_query, validation_details
+from service.validation import (
+    JsonRefused,
+    ModelName,
+    bounded_query,
+    strict_json,
+    validation_details,
+)
 
 MAX_CUSTOM_ID_CHARS = 256
 MAX_REPORTED_ERRORS = 20
@@ -79,11 +86,11 @@ def parse_requests(
         if not text.strip():
             continue
         try:
-            fields: Any = json.loads(text)
+            fields: Any = strict_json(text)
             line = model.model_validate(fields)
-        except json.JSONDecodeError as exc:
+        except JsonRefused as exc:
             bad_lines.add(number)
-            problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+            problems.append(f"line {number}: {exc}")
             continue
         except ValidationError as exc:
             bad_lines.add(number)

@@ -112,6 +112,19 @@ def test_bad_files_are_refused_naming_the_lines(
         assert client.get("/batches").json()["data"] == []  # nothing was created
 
 
+def test_lines_the_json_parser_chokes_on_are_422_not_500(demo_bundle: Path, tmp_path: Path) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    huge = b'{"custom_id": "a", "query": "drill", "k": ' + b"9" * 5000 + b"}"
+    repeated = b'{"custom_id": "b", "query": "drill", "custom_id": "c"}'
+    with serve(demo_bundle, tmp_path / "data") as client:
+        for line in (deep, huge, repeated):
+            response = client.post("/batches", files={"file": ("q.jsonl", line + b"\n")})
+            assert response.status_code == 422, response.text
+            [detail] = response.json()["detail"]
+            assert detail["loc"] == ["body", "file"] and detail["msg"].startswith("file: line 1: ")
+        assert client.get("/batches").json()["data"] == []
+
+
 def test_limits_and_unknown_jobs(demo_bundle: Path, tmp_path: Path) -> None:
     with serve(
         demo_bundle, tmp_path / "data", max_batch_lines=3, max_batch_file_bytes=2048

@@ -7,7 +7,9 @@ is its own transaction, so a crash leaves the last committed state, and the outp
 truth for progress: a restarted worker resumes from it.
 
 Status: validating -> in_progress -> completed | failed | cancelled (`cancelling` while a
-running job finishes its chunk).
+running job finishes its chunk). Every status change is a compare-and-set (`transition`, and
+`cancel`'s one statement), so a cancel is never undone by a worker that read the status before
+it, and a terminal status is final.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,13 +162,29 @@ class JobStore:
         )
         return self.get(rows[0][0]) if rows else None
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        """Set some of status, completed, failed, error (one transaction)."""
-        assignments = ", ".join(f"{name} = ?" for name in fields)
+    def record_progress(self, job_id: str, completed: int, failed: int) -> None:
+        """Set a job's request counts (its status is left alone)."""
         self._execute(
-            f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",
-            (*fields.values(), _now(), job_id),
+            "UPDATE jobs SET completed = ?, failed = ?, updated_at = ? WHERE id = ?",
+            (completed, failed, _now(), job_id),
         )
+
+    def transition(
+        self, job_id: str, status: str, *, allowed_from: Collection[str], **fields: Any
+    ) -> bool:
+        """Compare-and-set: move a job to `status` (setting `fields`: completed, failed, error)
+        only if its status is one of `allowed_from`, in one statement. False when it was not:
+        a cancel that landed meanwhile is never undone, and a terminal status never changes."""
+        assert not set(allowed_from) & TERMINAL, "a terminal status is final"
+        assignments = "".join(f", {name} = ?" for name in fields)
+        marks = ", ".join("?" * len(allowed_from))
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE jobs SET status = ?{assignments}, updated_at = ? "
+                f"WHERE id = ? AND status IN ({marks})",
+                (status, *fields.values(), _now(), job_id, *allowed_from),
+            )
+        return cursor.rowcount == 1
 
     def cancel(self, job_id: str) -> BatchJobRecord | None:
         """Ask a job to stop: waiting jobs end at once, a running one after its chunk."""

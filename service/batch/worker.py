@@ -2,7 +2,9 @@
 
 It scores in chunks of its own size (`XC_BATCH_CHUNK`) with the engine being served, records
 progress in the job store after every chunk, and checks for cancellation there. Stopped by a
-shutdown, it leaves the job `in_progress`; the next start resumes it from its output file.
+shutdown, it leaves the job `in_progress`; the next start resumes it from its output file. It
+changes a job's status only by compare-and-set (`JobStore.transition`): a cancel that lands
+after the worker read the job is never undone, and `completed` never overwrites `cancelled`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from collections.abc import Callable
 
 from service.batch.requests import parse_requests
 from service.batch.scoring import Counts, score_to_file
-from service.batch.store import BatchJobRecord, JobStore
+from service.batch.store import RUNNABLE, BatchJobRecord, JobStore
 from service.search.engine import SearchEngine
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0
+# Statuses a failure may replace (never a terminal one).
+LIVE = ("validating", "in_progress", "cancelling")
 
 
 class BatchWorker:
@@ -62,18 +66,21 @@ class BatchWorker:
                 self._run(job, engine)
             except Exception as exc:  # a broken job must not stop the worker
                 log.exception("batch job failed: %s", exc, extra={"job": job.id})
-                self.store.update(job.id, status="failed", error=str(exc))
+                self.store.transition(job.id, "failed", allowed_from=LIVE, error=str(exc))
+
+    def _cancel_if_asked(self, job_id: str) -> bool:
+        """End a job whose cancel was asked for (`cancelling`); True if it was."""
+        return self.store.transition(job_id, "cancelled", allowed_from=("cancelling",))
 
     def _run(self, job: BatchJobRecord, engine: SearchEngine) -> None:
-        if job.status == "cancelling":
-            self.store.update(job.id, status="cancelled")
+        if not self.store.transition(job.id, "in_progress", allowed_from=RUNNABLE):
+            self._cancel_if_asked(job.id)  # cancelled or asked to stop since it was read
             return
-        self.store.update(job.id, status="in_progress")
         with self.store.input_path(job.id).open(encoding="utf-8") as lines:
             requests = parse_requests(lines, max_k=1_000_000, max_query_chars=1_000_000)
 
         def record(counts: Counts) -> bool:
-            self.store.update(job.id, completed=counts.completed, failed=counts.failed)
+            self.store.record_progress(job.id, counts.completed, counts.failed)
             current = self.store.get(job.id)
             return self._stopping.is_set() or (
                 current is not None and current.status == "cancelling"
@@ -89,11 +96,13 @@ class BatchWorker:
             progress=False,
             stop_after_chunk=record,
         )
-        current = self.store.get(job.id)
-        if current is not None and current.status == "cancelling":
-            self.store.update(job.id, status="cancelled")
-        elif counts.completed + counts.failed == counts.total:
-            self.store.update(
-                job.id, status="completed", completed=counts.completed, failed=counts.failed
-            )
+        if self._cancel_if_asked(job.id):
+            return
+        if counts.completed + counts.failed == counts.total and self.store.transition(
+            job.id,
+            "completed",
+            allowed_from=("in_progress",),
+            completed=counts.completed,
+            failed=counts.failed,
+        ):
             log.info("batch job completed", extra={"job": job.id, "failed": counts.failed})

@@ -3,10 +3,10 @@
 Output line i answers input request i: `{"custom_id", "response": {"model", "version",
 "results"}, "error": null}`, or `"response": null` with `"error": {"type", "msg"}` for a
 request that could not be answered (a query over the token limit, a model the bundle lacks).
-A chunk's lines are appended and fsynced together; on restart the complete lines already in
-the output are checked against the input (same custom_ids, same order), a torn last line is cut
-off, and scoring goes on after them. So each custom_id is written exactly once, however often
-the process is killed.
+A chunk's lines are appended and fsynced together; on restart a torn last line is cut off, the
+complete lines already in the output are checked against the input (same custom_ids, same
+order) one at a time, in constant memory, and scoring goes on after them. So each custom_id is
+written exactly once, however often the process is killed.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from service.search.engine import SearchEngine
 from service.search.pipeline import QueryGroup, QueryTooLong, answer_groups
 
 DEFAULT_CHUNK = 1024
+# Bytes read at a time, backwards from the end of an output, to find its last complete line.
+TAIL_BLOCK = 1 << 16
 
 
 class ResumeMismatch(ValueError):
@@ -78,29 +80,51 @@ def score_chunk(
     return records
 
 
+def cut_torn_tail(output: Path) -> None:
+    """Truncate `output` after its last newline: a line torn by a crash is written again.
+
+    Reads blocks backwards from the end until it finds a newline, so memory stays constant
+    whatever the file's size.
+    """
+    with output.open("r+b") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        keep = position = end
+        while position > 0:
+            start = max(0, position - TAIL_BLOCK)
+            handle.seek(start)
+            newline = handle.read(position - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            position = keep = start
+        if keep != end:
+            handle.truncate(keep)
+
+
 def completed_prefix(output: Path, requests: list[BatchRequest]) -> Counts:
-    """Count the answers already in `output` (cutting a torn last line); check they match."""
+    """Count the answers already in `output` (cutting a torn last line); check they match.
+
+    The file is read one line at a time: a restart in the middle of a large job needs memory
+    for one line, not for the file.
+    """
     counts = Counts(total=len(requests))
     if not output.exists():
         return counts
-    data = output.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with output.open("r+b") as handle:  # a line torn by a crash: written again below
-            handle.truncate(len(complete))
-    for position, line in enumerate(complete.splitlines()):
-        record = json.loads(line)
-        if position >= len(requests) or record["custom_id"] != requests[position].custom_id:
-            raise ResumeMismatch(
-                f"{output}: line {position + 1} answers {record['custom_id']!r}, but input "
-                f"request {position + 1} is "
-                f"{requests[position].custom_id if position < len(requests) else 'absent'!r}; "
-                "this output belongs to another input (remove it to start over)"
-            )
-        if record["error"] is None:
-            counts.completed += 1
-        else:
-            counts.failed += 1
+    cut_torn_tail(output)
+    with output.open("rb") as handle:
+        for position, line in enumerate(handle):
+            record = json.loads(line)
+            if position >= len(requests) or record["custom_id"] != requests[position].custom_id:
+                raise ResumeMismatch(
+                    f"{output}: line {position + 1} answers {record['custom_id']!r}, but input "
+                    f"request {position + 1} is "
+                    f"{requests[position].custom_id if position < len(requests) else 'absent'!r}; "
+                    "this output belongs to another input (remove it to start over)"
+                )
+            if record["error"] is None:
+                counts.completed += 1
+            else:
+                counts.failed += 1
     return counts
 
 

@@ -139,28 +139,40 @@ class JsonRefused(ValueError):
     """A JSON text the service will not read; the message says why and names the limit."""
 
 
+class DuplicateKey(JsonRefused):
+    """An object of the text gives one key twice (JSON parsers would keep either value)."""
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """`json.loads`'s object hook: an object whose key repeats is refused, not merged."""
     found: dict[str, Any] = {}
     for key, value in pairs:
         if key in found:
-            raise JsonRefused(f"the key {key!r} appears twice in one object; give each key once")
+            raise DuplicateKey(f"the key {key!r} appears twice in one object; give each key once")
         found[key] = value
     return found
 
 
 def strict_json(text: str | bytes) -> Any:
-    """Parse JSON text; `JsonRefused` for invalid JSON, a repeated key, nesting deeper than
-    the parser goes, or an integer with more digits than Python converts."""
+    """Parse JSON text (bytes must be UTF-8); `JsonRefused` for invalid JSON, bytes that are not
+    UTF-8, a repeated key, nesting deeper than the parser goes, or an integer with more digits
+    than Python converts."""
     try:
         return json.loads(text, object_pairs_hook=_unique_keys)
     except JsonRefused:
         raise
     except json.JSONDecodeError as exc:
         raise JsonRefused(f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise JsonRefused(
+            f"must be UTF-8 (byte {byte:#04x} at position {exc.start} is not)"
+        ) from exc
     except RecursionError as exc:
         limit = sys.getrecursionlimit()
-        raise JsonRefused(f"not valid JSON here: nested deeper than about {limit} levels") from exc
-    except ValueError as exc:  # int(): "Exceeds the limit (4300 digits) ..."
+        raise JsonRefused(f"nesting depth over the parser's limit (about {limit} levels)") from exc
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            raise JsonRefused(f"not valid JSON ({exc})") from exc
         digits = sys.get_int_max_str_digits()
-        raise JsonRefused(f"not valid JSON here: a number has more than {digits} digits") from exc
+        raise JsonRefused(f"a number's size over the limit of {digits} digits") from exc

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, status
+from fastapi import Body, Depends, Request, status
 
 from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
 from service.api.docs import BAD_JSON, NOT_READY
 from service.api.errors import ERROR_BODY, api_error
+from service.api.routing import api_router
 from service.api.schemas import (
     CatalogInfo,
     EncoderInfo,
@@ -43,7 +44,7 @@ RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
-router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+router = api_router(tags=["models"], dependencies=[Depends(require_api_key)])
 
 
 def model_info(served: Served) -> ModelInfo:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import FileResponse
 
 from service.api.errors import ERROR_BODY
+from service.api.routing import api_router
 from service.api.schemas import HealthResponse, ReadyResponse
 from service.api.state import EngineDep, state_of
 from service.metrics import CONTENT_TYPE
 
 SEARCH_PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 
-router = APIRouter()
+router = api_router()
 
 
 @router.get("/", include_in_schema=False)

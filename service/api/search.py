@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
 from service.api.docs import BAD_JSON, NOT_READY, RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
+from service.api.routing import api_router
 from service.api.schemas import (
     BatchSearchResponse,
     QueryResults,
@@ -179,7 +180,7 @@ def make_search_router(settings: Settings) -> APIRouter:
     SearchRequest = search_request_model(
         settings.max_query_chars, settings.max_k, settings.default_k, settings.max_batch_queries
     )
-    router = APIRouter()
+    router = api_router()
 
     @router.post(
         "/search",

@@ -23,12 +23,13 @@ from starlette.datastructures import UploadFile
 
 from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
 from service.api.errors import ERROR_BODY, api_error
+from service.api.routing import api_router, json_refusal
 from service.api.state import state_of
 from service.batch.requests import BatchInputError, parse_requests
 from service.batch.schemas import BatchCreate, BatchJob, BatchList, RequestCounts
 from service.batch.store import TERMINAL, BatchJobRecord, JobStore
 from service.settings import Settings
-from service.validation import validation_details
+from service.validation import JsonRefused, strict_json, validation_details
 
 JSONL = "application/x-ndjson"
 JOB_ID = r"^batch_[0-9a-f]{32}$"
@@ -91,7 +92,11 @@ async def _request_lines(request: Request, settings: Settings) -> tuple[list[str
             raise api_error(422, ["body", "file"], msg, "file_not_utf8") from exc
     if content_type.startswith("application/json"):
         try:
-            body = BatchCreate.model_validate_json(await request.body())
+            payload = strict_json(await request.body())
+        except JsonRefused as exc:
+            raise json_refusal(exc) from exc
+        try:
+            body = BatchCreate.model_validate(payload)
         except ValidationError as exc:
             limits = {"requests": "a list of 1 or more request objects"}
             errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
@@ -225,7 +230,7 @@ async def batch_errors(request: Request, batch_id: BatchId) -> Any:
 def make_batch_router(settings: Settings) -> APIRouter:
     """The /batches routes, behind the API key when one is set (the documented upload limit
     is the settings')."""
-    router = APIRouter(
+    router = api_router(
         tags=["batches"], dependencies=[Depends(require_api_key)], responses=AUTH_RESPONSES
     )
     router.add_api_route(

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Path, Request, status
 from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
 from service.api.docs import BAD_JSON, RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
+from service.api.routing import api_router
 from service.api.state import EngineDep, state_of
 from service.catalog.changes import UnknownProduct
 from service.catalog.schemas import (
@@ -119,7 +120,7 @@ def make_catalog_router(settings: Settings) -> APIRouter:
     """The /products routes, behind the API key when one is set (the PUT body's limits are
     the settings')."""
     ProductsUpsert = products_request_model(settings.max_upsert_products, settings.max_title_chars)
-    router = APIRouter(
+    router = api_router(
         tags=["catalog"], dependencies=[Depends(require_api_key)], responses=AUTH_RESPONSES
     )
     max_body = products_max_body_bytes(settings)

@@ -11,15 +11,20 @@ from pydantic_core import PydanticCustomError
 from service.validation import bounded_query
 
 PRODUCT_ID_MAX_CHARS = 128
+# Unicode categories no id may hold: control (Cc) and format (Cf) characters.
+FORBIDDEN_ID_CATEGORIES = frozenset({"Cc", "Cf"})
+ID_CHARACTERS = "without whitespace, control or format characters"
 
 
 def _check_product_id(product_id: str) -> str:
-    """Reject whitespace and control characters: ids are keys, typed into URLs and files."""
+    """Reject whitespace, control and format characters: ids are keys, typed into URLs, logs
+    and files, and an invisible character (U+200B zero width space, U+202E right-to-left
+    override, ...) would make two ids that look the same, or one that reads backwards."""
     for position, char in enumerate(product_id):
-        if char.isspace() or unicodedata.category(char) == "Cc":
+        if char.isspace() or unicodedata.category(char) in FORBIDDEN_ID_CATEGORIES:
             raise PydanticCustomError(
                 "product_id_character",
-                "must be 1 to {limit} characters without whitespace or control characters "
+                "must be 1 to {limit} characters " + ID_CHARACTERS + " "
                 "(found {char} at position {position})",
                 {"limit": PRODUCT_ID_MAX_CHARS, "char": f"U+{ord(char):04X}", "position": position},
             )
@@ -36,7 +41,7 @@ ProductId = Annotated[
 def products_request_model(max_products: int = 1000, max_title_chars: int = 512) -> type[BaseModel]:
     """Build the `PUT /products` body model with the configured limits (see `Settings`)."""
     Title = bounded_query(max_title_chars)
-    id_limit = f"1 to {PRODUCT_ID_MAX_CHARS} characters without whitespace or control characters"
+    id_limit = f"1 to {PRODUCT_ID_MAX_CHARS} characters {ID_CHARACTERS}"
     title_limit = f"1 to {max_title_chars} characters after trimming whitespace"
 
     class Product(BaseModel):

@@ -331,6 +331,26 @@ def test_malformed_bodies_are_4xx_naming_the_body(
     assert_error(response, status, "body", fragment)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content"),
+    [
+        ("POST", "/search", b'{"query": "drill", "k": 5, "k": 500}'),
+        ("POST", "/search", b'{"queries": ["drill"], "model": "astra", "model": "mach"}'),
+        ("PUT", "/products", b'{"products": [{"id": "N-1", "title": "A", "title": "B"}]}'),
+        ("POST", "/batches", b'{"requests": [{"custom_id": "a", "query": "x", "query": "y"}]}'),
+        ("POST", "/admin/reload", b'{"bundle": "models/a", "bundle": "models/b"}'),
+    ],
+)
+def test_a_repeated_key_is_refused_not_merged(
+    client: TestClient, method: str, path: str, content: bytes
+) -> None:
+    before = client.get("/v1/models").json()["data"][0]
+    response = client.request(method, path, content=content, headers=JSON)
+    assert_error(response, 422, "body", "appears twice in one object")
+    assert response.json()["detail"][0]["type"] == "duplicate_key"
+    assert client.get("/v1/models").json()["data"][0] == before  # nothing changed
+
+
 def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(SEARCH_MAX_BODY_BYTES // 1000 + 1):

@@ -18,8 +18,8 @@ REPEATED = '{"custom_id": "a", "query": "drill", "custom_id": "b"}'
 @pytest.mark.parametrize(
     "line, fragment",
     [
-        (DEEP, f"nested deeper than about {sys.getrecursionlimit()} levels"),
-        (HUGE_K, f"a number has more than {sys.get_int_max_str_digits()} digits"),
+        (DEEP, f"nesting depth over the parser's limit (about {sys.getrecursionlimit()} levels)"),
+        (HUGE_K, f"a number's size over the limit of {sys.get_int_max_str_digits()} digits"),
         (REPEATED, "the key 'custom_id' appears twice in one object"),
     ],
 )

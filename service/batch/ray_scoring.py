@@ -39,6 +39,7 @@ from service.batch.scoring import (
 )
 from service.bundle import BundleError
 from service.search.engine import SearchEngine
+from service.storage import fsync_dir
 
 DEFAULT_BLOCK = 10_000
 DEFAULT_WORKERS = 2
@@ -96,14 +97,6 @@ class BlockScorer:
         return index, b"".join(lines), failed
 
 
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _write_atomic(path: Path, pieces: Iterable[bytes]) -> None:
     """Write `pieces` to `path` so that a crash leaves the old file or the whole new one."""
     temporary = path.with_name(f".{path.name}.tmp")
@@ -113,7 +106,7 @@ def _write_atomic(path: Path, pieces: Iterable[bytes]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_block(path: Path, block: list[BatchRequest]) -> list[bool]:

@@ -24,11 +24,12 @@ from starlette.datastructures import UploadFile
 from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router, json_refusal
-from service.api.state import state_of
+from service.api.state import RETRY_AFTER_S, state_of
 from service.batch.requests import BatchInputError, parse_requests
 from service.batch.schemas import BatchCreate, BatchJob, BatchList, RequestCounts
 from service.batch.store import TERMINAL, BatchJobRecord, JobStore
 from service.settings import Settings
+from service.storage import StoreUnavailable
 from service.validation import JsonRefused, strict_json, validation_details
 
 JSONL = "application/x-ndjson"
@@ -147,6 +148,11 @@ def create_responses(max_body_bytes: int) -> dict[int | str, dict[str, Any]]:
         413: {**ERROR_BODY, "description": f"The upload is larger than {max_body_bytes} bytes."},
         415: {**ERROR_BODY, "description": "Neither multipart/form-data nor JSON."},
         422: {**ERROR_BODY, "description": "Bad lines (each named), or too many lines."},
+        503: {
+            **ERROR_BODY,
+            "description": "The job could not be stored (a full disk: the message says what "
+            "failed); nothing was created. Retry after `Retry-After` seconds.",
+        },
     }
 
 
@@ -171,7 +177,13 @@ async def create_batch(request: Request) -> BatchJob:
         )
     except BatchInputError as exc:
         raise _refuse_lines(exc, field) from exc
-    return job_model(await asyncio.to_thread(store.create, requests))
+    try:
+        return job_model(await asyncio.to_thread(store.create, requests))
+    except StoreUnavailable as exc:
+        msg = f"batch: the job was not created ({exc}); retry later"
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        code = status.HTTP_503_SERVICE_UNAVAILABLE
+        raise api_error(code, [], msg, "batch_store_unavailable", headers) from exc
 
 
 async def list_batches(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from service.batch.requests import BatchRequest
+from service.storage import StoreUnavailable, fsync_dir, reason
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 RUNNABLE = ("validating", "in_progress")
@@ -108,23 +110,35 @@ class JobStore:
         return self.job_dir(job_id) / "output.jsonl"
 
     def create(self, requests: list[BatchRequest]) -> BatchJobRecord:
-        """Write the requests and record a new job (status validating)."""
+        """Write the requests and record a new job (status validating).
+
+        The input file and its directory entries are fsynced before the row is inserted, so a
+        job row never outlives its input after a power cut. A write that fails (a full disk)
+        leaves nothing behind and raises `StoreUnavailable`.
+        """
         job_id = f"batch_{uuid.uuid4().hex}"
         directory = self.job_dir(job_id)
-        directory.mkdir(parents=True)
-        staged = directory / "input.jsonl.tmp"
-        with staged.open("w", encoding="utf-8") as handle:
-            for r in requests:
-                record = {"custom_id": r.custom_id, "query": r.query, "k": r.k, "model": r.model}
-                handle.write(json.dumps(record) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        staged.replace(self.input_path(job_id))
-        now = _now()
-        self._execute(
-            "INSERT INTO jobs (id, status, created_at, updated_at, total) VALUES (?, ?, ?, ?, ?)",
-            (job_id, "validating", now, now, len(requests)),
-        )
+        try:
+            directory.mkdir(parents=True)
+            staged = directory / "input.jsonl.tmp"
+            with staged.open("w", encoding="utf-8") as handle:
+                for r in requests:
+                    record = {"custom_id": r.custom_id, "query": r.query, "k": r.k}
+                    handle.write(json.dumps({**record, "model": r.model}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            staged.replace(self.input_path(job_id))
+            fsync_dir(directory)  # the input's name
+            fsync_dir(directory.parent)  # the job directory's name
+            now = _now()
+            self._execute(
+                "INSERT INTO jobs (id, status, created_at, updated_at, total) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (job_id, "validating", now, now, len(requests)),
+            )
+        except (OSError, sqlite3.Error) as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise StoreUnavailable(reason(exc, "the batch job")) from exc
         with self.changed:
             self.changed.notify_all()
         job = self.get(job_id)

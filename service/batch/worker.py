@@ -10,6 +10,7 @@ after the worker read the job is never undone, and `completed` never overwrites 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 
@@ -17,12 +18,21 @@ from service.batch.requests import parse_requests
 from service.batch.scoring import Counts, score_to_file
 from service.batch.store import RUNNABLE, BatchJobRecord, JobStore
 from service.search.engine import SearchEngine
+from service.storage import reason
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0
 # Statuses a failure may replace (never a terminal one).
 LIVE = ("validating", "in_progress", "cancelling")
+
+
+def client_error(exc: Exception) -> str:
+    """Why a job failed, as its owner is told: what failed, never a server path (the log line
+    has the full exception, under the job id)."""
+    if isinstance(exc, OSError | sqlite3.Error):
+        return f"scoring stopped: {reason(exc, 'the answers')}"
+    return f"scoring failed ({type(exc).__name__}); the server log has the details under the job id"
 
 
 class BatchWorker:
@@ -66,7 +76,8 @@ class BatchWorker:
                 self._run(job, engine)
             except Exception as exc:  # a broken job must not stop the worker
                 log.exception("batch job failed: %s", exc, extra={"job": job.id})
-                self.store.transition(job.id, "failed", allowed_from=LIVE, error=str(exc))
+                error = client_error(exc)
+                self.store.transition(job.id, "failed", allowed_from=LIVE, error=error)
 
     def _cancel_if_asked(self, job_id: str) -> bool:
         """End a job whose cancel was asked for (`cancelling`); True if it was."""

@@ -4,8 +4,10 @@
 (`service.catalog.overlay`) and the lock that orders all changes. A change is written to the
 store before it is applied, and the stored changes of a bundle name are re-applied when a bundle
 of that name is loaded (restart or hot reload), from the stored vectors when the encoder is the
-same. The registry then swaps in a shallow copy of the engine bound to the new snapshot
-(`SearchEngine.with_catalog`), so requests in flight keep the snapshot they were admitted with.
+same. A change the store refuses (`StoreUnavailable`: a full disk, a busy database) is applied
+to no overlay, so the catalog in memory is what is on disk. The registry then swaps in a
+shallow copy of the engine bound to the new snapshot (`SearchEngine.with_catalog`), so requests
+in flight keep the snapshot they were admitted with.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from service.catalog.overlay import CatalogOverlay
 from service.catalog.store import CatalogStore, ProductState
 from service.search.engine import SearchEngine
+from service.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,10 @@ class Catalogs:
             states, embedded = overlay.with_vectors(states)
             if embedded:
                 log.info("catalog: re-embedded %d stored titles", len(embedded))
-                store.save_vectors(name, embedded)
+                try:  # a cache: without it the next start embeds them again
+                    store.save_vectors(name, embedded)
+                except StoreUnavailable as exc:
+                    log.warning("catalog: re-embedded titles not stored: %s", exc)
             overlay.apply(states, version)
             key = id(engine.bundle)
             self._overlays[key] = overlay

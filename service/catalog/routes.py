@@ -14,13 +14,13 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 
 from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
 from service.api.docs import BAD_JSON, RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router
-from service.api.state import EngineDep, state_of
+from service.api.state import RETRY_AFTER_S, EngineDep, state_of
 from service.catalog.changes import UnknownProduct
 from service.catalog.schemas import (
     PRODUCT_ID_MAX_CHARS,
@@ -31,6 +31,7 @@ from service.catalog.schemas import (
 from service.catalog.view import served_version
 from service.search.engine import SearchEngine
 from service.settings import Settings
+from service.storage import StoreUnavailable
 
 # A JSON string character takes at most 6 bytes (\uXXXX); ids, titles and keys per product.
 ESCAPED_CHAR_BYTES = 6
@@ -38,7 +39,8 @@ PRODUCT_OVERHEAD_BYTES = 64
 NOT_READY = {
     **ERROR_BODY,
     "headers": RETRY_AFTER_HEADER,
-    "description": "The bundle is not loaded yet (or failed to load).",
+    "description": "The bundle is not loaded yet (or failed to load), or the change could not be "
+    "saved (a full disk, a busy database: the message says which); nothing changed.",
 }
 DELETE_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {**ERROR_BODY, "description": "No product has this id (or it is deleted)."},
@@ -51,6 +53,13 @@ def products_max_body_bytes(settings: Settings) -> int:
     """The largest PUT /products body: every product at its limits, every character escaped."""
     per_product = (PRODUCT_ID_MAX_CHARS + settings.max_title_chars) * ESCAPED_CHAR_BYTES
     return settings.max_upsert_products * (per_product + PRODUCT_OVERHEAD_BYTES) + 1024
+
+
+def not_saved(exc: StoreUnavailable) -> HTTPException:
+    """The 503 for a change the store refused: what failed, and that nothing changed."""
+    msg = f"catalog: the change was not saved, nothing changed ({exc}); retry later"
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return api_error(status.HTTP_503_SERVICE_UNAVAILABLE, [], msg, "catalog_unavailable", headers)
 
 
 def _check_unique_ids(products: list[tuple[str, str]]) -> None:
@@ -74,7 +83,10 @@ async def upsert(
     _check_unique_ids(products)
     state = state_of(request)
     async with state.catalog_writes:
-        result = await asyncio.to_thread(state.catalogs.upsert, engine, products)
+        try:
+            result = await asyncio.to_thread(state.catalogs.upsert, engine, products)
+        except StoreUnavailable as exc:
+            raise not_saved(exc) from exc
         state.registry.refresh_catalog()
     return ProductsUpserted(
         created=result.created,
@@ -103,6 +115,8 @@ async def delete_product(
     async with state.catalog_writes:
         try:
             version = await asyncio.to_thread(state.catalogs.delete, engine, product_id)
+        except StoreUnavailable as exc:
+            raise not_saved(exc) from exc
         except UnknownProduct as exc:
             msg = f"product_id: there is no product {product_id!r} (or it is deleted already)"
             raise api_error(

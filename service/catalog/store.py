@@ -6,6 +6,8 @@ the title's embedding with the name of the encoder that made it, so a restart re
 changes without re-embedding. Rows hold states, not deltas, and name products by their
 external id, so they apply on top of any version of the bundle with that name. Every write is
 one transaction committed with `synchronous=FULL`: a change is on disk before it is answered.
+A write that fails (a full disk, a busy database) is rolled back and raised as
+`StoreUnavailable` saying what failed; nothing of it is kept, and the next write starts clean.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from service.storage import StoreUnavailable, reason
 
 DATABASE = "catalog.sqlite3"
 SCHEMA = (
@@ -55,14 +59,17 @@ class CatalogStore:
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            data_dir / DATABASE, check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self.path = data_dir / DATABASE
+        self._db = self._connect()
         for statement in SCHEMA:
             self._db.execute(statement)
         self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
 
     def close(self) -> None:
         """Close the database."""
@@ -93,15 +100,29 @@ class CatalogStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One transaction (rolled back if the block raises)."""
+        """One transaction: committed, or rolled back whatever failed (the block or the COMMIT
+        itself, e.g. on a full disk), so the next change starts clean. A database failure is
+        raised as `StoreUnavailable` saying what failed."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                self._roll_back()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreUnavailable(reason(exc, "the catalog")) from exc
                 raise
-            self._db.execute("COMMIT")
+
+    def _roll_back(self) -> None:
+        """End an open transaction; a connection that cannot roll back is opened again."""
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._db.close()
+            self._db = self._connect()
 
     def commit(self, bundle: str, states: list[ProductState]) -> int:
         """Record `states` as one change; returns the bundle's new catalog version."""

@@ -22,6 +22,11 @@ def _no_server_errors(response: httpx.Response) -> None:
     assert response.status_code < 500, f"{response.request.url}: {response.status_code}"
 
 
+def _no_500(response: httpx.Response) -> None:
+    """httpx response hook for tests that provoke 503s (a full disk): never a 500."""
+    assert response.status_code != 500, f"{response.request.url}: 500 {response.text}"
+
+
 def wait_ready(client: TestClient, timeout_s: float = READY_TIMEOUT_S) -> dict[str, Any]:
     """Poll /readyz until the bundle is loaded and warmed; return the ready body."""
     deadline = time.monotonic() + timeout_s
@@ -36,11 +41,13 @@ def wait_ready(client: TestClient, timeout_s: float = READY_TIMEOUT_S) -> dict[s
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[TestClient]:
-    """A ready TestClient for `settings`, lifespan included, failing on any 5xx."""
+def serve(settings: Settings, *, unavailable_ok: bool = False) -> Iterator[TestClient]:
+    """A ready TestClient for `settings`, lifespan included, failing on any 5xx (on a 500 only,
+    with `unavailable_ok`, for tests that make the server unable to work for a while)."""
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
-        client.event_hooks = {"request": [], "response": [_no_server_errors]}
+        hook = _no_500 if unavailable_ok else _no_server_errors
+        client.event_hooks = {"request": [], "response": [hook]}
         yield client
 
 

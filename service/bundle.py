@@ -263,8 +263,13 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"{path}: invalid manifest: {exc}") from exc
 
 
+def is_plain_name(name: str) -> bool:
+    """A file name that stays in its directory: no separator, not '.' or '..', no NUL."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
 def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
-    """Every referenced file must be listed, present and match its checksum."""
+    """Every referenced file must be a plain name, listed, present and match its checksum."""
     referenced = [manifest.encoder.file, manifest.encoder.tokenizer, manifest.labels.titles]
     if manifest.encoder.int8_file:
         referenced.append(manifest.encoder.int8_file)
@@ -278,6 +283,12 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
         referenced.append(manifest.mach.heads)
         if manifest.mach.ngrams:
             referenced.append(manifest.mach.ngrams.idf)
+    for name in [*referenced, *manifest.files]:
+        if not is_plain_name(name):
+            raise BundleError(
+                f"{bundle_dir / MANIFEST_NAME}: file name {name!r} is not a plain file name of "
+                "the bundle (no directory, no '..')"
+            )
     for name in referenced:
         if name not in manifest.files:
             raise BundleError(f"{bundle_dir / name}: referenced but not listed in manifest files")

@@ -4,7 +4,8 @@ A reload loads and warms the new bundle in a worker thread while the old one kee
 then replaces the reference in one assignment. Requests hold the engine they were admitted
 with, so nothing in flight sees two versions; the old engine is freed when its last request
 is answered. A bundle that fails to load or warm is refused and the old one keeps serving.
-Only one reload runs at a time.
+Only one reload runs at a time. A reload asked for over HTTP names a bundle under the models
+root (`XC_MODELS_ROOT`, `bundle_under_root`); nothing outside it is read.
 
 With `catalogs`, each loaded engine gets the catalog changes stored for its bundle name before
 it is warmed (`service.catalog.changes`), and `refresh_catalog` swaps in the served engine bound
@@ -19,8 +20,9 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from service.bundle import MANIFEST_NAME, BundleError, read_manifest
 from service.catalog.changes import Catalogs
 from service.metrics import ServiceMetrics
 from service.search.engine import SearchEngine
@@ -31,6 +33,41 @@ log = logging.getLogger(__name__)
 
 class ReloadInProgress(Exception):
     """Another reload has not finished yet."""
+
+
+class BundleNotAllowed(ValueError):
+    """A reload named something that is not a bundle under the models root. The message is the
+    same whatever the reason (absent, unreadable, outside the root), so it tells a client
+    nothing about the server's files."""
+
+
+def bundle_under_root(root: Path, name: str) -> Path:
+    """The bundle directory `name` names under `root`, symlinks resolved; `BundleNotAllowed`
+    unless it and every file its manifest lists lie inside `root`."""
+    refusal = BundleNotAllowed(
+        f"bundle: {name!r} is not a bundle under the models root; name one by its path under "
+        "XC_MODELS_ROOT (no absolute path, no '..')"
+    )
+    relative = PurePosixPath(name)
+    if relative.is_absolute() or ".." in relative.parts or "\\" in name or "\0" in name:
+        raise refusal
+    root = root.resolve()
+    try:
+        path = (root / relative).resolve(strict=True)
+        inside = path.is_relative_to(root) and (path / MANIFEST_NAME).resolve(
+            strict=True
+        ).is_relative_to(root)
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside or path == root:
+        raise refusal
+    try:
+        files = read_manifest(path).files
+    except BundleError:
+        return path  # loading refuses it, naming the file (relative to the root)
+    if not all((path / file).resolve().is_relative_to(root) for file in files):
+        raise refusal
+    return path
 
 
 @dataclass(frozen=True)
@@ -98,6 +135,21 @@ class EngineRegistry:
             self.load_error = str(exc)
             raise
         self._publish(engine, path)
+
+    def bundle(self, name: str) -> Path:
+        """The bundle directory a reload request names (`bundle_under_root`)."""
+        return bundle_under_root(self.settings.models_root, name)
+
+    def shown_path(self, path: Path) -> str:
+        """How a client sees a bundle directory: its path under the models root, else its name
+        alone (the server's file paths are never shown)."""
+        root = self.settings.models_root.resolve()
+        resolved = path.resolve()
+        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path.name
+
+    def shown_error(self, exc: Exception) -> str:
+        """A load error as a client sees it: paths under the models root made relative."""
+        return str(exc).replace(f"{self.settings.models_root.resolve()}/", "")
 
     async def reload(self, path: Path | None = None) -> tuple[Served | None, Served, float]:
         """Load `path` (default: the current one), warm it, swap it in.

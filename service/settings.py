@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XC_", extra="forbid")
 
     bundle: Path = Field(Path("models/demo"), description="model bundle directory to serve")
+    models_root: Path = Field(
+        Path("models"),
+        description="the only directory POST /admin/reload loads bundles from: a reload names a "
+        "bundle by its path under it, and nothing outside it (symlinks included) is read",
+    )
     host: str = Field("127.0.0.1", min_length=1, description="interface to listen on")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
     threads: int = Field(

@@ -73,7 +73,7 @@ def demo_bundle_v2(demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory) 
     """The demo bundle re-issued as version "v2" with every title marked, to tell them apart."""
     from service.bundle import read_lines, read_manifest, write_lines, write_manifest
 
-    out = tmp_path_factory.mktemp("v2") / "demo-v2"
+    out = demo_bundle.parent / "demo-v2"  # under the same models root as demo_bundle
     out.mkdir()
     for path in demo_bundle.iterdir():
         (out / path.name).write_bytes(path.read_bytes())
@@ -93,7 +93,7 @@ def demo_bundle_both(
     from tests.support.configs import SMALL_MACH
     from training.__main__ import main
 
-    out = tmp_path_factory.mktemp("both") / "demo-both"
+    out = demo_bundle.parent / "demo-both"  # under the same models root as demo_bundle
     args = ["train", "--model", "mach", "--data", str(demo_data), "--out", str(out)]
     assert main([*args, *SMALL_MACH, "--encoder-from", str(demo_bundle)]) == 0
     return out

@@ -6,7 +6,6 @@ registry holds engines, not response bodies.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, Request, status
@@ -28,7 +27,7 @@ from service.api.schemas import (
 )
 from service.api.state import get_engine, state_of
 from service.catalog.view import CatalogView
-from service.registry import ReloadInProgress, Served
+from service.registry import BundleNotAllowed, EngineRegistry, ReloadInProgress, Served
 
 RELOAD_MAX_BODY_BYTES = 16 * 1024
 
@@ -47,7 +46,7 @@ RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = api_router(tags=["models"], dependencies=[Depends(require_api_key)])
 
 
-def model_info(served: Served) -> ModelInfo:
+def model_info(served: Served, registry: EngineRegistry) -> ModelInfo:
     """What `/v1/models` says about a served bundle."""
     engine, manifest = served.engine, served.engine.manifest
     index = lexical = mach = catalog = None
@@ -83,7 +82,7 @@ def model_info(served: Served) -> ModelInfo:
         name=manifest.name,
         version=manifest.version,
         created_at=manifest.created_at,
-        path=str(served.path),
+        path=registry.shown_path(served.path),
         loaded_at=served.loaded_at.isoformat(timespec="seconds"),
         models=list(engine.models),
         default_model=engine.default_model,
@@ -108,9 +107,9 @@ def model_info(served: Served) -> ModelInfo:
 )
 async def models(request: Request) -> ModelsResponse:
     """Name, version, models, label count, encoder and index parameters of the bundle."""
-    served = state_of(request).registry.served
-    assert served is not None  # get_engine answered 503 otherwise
-    return ModelsResponse(data=[model_info(served)])
+    registry = state_of(request).registry
+    assert registry.served is not None  # get_engine answered 503 otherwise
+    return ModelsResponse(data=[model_info(registry.served, registry)])
 
 
 @router.post(
@@ -125,18 +124,21 @@ async def reload(
     request: Request, body: Annotated[ReloadRequest | None, Body()] = None
 ) -> ReloadResponse:
     """Load, warm and atomically swap in a bundle; refused bundles leave the old one."""
-    path = Path(body.bundle) if body is not None and body.bundle is not None else None
+    registry = state_of(request).registry
+    refused = status.HTTP_422_UNPROCESSABLE_CONTENT
     try:
-        previous, current, took = await state_of(request).registry.reload(path)
+        path = registry.bundle(body.bundle) if body is not None and body.bundle else None
+    except BundleNotAllowed as exc:
+        raise api_error(refused, ["body", "bundle"], str(exc), "bundle_not_allowed") from exc
+    try:
+        previous, current, took = await registry.reload(path)
     except ReloadInProgress as exc:
         raise api_error(status.HTTP_409_CONFLICT, [], str(exc), "reload_in_progress") from exc
     except Exception as exc:
-        msg = f"bundle: refused, the old bundle keeps serving: {exc}"
-        raise api_error(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, ["body", "bundle"], msg, "bundle_refused"
-        ) from exc
+        msg = f"bundle: refused, the old bundle keeps serving: {registry.shown_error(exc)}"
+        raise api_error(refused, ["body", "bundle"], msg, "bundle_refused") from exc
     return ReloadResponse(
-        previous=model_info(previous) if previous is not None else None,
-        current=model_info(current),
+        previous=model_info(previous, registry) if previous is not None else None,
+        current=model_info(current, registry),
         load_s=round(took, 3),
     )

@@ -241,7 +241,10 @@ class ModelInfo(BaseModel):
     name: str = Field(description="Bundle name from its manifest.")
     version: str = Field(description="Bundle version; answers carry it.")
     created_at: str = Field(description="When the bundle was built (ISO 8601).")
-    path: str = Field(description="Directory the bundle was loaded from.")
+    path: str = Field(
+        description="The bundle's directory: its path under the models root (XC_MODELS_ROOT), "
+        "or its name alone when it lies elsewhere (the server's file paths are not shown)."
+    )
     loaded_at: str = Field(description="When this process loaded it (ISO 8601).")
     models: list[str] = Field(description="Models this bundle answers with.")
     default_model: str = Field(description="Model used when a request names none.")
@@ -271,14 +274,19 @@ class ReloadRequest(BaseModel):
     """Which bundle directory to load; absent or null reloads the one being served."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    field_limits: ClassVar[dict[str, str]] = {"bundle": "a bundle directory path, or null"}
+    field_limits: ClassVar[dict[str, str]] = {
+        "bundle": "a bundle directory's path under the models root, or null"
+    }
 
     bundle: str | None = Field(
         default=None,
         min_length=1,
         max_length=4096,
-        description="Bundle directory on the server. Point it (or a symlink used as an alias) "
-        "at a new version and reload; null reloads the current path.",
+        description="The bundle directory's path under the server's models root "
+        "(XC_MODELS_ROOT), e.g. `homedepot` or `releases/v2`: no absolute path, no `..`, and "
+        "nothing it or its files resolve to outside the root (symlinks are followed and "
+        "checked). A symlink inside the root used as an alias can be pointed at a new version "
+        "and reloaded. Absent or null: reload the bundle being served.",
     )
 
 

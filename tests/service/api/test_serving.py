@@ -3,7 +3,10 @@ overload (429), deadlines, token limits, metrics, /v1/models, hot reload, API ke
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +40,7 @@ def wait_ready(client: TestClient) -> None:
 
 @contextmanager
 def serve(bundle: Path, **settings: Any) -> Iterator[TestClient]:
+    settings.setdefault("models_root", bundle.parent)  # the demo bundles share one root
     app = create_app(Settings(bundle=bundle, **settings))
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
@@ -208,7 +212,7 @@ def test_models_describe_the_loaded_bundle(client: TestClient, demo_bundle: Path
     assert response.status_code == 200
     (info,) = response.json()["data"]
     assert info["name"] == manifest.name and info["version"] == manifest.version
-    assert info["path"] == str(demo_bundle)
+    assert info["path"] == demo_bundle.name  # under the models root; no server path shown
     assert info["models"] == manifest.models and info["default_model"] == manifest.default_model
     assert info["labels"] == manifest.labels.count
     assert info["encoder"]["dim"] == manifest.encoder.dim == 384
@@ -229,7 +233,7 @@ def test_reload_swaps_versions_and_refuses_a_bad_bundle(
 ) -> None:
     with serve(demo_bundle) as client:
         before = titles(client.post("/search", json={"query": "drill"}))
-        response = client.post("/admin/reload", json={"bundle": str(demo_bundle_v2)})
+        response = client.post("/admin/reload", json={"bundle": demo_bundle_v2.name})
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["previous"]["version"] != "v2" and body["current"]["version"] == "v2"
@@ -237,12 +241,12 @@ def test_reload_swaps_versions_and_refuses_a_bad_bundle(
         assert after.json()["version"] == "v2"
         assert titles(after) == [f"v2 {title}" for title in before]
 
-        broken = tmp_path / "broken"
+        broken = demo_bundle.parent / f"broken-{tmp_path.name}"
         broken.mkdir()
         for path in demo_bundle_v2.iterdir():
             (broken / path.name).write_bytes(path.read_bytes())
         (broken / "classifiers.npy").write_bytes(b"not a matrix")
-        response = client.post("/admin/reload", json={"bundle": str(broken)})
+        response = client.post("/admin/reload", json={"bundle": broken.name})
         assert response.status_code == 422
         (detail,) = response.json()["detail"]
         assert detail["loc"] == ["body", "bundle"] and "classifiers.npy" in detail["msg"]
@@ -253,16 +257,68 @@ def test_reload_swaps_versions_and_refuses_a_bad_bundle(
 
         # No body: reload the path being served.
         response = client.post("/admin/reload")
-        assert response.status_code == 200 and response.json()["current"]["path"] == str(
-            demo_bundle_v2
-        )
+        assert response.status_code == 200
+        assert response.json()["current"]["path"] == demo_bundle_v2.name
+
+
+def link_bundle(source: Path, target: Path) -> Path:
+    """A copy of a bundle: its manifest copied (tests edit it), its other files hard links (no
+    90 MB copy; never written to)."""
+    target.mkdir()
+    for path in source.iterdir():
+        if path.name == "manifest.json":
+            shutil.copyfile(path, target / path.name)
+        elif path.is_file():
+            os.link(path, target / path.name)
+    return target
+
+
+def test_reload_loads_only_bundles_under_the_models_root(demo_bundle: Path, tmp_path: Path) -> None:
+    root = demo_bundle.parent
+    elsewhere = link_bundle(demo_bundle, tmp_path / "elsewhere")
+    alias = root / f"alias-{tmp_path.name}"
+    alias.symlink_to(elsewhere, target_is_directory=True)
+    escaping = link_bundle(demo_bundle, root / f"escaping-{tmp_path.name}")
+    manifest = json.loads((escaping / "manifest.json").read_text())
+    outside = os.path.relpath(elsewhere / "labels.txt", escaping)  # resolves outside the root
+    manifest["files"][outside] = manifest["files"]["labels.txt"]
+    (escaping / "manifest.json").write_text(json.dumps(manifest))
+    refused = [str(elsewhere), str(demo_bundle), f"../{root.name}/{demo_bundle.name}", alias.name]
+    refused += [f"{demo_bundle.name}/../{demo_bundle.name}", "no-such-bundle", ".", escaping.name]
+    with serve(demo_bundle) as client:
+        version = client.get("/v1/models").json()["data"][0]["version"]
+        for name in refused:
+            response = client.post("/admin/reload", json={"bundle": name})
+            assert response.status_code == 422, (name, response.text)
+            (detail,) = response.json()["detail"]
+            assert detail["loc"] == ["body", "bundle"]
+            assert detail["msg"] == (
+                f"bundle: {name!r} is not a bundle under the models root; name one by its path "
+                "under XC_MODELS_ROOT (no absolute path, no '..')"
+            ), name  # one message, whatever the reason: it tells nothing of the server's files
+        assert client.get("/v1/models").json()["data"][0]["version"] == version
+
+
+def test_a_manifest_naming_a_file_outside_its_bundle_is_refused(
+    demo_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = link_bundle(demo_bundle, demo_bundle.parent / f"named-{tmp_path.name}")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["../outside.bin"] = manifest["files"]["labels.txt"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with serve(demo_bundle) as client:
+        response = client.post("/admin/reload", json={"bundle": bundle.name})
+        assert response.status_code == 422
+        msg = response.json()["detail"][0]["msg"]
+        assert "'../outside.bin' is not a plain file name" in msg, msg
+        assert f"{bundle.name}/manifest.json" in msg and str(demo_bundle.parent) not in msg
 
 
 def test_a_second_reload_while_one_runs_is_409(demo_bundle: Path, demo_bundle_v2: Path) -> None:
     with serve(demo_bundle) as client:
         responses = in_parallel(
             [
-                lambda: client.post("/admin/reload", json={"bundle": str(demo_bundle_v2)}),
+                lambda: client.post("/admin/reload", json={"bundle": demo_bundle_v2.name}),
                 lambda: (time.sleep(0.05), client.post("/admin/reload"))[1],
             ]
         )
@@ -277,7 +333,7 @@ def test_reload_under_load_fails_nothing_and_never_mixes_versions(
     with serve(demo_bundle) as client:
         expected: dict[str, dict[str, list[str]]] = {}
         for path in (demo_bundle_v2, demo_bundle):
-            assert client.post("/admin/reload", json={"bundle": str(path)}).status_code == 200
+            assert client.post("/admin/reload", json={"bundle": path.name}).status_code == 200
             version = client.get("/v1/models").json()["data"][0]["version"]
             expected[version] = {
                 q: titles(client.post("/search", json={"query": q})) for q in queries
@@ -294,7 +350,7 @@ def test_reload_under_load_fails_nothing_and_never_mixes_versions(
         for thread in shoppers:
             thread.start()
         for path in (demo_bundle_v2, demo_bundle, demo_bundle_v2):
-            assert client.post("/admin/reload", json={"bundle": str(path)}).status_code == 200
+            assert client.post("/admin/reload", json={"bundle": path.name}).status_code == 200
         stop.set()
         for thread in shoppers:
             thread.join()

@@ -240,11 +240,14 @@ def test_catalog_routes_need_the_api_key(demo_bundle: Path, tmp_path: Path) -> N
 def test_a_hot_reload_keeps_the_changes_of_the_bundle_name(
     demo_bundle: Path, demo_bundle_v2: Path, tmp_path: Path
 ) -> None:
-    with serve(Settings(bundle=demo_bundle, data_dir=tmp_path / "data")) as client:
+    settings = Settings(
+        bundle=demo_bundle, data_dir=tmp_path / "data", models_root=demo_bundle.parent
+    )
+    with serve(settings) as client:
         deleted = ids(client, "cordless drill", "astra", k=1)[0]
         assert put(client, NEW_PRODUCT).status_code == 200
         assert client.delete(f"/products/{deleted}").status_code == 200
-        reloaded = client.post("/admin/reload", json={"bundle": str(demo_bundle_v2)})
+        reloaded = client.post("/admin/reload", json={"bundle": demo_bundle_v2.name})
         assert reloaded.status_code == 200, reloaded.text
         assert reloaded.json()["current"]["catalog"]["version"] == 2
         answer = client.post("/search", json={"query": NEW_TITLE, "k": 1000}).json()

@@ -147,9 +147,13 @@ class EngineRegistry:
         resolved = path.resolve()
         return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path.name
 
-    def shown_error(self, exc: Exception) -> str:
-        """A load error as a client sees it: paths under the models root made relative."""
-        return str(exc).replace(f"{self.settings.models_root.resolve()}/", "")
+    def shown_error(self, error: Exception | str) -> str:
+        """A load error as a client sees it: paths under the models root, or beside the
+        configured bundle, shown relative to them (no server path)."""
+        text = str(error)
+        for base in (self.settings.models_root, self.settings.bundle.parent):
+            text = text.replace(f"{base.resolve()}/", "")
+        return text
 
     async def reload(self, path: Path | None = None) -> tuple[Served | None, Served, float]:
         """Load `path` (default: the current one), warm it, swap it in.

@@ -58,7 +58,8 @@ async def get_engine(request: Request) -> SearchEngine:
     if engine is not None:
         return engine
     if registry.load_error is not None:
-        msg = f"not ready: the model bundle failed to load: {registry.load_error}"
+        error = registry.shown_error(registry.load_error)
+        msg = f"not ready: the model bundle failed to load: {error}"
         code = "bundle_error"
     else:
         msg, code = "not ready: the model bundle is still loading; retry shortly", "not_ready"

@@ -88,6 +88,7 @@ def test_bundle_that_fails_to_load_is_reported(demo_bundle: Path, tmp_path: Path
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert_error(response, 503, "not ready", "failed to load", titles.name, "sha256")
+        assert "broken/labels.txt" in response.text and str(tmp_path) not in response.text
         assert_error(search(client, {"query": "drill"}), 503, "not ready", titles.name)
         assert client.get("/healthz").status_code == 200
 

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import admin, ops
 from service.api.admission import ShedWhenFull
+from service.api.auth import admin_exposure
 from service.api.docs import DESCRIPTION, TAGS, TITLE, api_version
 from service.api.errors import (
     BodyLimitMiddleware,
@@ -121,6 +122,8 @@ def make_lifespan(state: AppState, on_fatal: Callable[[], None] | None) -> Calla
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.batcher.start()
         settings, registry = state.settings, state.registry
+        exposure = admin_exposure(settings)
+        log.log(logging.WARNING if "disabled" in exposure else logging.INFO, exposure)
         store = await asyncio.to_thread(JobStore, settings.data_dir)
         await asyncio.to_thread(state.catalogs.open)
         jobs = BatchWorker(

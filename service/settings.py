@@ -132,10 +132,20 @@ class Settings(BaseSettings):
     max_title_chars: int = Field(
         512, ge=1, le=MAX_QUERY_CHARS_CEILING, description="longest product title in PUT /products"
     )
+    search_key: SecretStr | None = Field(
+        None,
+        description="bearer token required on /search and /v1/models when set (the admin key "
+        "works there too); unset: those routes are open",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="bearer token required on /products, /batches and /admin/* when set; unset: "
+        "those routes are open on loopback and disabled (403) on any other XC_HOST",
+    )
     api_key: SecretStr | None = Field(
         None,
-        description="bearer token required on /search, /v1/models, /products, /batches and "
-        "/admin/* when set",
+        description="legacy single key: stands for XC_SEARCH_KEY and XC_ADMIN_KEY where those "
+        "are unset",
     )
     cors_origins: list[str] = Field(
         default_factory=list,
@@ -147,10 +157,10 @@ class Settings(BaseSettings):
         """Intra-op threads per batch worker: as set, or the CPU cores shared among workers."""
         return self.threads or max(1, (os.cpu_count() or 1) // self.batch_workers)
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "search_key", "admin_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
-        """`XC_API_KEY=` (empty) means no key, not a key that is the empty string."""
+        """`XC_ADMIN_KEY=` (empty) means no key, not a key that is the empty string."""
         return None if value == "" else value
 
     @field_validator("log_level", mode="before")

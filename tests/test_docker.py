@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -52,6 +53,28 @@ def test_compose_serves_with_volumes_drain_time_gpu_profile_and_demo_builder() -
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert builder["restart"] == "no" and builder["build"]["target"] == "trainer"
     assert "test -f /models/demo/manifest.json" in " ".join(builder["command"])
+
+
+def test_compose_publishes_on_loopback_unless_the_operator_opts_in() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name in ("api", "api-gpu"):
+        (port,) = services[name]["ports"]
+        assert port.startswith("${XC_PUBLISH_ADDRESS:-127.0.0.1}:"), port
+        environment = services[name]["environment"]
+        assert environment["XC_ADMIN_KEY"] == "${XC_ADMIN_KEY:-}"  # taken from the operator
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="make test installs it")
+def test_compose_resolves_to_loopback_by_default() -> None:
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert result.returncode == 0, result.stderr
+    (port,) = yaml.safe_load(result.stdout)["services"]["api"]["ports"]
+    assert str(port).startswith("127.0.0.1:8000:8000"), port  # docker-compose v1's short form
 
 
 def test_runtime_image_is_slim_non_root_and_health_checked() -> None:

@@ -10,7 +10,13 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, Request, status
 
-from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
+from service.api.auth import (
+    ADMIN_RESPONSES,
+    AUTH_RESPONSES,
+    OPTIONAL_AUTH,
+    require_admin_key,
+    require_search_key,
+)
 from service.api.docs import BAD_JSON, NOT_READY
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router
@@ -33,7 +39,7 @@ RELOAD_MAX_BODY_BYTES = 16 * 1024
 
 RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: BAD_JSON,
-    **AUTH_RESPONSES,
+    **ADMIN_RESPONSES,
     409: {**ERROR_BODY, "description": "Another reload is still running."},
     413: {**ERROR_BODY, "description": f"The body is larger than {RELOAD_MAX_BODY_BYTES} bytes."},
     422: {
@@ -43,7 +49,7 @@ RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
-router = api_router(tags=["models"], dependencies=[Depends(require_api_key)])
+router = api_router(tags=["models"])
 
 
 def model_info(served: Served, registry: EngineRegistry) -> ModelInfo:
@@ -102,7 +108,7 @@ def model_info(served: Served, registry: EngineRegistry) -> ModelInfo:
     operation_id="models",
     response_description="The bundle being served and its parameters.",
     responses={**AUTH_RESPONSES, 503: NOT_READY},
-    dependencies=[Depends(get_engine)],
+    dependencies=[Depends(require_search_key), Depends(get_engine)],
     openapi_extra=OPTIONAL_AUTH,
 )
 async def models(request: Request) -> ModelsResponse:
@@ -118,6 +124,7 @@ async def models(request: Request) -> ModelsResponse:
     operation_id="reload",
     response_description="The bundle served before and the one served now.",
     responses=RELOAD_RESPONSES,
+    dependencies=[Depends(require_admin_key)],
     openapi_extra=OPTIONAL_AUTH,
 )
 async def reload(

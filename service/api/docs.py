@@ -39,9 +39,11 @@ approximate maximum-inner-product search over one learned classifier vector per 
 `Retry-After`. A query still queued when the server's deadline passes is dropped (429 too),
 and so is one whose client disconnected.
 
-**Auth.** When the server has an API key, `/search`, `/v1/models`, `/products`, `/batches`
-and `/admin/*` require
-`Authorization: Bearer <key>` (401 otherwise); health, readiness and metrics stay open.
+**Auth.** Two bearer keys (`Authorization: Bearer <key>`, 401 otherwise). The search key
+(`XC_SEARCH_KEY`) guards `/search` and `/v1/models` when set; the admin key (`XC_ADMIN_KEY`)
+guards `/products`, `/batches` and `/admin/*` and also opens the search routes. Without an admin
+key the admin routes are open on a loopback-only server and disabled (403) on any other;
+health, readiness and metrics stay open.
 
 **Errors.** Every non-2xx answer has one shape, `ErrorResponse`:
 `{"detail": [{"loc": ["body", "k"], "msg": "k: must be <= 1000", "type": "less_than_equal"}]}`.

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 
-from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
+from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_search_key
 from service.api.docs import BAD_JSON, NOT_READY, RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router
@@ -190,7 +190,7 @@ def make_search_router(settings: Settings) -> APIRouter:
         response_description="The top-k products of each query, best first.",
         response_model_exclude_none=True,  # `notice` only when there is one
         responses=SEARCH_RESPONSES,
-        dependencies=[Depends(require_api_key)],
+        dependencies=[Depends(require_search_key)],
         openapi_extra=OPTIONAL_AUTH,
     )
     async def search(

@@ -51,7 +51,7 @@ async def get_engine(request: Request) -> SearchEngine:
     """The engine serving now, or a 503 telling the client to retry (or that loading failed).
 
     `async` although it never awaits: FastAPI runs plain `def` dependencies in a thread pool,
-    a hop that costs more than the whole check. (The same holds for `require_api_key`.)
+    a hop that costs more than the whole check (the same holds for `service.api.auth`).
     """
     registry = state_of(request).registry
     engine = registry.engine

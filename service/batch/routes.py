@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
+from service.api.auth import ADMIN_RESPONSES, OPTIONAL_AUTH, require_admin_key
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router, json_refusal
 from service.api.state import RETRY_AFTER_S, state_of
@@ -243,7 +243,7 @@ def make_batch_router(settings: Settings) -> APIRouter:
     """The /batches routes, behind the API key when one is set (the documented upload limit
     is the settings')."""
     router = api_router(
-        tags=["batches"], dependencies=[Depends(require_api_key)], responses=AUTH_RESPONSES
+        tags=["batches"], dependencies=[Depends(require_admin_key)], responses=ADMIN_RESPONSES
     )
     router.add_api_route(
         "/batches",

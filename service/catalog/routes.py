@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 
-from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_api_key
+from service.api.auth import ADMIN_RESPONSES, OPTIONAL_AUTH, require_admin_key
 from service.api.docs import BAD_JSON, RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router
@@ -135,7 +135,7 @@ def make_catalog_router(settings: Settings) -> APIRouter:
     the settings')."""
     ProductsUpsert = products_request_model(settings.max_upsert_products, settings.max_title_chars)
     router = api_router(
-        tags=["catalog"], dependencies=[Depends(require_api_key)], responses=AUTH_RESPONSES
+        tags=["catalog"], dependencies=[Depends(require_admin_key)], responses=ADMIN_RESPONSES
     )
     max_body = products_max_body_bytes(settings)
 

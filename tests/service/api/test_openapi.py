@@ -60,15 +60,18 @@ def test_contract_documents_routes_limits_and_error_shape() -> None:
     assert request["properties"]["query"]["maxLength"] == 512
     assert request["properties"]["queries"]["maxItems"] == 256
     assert "default" not in request["properties"]["query"]
-    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    for path, method in [
-        ("/search", "post"),
-        ("/v1/models", "get"),
-        ("/admin/reload", "post"),
-        ("/products", "put"),
-        ("/products/{product_id}", "delete"),
+    # Two scopes (issue 18): a search key and an admin key, each optional.
+    for scheme in ("SearchKey", "AdminKey"):
+        assert spec["components"]["securitySchemes"][scheme]["scheme"] == "bearer"
+    for path, method, scheme in [
+        ("/search", "post", "SearchKey"),
+        ("/v1/models", "get", "SearchKey"),
+        ("/admin/reload", "post", "AdminKey"),
+        ("/products", "put", "AdminKey"),
+        ("/products/{product_id}", "delete", "AdminKey"),
+        ("/batches", "post", "AdminKey"),
     ]:
-        assert spec["paths"][path][method]["security"] == [{"HTTPBearer": []}, {}], path
+        assert spec["paths"][path][method]["security"] == [{scheme: []}, {}], path
     products = spec["components"]["schemas"]["ProductsUpsert"]["properties"]["products"]
     assert products["maxItems"] == 1000
     for path in ("/healthz", "/readyz", "/metrics"):

@@ -4,6 +4,7 @@ overload (429), deadlines, token limits, metrics, /v1/models, hot reload, API ke
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -387,6 +388,51 @@ def test_api_key_guards_data_and_admin_routes_only(demo_bundle: Path) -> None:
             assert client.request(method, path, json=body, headers=good).status_code == 200
         for path in ("/healthz", "/readyz", "/metrics"):
             assert client.get(path).status_code == 200, path
+
+
+ADMIN_CALLS: list[tuple[str, str, Any]] = [
+    ("PUT", "/products", {"products": [{"id": "KEY-1", "title": "Keyed drill"}]}),
+    ("POST", "/admin/reload", None),
+    ("GET", "/batches", None),
+]
+
+
+def test_search_and_admin_keys_are_separate_scopes(demo_bundle: Path, tmp_path: Path) -> None:
+    search, admin = {"Authorization": "Bearer s-key"}, {"Authorization": "Bearer a-key"}
+    keys = {"search_key": "s-key", "admin_key": "a-key", "data_dir": tmp_path / "data"}
+    with serve(demo_bundle, **keys) as client:  # its own data dir: the PUT below is real
+        for headers, status in [({}, 401), (search, 200), (admin, 200)]:
+            response = client.post("/search", json={"query": "drill"}, headers=headers)
+            assert response.status_code == status, response.text
+            assert client.get("/v1/models", headers=headers).status_code == status
+        for method, path, body in ADMIN_CALLS:
+            denied = client.request(method, path, json=body, headers=search)
+            assert denied.status_code == 401, (path, denied.text)  # a search key opens no admin
+            assert denied.json()["detail"][0]["type"] == "invalid_token"
+            allowed = client.request(method, path, json=body, headers=admin)
+            assert allowed.status_code == 200, (path, allowed.text)
+
+
+def test_beyond_loopback_without_an_admin_key_the_admin_routes_are_disabled(
+    demo_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.INFO, logger="service.app"),
+        serve(demo_bundle, host="0.0.0.0", data_dir=tmp_path / "data") as client,
+    ):
+        for method, path, body in ADMIN_CALLS:
+            response = client.request(method, path, json=body)
+            assert response.status_code == 403, (path, response.text)
+            (detail,) = response.json()["detail"]
+            assert detail["type"] == "admin_disabled" and "set XC_ADMIN_KEY" in detail["msg"]
+        assert client.post("/search", json={"query": "drill"}).status_code == 200
+    [warning] = [r for r in caplog.records if "admin routes" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert "disabled: the server listens on 0.0.0.0, beyond loopback" in warning.getMessage()
+    with serve(demo_bundle, host="0.0.0.0", admin_key="a-key") as keyed:
+        reload = keyed.post("/admin/reload", headers={"Authorization": "Bearer a-key"})
+        assert reload.status_code == 200
+        assert keyed.post("/admin/reload").status_code == 401
 
 
 def test_cors_is_off_unless_origins_are_configured(demo_bundle: Path, client: TestClient) -> None:

@@ -20,6 +20,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -126,11 +127,13 @@ def make_lifespan(state: AppState, on_fatal: Callable[[], None] | None) -> Calla
         log.log(logging.WARNING if "disabled" in exposure else logging.INFO, exposure)
         store = await asyncio.to_thread(JobStore, settings.data_dir)
         await asyncio.to_thread(state.catalogs.open)
+        retention = settings.batch_retention_days
         jobs = BatchWorker(
             store=store,
             engine=lambda: registry.engine,
             chunk_size=settings.batch_chunk,
             max_query_tokens=settings.max_query_tokens,
+            retention=timedelta(days=retention) if retention > 0 else None,
         )
         jobs.start()
         state.job_store = store
@@ -209,7 +212,7 @@ def create_app(
     """
     settings = settings or get_settings()
     metrics = ServiceMetrics()
-    catalogs = Catalogs(settings.data_dir)
+    catalogs = Catalogs(settings.data_dir, settings.max_catalog_changes)
     state = AppState(
         settings=settings,
         metrics=metrics,

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         le=600_000.0,
         description="a query still queued this long after it arrived is dropped (answered 429)",
     )
+    answer_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        le=3600.0,
+        description="an admitted search not answered this long after it arrived is answered 503, "
+        "and /readyz reports not ready while a model call has run this long (a stalled worker)",
+    )
     keep_alive_s: float = Field(
         75.0,
         gt=0.0,
@@ -126,8 +133,22 @@ class Settings(BaseSettings):
     max_batch_lines: int = Field(
         1_000_000, ge=1, le=100_000_000, description="most requests in one batch job"
     )
+    batch_retention_days: float = Field(
+        30.0,
+        ge=0.0,
+        le=36_500.0,
+        description="finished batch jobs (and their files) are deleted this many days after "
+        "they finished (0: kept until DELETE /batches/{id})",
+    )
     max_upsert_products: int = Field(
         1000, ge=1, le=100_000, description="most products in one PUT /products"
+    )
+    max_catalog_changes: int = Field(
+        100_000,
+        ge=1,
+        le=100_000_000,
+        description="most products that may differ from the bundle (added or retitled through "
+        "PUT /products) before a retrain folds them in; a PUT beyond is refused",
     )
     max_title_chars: int = Field(
         512, ge=1, le=MAX_QUERY_CHARS_CEILING, description="longest product title in PUT /products"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import Request, Response
+from fastapi import Request, Response, status
 from fastapi.responses import FileResponse
 
-from service.api.errors import ERROR_BODY
+from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router
 from service.api.schemas import HealthResponse, ReadyResponse
-from service.api.state import EngineDep, state_of
+from service.api.state import RETRY_AFTER_S, EngineDep, state_of
 from service.metrics import CONTENT_TYPE
 
 SEARCH_PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -46,10 +46,22 @@ async def healthz() -> HealthResponse:
     summary="Readiness",
     operation_id="readyz",
     response_description="The bundle is loaded and warmed.",
-    responses={503: {**ERROR_BODY, "description": "Still loading, or the bundle failed."}},
+    responses={
+        503: {
+            **ERROR_BODY,
+            "description": "Still loading, the bundle failed, or a model call has stalled.",
+        }
+    },
 )
-async def readyz(engine: EngineDep) -> ReadyResponse:
-    """200 with the bundle's identity once it is loaded and warmed; 503 before."""
+async def readyz(request: Request, engine: EngineDep) -> ReadyResponse:
+    """200 with the bundle's identity once it is loaded and warmed and no model call has
+    stalled; 503 otherwise."""
+    state = state_of(request)
+    stalled_s, limit = state.batcher.stalled_s(), state.settings.answer_timeout_s
+    if stalled_s > limit:
+        msg = f"not ready: a model call has run {stalled_s:.0f} s, over {limit:g} s (stalled)"
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        raise api_error(status.HTTP_503_SERVICE_UNAVAILABLE, [], msg, "stalled", headers)
     manifest = engine.manifest
     return ReadyResponse(
         bundle=manifest.name,

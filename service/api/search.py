@@ -68,11 +68,14 @@ async def _client_disconnected(request: Request) -> None:
         pass
 
 
-async def wait_for_answer(job: SearchJob, request: Request) -> Answer:
-    """The job's answer; if the client goes away first, the job is abandoned (never run)."""
+async def wait_for_answer(job: SearchJob, request: Request, timeout_s: float) -> Answer:
+    """The job's answer; if the client goes away first, the job is abandoned (never run); if no
+    answer comes within `timeout_s` (a stalled worker), 503."""
     watcher = asyncio.ensure_future(_client_disconnected(request))
     try:
-        await asyncio.wait({job.future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {job.future, watcher}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
     except asyncio.CancelledError:  # the server gave up on this request (shutdown timeout)
         job.abandoned = True
         raise
@@ -81,7 +84,11 @@ async def wait_for_answer(job: SearchJob, request: Request) -> Answer:
     if job.future.done():
         return job.future.result()
     job.abandoned = True
-    raise api_error(CLIENT_CLOSED_REQUEST, [], "client closed the request", "client_closed")
+    if watcher.done() and not watcher.cancelled():
+        raise api_error(CLIENT_CLOSED_REQUEST, [], "client closed the request", "client_closed")
+    msg = f"not available: the model did not answer within {timeout_s:g} s; retry shortly"
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    raise api_error(status.HTTP_503_SERVICE_UNAVAILABLE, [], msg, "stalled", headers)
 
 
 def refusal(exc: Exception, batched: bool) -> Exception:
@@ -152,7 +159,7 @@ async def answer_search(
     )
     try:
         state.batcher.submit(job)
-        answer = await wait_for_answer(job, request)
+        answer = await wait_for_answer(job, request, state.settings.answer_timeout_s)
     except (Overloaded, Dropped, QueryTooLong) as exc:
         if isinstance(exc, Overloaded):
             state.metrics.rejected.labels("queue_full").inc()

@@ -26,7 +26,7 @@ from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router, json_refusal
 from service.api.state import RETRY_AFTER_S, state_of
 from service.batch.requests import BatchInputError, parse_requests
-from service.batch.schemas import BatchCreate, BatchJob, BatchList, RequestCounts
+from service.batch.schemas import BatchCreate, BatchDeleted, BatchJob, BatchList, RequestCounts
 from service.batch.store import TERMINAL, BatchJobRecord, JobStore
 from service.settings import Settings
 from service.storage import StoreUnavailable
@@ -224,6 +224,16 @@ def _finished_output(request: Request, batch_id: str) -> FilePath:
     return store.output_path(job.id)
 
 
+async def delete_batch(request: Request, batch_id: BatchId) -> BatchDeleted:
+    """Delete a finished job and its files (409 while it runs: cancel it first)."""
+    store = _store(request)
+    job = _job(store, batch_id)
+    if not await asyncio.to_thread(store.delete, batch_id):
+        msg = f"status: the job is {job.status}; cancel it, then delete it once it has finished"
+        raise api_error(status.HTTP_409_CONFLICT, ["path", "batch_id"], msg, "not_finished")
+    return BatchDeleted(id=batch_id)
+
+
 async def batch_output(request: Request, batch_id: BatchId) -> Any:
     """`{"custom_id", "response", "error"}` per request."""
     path = _finished_output(request, batch_id)
@@ -259,6 +269,14 @@ def make_batch_router(settings: Settings) -> APIRouter:
         ("/batches", list_batches, "GET", "List batch jobs, newest first", BAD_PARAMS, {}),
         ("/batches/{batch_id}", get_batch, "GET", "A batch job", NOT_FOUND, {}),
         ("/batches/{batch_id}/cancel", cancel_batch, "POST", "Cancel a batch job", NOT_FOUND, {}),
+        (
+            "/batches/{batch_id}",
+            delete_batch,
+            "DELETE",
+            "Delete a finished batch job and its files",
+            {**NOT_FOUND, 409: {**ERROR_BODY, "description": "The job has not finished yet."}},
+            {},
+        ),
         (
             "/batches/{batch_id}/output",
             batch_output,

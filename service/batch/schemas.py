@@ -44,3 +44,11 @@ class BatchCreate(BaseModel):
         min_length=1,
         description='Each `{"custom_id", "query", "k"?, "model"?}`, checked like a JSONL line.',
     )
+
+
+class BatchDeleted(BaseModel):
+    """A deleted batch job."""
+
+    id: str
+    object: Literal["batch.deleted"] = "batch.deleted"
+    deleted: Literal[True] = True

@@ -6,6 +6,9 @@ input (`input.jsonl`) and its answers (`output.jsonl`, appended and fsynced chun
 is its own transaction, so a crash leaves the last committed state, and the output file is the
 truth for progress: a restarted worker resumes from it.
 
+A finished job is kept until it is deleted (`DELETE /batches/{id}`) or its retention runs out
+(`XC_BATCH_RETENTION_DAYS`, by the worker through `expire`).
+
 Status: validating -> in_progress -> completed | failed | cancelled (`cancelling` while a
 running job finishes its chunk). Every status change is a compare-and-set (`transition`, and
 `cancel`'s one statement), so a cancel is never undone by a worker that read the status before
@@ -199,6 +202,28 @@ class JobStore:
                 (status, *fields.values(), _now(), job_id, *allowed_from),
             )
         return cursor.rowcount == 1
+
+    def delete(self, job_id: str) -> bool:
+        """Forget a finished job: its row first (so it is gone even if removing the files is
+        cut short), then its files. False unless the job exists and has finished."""
+        marks = ", ".join("?" * len(TERMINAL))
+        with self._lock:
+            cursor = self._db.execute(
+                f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *TERMINAL)
+            )
+        if cursor.rowcount != 1:
+            return False
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        return True
+
+    def expire(self, older_than: datetime) -> list[str]:
+        """Delete the finished jobs last changed before `older_than`; returns their ids."""
+        marks = ", ".join("?" * len(TERMINAL))
+        rows = self._execute(
+            f"SELECT id FROM jobs WHERE status IN ({marks}) AND updated_at < ? ORDER BY seq",
+            (*TERMINAL, older_than.isoformat(timespec="seconds")),
+        )
+        return [job_id for (job_id,) in rows if self.delete(job_id)]
 
     def cancel(self, job_id: str) -> BatchJobRecord | None:
         """Ask a job to stop: waiting jobs end at once, a running one after its chunk."""

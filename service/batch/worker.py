@@ -5,6 +5,7 @@ progress in the job store after every chunk, and checks for cancellation there. 
 shutdown, it leaves the job `in_progress`; the next start resumes it from its output file. It
 changes a job's status only by compare-and-set (`JobStore.transition`): a cancel that lands
 after the worker read the job is never undone, and `completed` never overwrites `cancelled`.
+Between jobs it deletes the finished ones older than the retention (`XC_BATCH_RETENTION_DAYS`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from service.batch.requests import parse_requests
 from service.batch.scoring import Counts, score_to_file
@@ -23,6 +26,8 @@ from service.storage import reason
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0
+# How often finished jobs past their retention are looked for.
+EXPIRY_EVERY_S = 600.0
 # Statuses a failure may replace (never a terminal one).
 LIVE = ("validating", "in_progress", "cancelling")
 
@@ -45,11 +50,14 @@ class BatchWorker:
         engine: Callable[[], SearchEngine | None],
         chunk_size: int,
         max_query_tokens: int,
+        retention: timedelta | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.chunk_size = chunk_size
         self.max_query_tokens = max_query_tokens
+        self.retention = retention
+        self._next_expiry = 0.0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batch-jobs", daemon=True)
 
@@ -64,8 +72,18 @@ class BatchWorker:
             self.store.changed.notify_all()
         self._thread.join(timeout_s)
 
+    def _expire(self) -> None:
+        """Every EXPIRY_EVERY_S, delete the finished jobs older than the retention."""
+        if self.retention is None or time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + EXPIRY_EVERY_S
+        expired = self.store.expire(datetime.now(UTC) - self.retention)
+        if expired:
+            log.info("batch jobs expired", extra={"jobs": len(expired)})
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._expire()
             job = self.store.next_runnable()
             engine = self.engine()
             if job is None or engine is None:

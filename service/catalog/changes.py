@@ -30,6 +30,15 @@ class UnknownProduct(Exception):
     """No product has this id (or it was deleted)."""
 
 
+class CatalogFull(Exception):
+    """A PUT would make more products differ from the bundle than the configured cap."""
+
+    def __init__(self, changes: int, limit: int) -> None:
+        super().__init__(f"{changes} changed products, limit {limit}")
+        self.changes = changes
+        self.limit = limit
+
+
 @dataclass(kw_only=True, frozen=True)
 class UpsertResult:
     """What a PUT did: products created, retitled and left as they were; the catalog version."""
@@ -44,11 +53,14 @@ class Catalogs:
     """The store, the overlay of every loaded engine, and the lock that orders all changes.
 
     An overlay lives as long as its engine's bundle: PUT and DELETE apply to every overlay of
-    the bundle name (during a hot reload both the old and the new engine get the change).
+    the bundle name (during a hot reload both the old and the new engine get the change). At
+    most `max_changes` products may differ from the bundle (each costs memory and search time
+    in every overlay); a PUT beyond is refused (`CatalogFull`), a DELETE never is.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, max_changes: int | None = None) -> None:
         self.data_dir = data_dir
+        self.max_changes = max_changes
         self.store: CatalogStore | None = None
         self._lock = threading.Lock()
         self._overlays: dict[int, CatalogOverlay] = {}
@@ -129,6 +141,9 @@ class Catalogs:
                 return UpsertResult(
                     created=0, updated=0, unchanged=unchanged, version=overlay.version
                 )
+            changes = overlay.changes_after(states)
+            if self.max_changes is not None and changes > self.max_changes:
+                raise CatalogFull(changes, self.max_changes)
             states, _ = overlay.with_vectors(states)
             version = self._record(overlay, states)
         return UpsertResult(created=created, updated=updated, unchanged=unchanged, version=version)

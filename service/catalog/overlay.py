@@ -116,6 +116,11 @@ class CatalogOverlay:
 
     # --- changes -------------------------------------------------------------------------
 
+    def changes_after(self, states: list[ProductState]) -> int:
+        """How many products would differ from the bundle's once `states` are applied (the
+        overlay's size: what `XC_MAX_CATALOG_CHANGES` bounds)."""
+        return len(self._states) + sum(state.id not in self._states for state in states)
+
     def title_of(self, product: str) -> str | None:
         """The product's current title (None: no such product, or deleted)."""
         if product in self._states:

@@ -21,7 +21,7 @@ from service.api.docs import BAD_JSON, RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router
 from service.api.state import RETRY_AFTER_S, EngineDep, state_of
-from service.catalog.changes import UnknownProduct
+from service.catalog.changes import CatalogFull, UnknownProduct
 from service.catalog.schemas import (
     PRODUCT_ID_MAX_CHARS,
     ProductDeleted,
@@ -87,6 +87,14 @@ async def upsert(
             result = await asyncio.to_thread(state.catalogs.upsert, engine, products)
         except StoreUnavailable as exc:
             raise not_saved(exc) from exc
+        except CatalogFull as exc:
+            msg = (
+                f"products: would make {exc.changes} products differ from the bundle, limit "
+                f"{exc.limit} (XC_MAX_CATALOG_CHANGES); retrain the bundle to fold the changes "
+                "in (DELETE still works)"
+            )
+            code = status.HTTP_422_UNPROCESSABLE_CONTENT
+            raise api_error(code, ["body", "products"], msg, "catalog_full") from exc
         state.registry.refresh_catalog()
     return ProductsUpserted(
         created=result.created,
@@ -150,8 +158,8 @@ def make_catalog_router(settings: Settings) -> APIRouter:
             413: {**ERROR_BODY, "description": f"The body is larger than {max_body} bytes."},
             422: {
                 **ERROR_BODY,
-                "description": "A field is missing, of the wrong type or over its limit, or an "
-                "id repeats.",
+                "description": "A field is missing, of the wrong type or over its limit, an id "
+                "repeats, or the catalog would hold more changes than XC_MAX_CATALOG_CHANGES.",
             },
             503: NOT_READY,
         },

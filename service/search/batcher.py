@@ -116,6 +116,7 @@ class MicroBatcher:
         self._throughput = 0.0  # queries per second, moving average over batches
         self._cond = threading.Condition()
         self._stopping = False
+        self._busy_since: dict[int, float] = {}  # worker thread -> when its batch started
         self._threads = [
             threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True)
             for i in range(workers)
@@ -141,6 +142,12 @@ class MicroBatcher:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout_s)
+
+    def stalled_s(self) -> float:
+        """How long the longest-running batch has run (0 when every worker is idle): a worker
+        stuck in a model call shows here, and `/readyz` reports it."""
+        started = list(self._busy_since.values())
+        return time.monotonic() - min(started) if started else 0.0
 
     @property
     def queued(self) -> int:
@@ -184,6 +191,8 @@ class MicroBatcher:
                 return
             size = sum(len(job.queries) for job in batch)
             start = time.perf_counter()
+            me = threading.get_ident()
+            self._busy_since[me] = time.monotonic()
             try:
                 self._run(batch)
             except Exception as exc:  # a fault in one batch must not kill the worker
@@ -191,6 +200,7 @@ class MicroBatcher:
                 for job in batch:
                     job.settle(error=exc)
             finally:
+                self._busy_since.pop(me, None)
                 elapsed = time.perf_counter() - start
                 with self._cond:
                     self._running -= size

@@ -435,6 +435,36 @@ def test_beyond_loopback_without_an_admin_key_the_admin_routes_are_disabled(
         assert keyed.post("/admin/reload").status_code == 401
 
 
+def test_a_stalled_model_call_times_out_and_readyz_says_not_ready(
+    demo_bundle: Path, tmp_path: Path
+) -> None:
+    release = threading.Event()
+    settings = {"answer_timeout_s": 1.0, "batch_workers": 1, "data_dir": tmp_path / "data"}
+    with serve(demo_bundle, **settings) as client:
+        engine = client.app.state.shared.registry.engine
+        rank = engine.rank_encoded
+
+        def hung(*args: Any, **kwargs: Any) -> Any:  # a model call that does not come back
+            release.wait(60)
+            return rank(*args, **kwargs)
+
+        engine.rank_encoded = hung
+        start = time.monotonic()
+        response = client.post("/search", json={"query": "drill"})
+        assert 1.0 <= time.monotonic() - start < 10
+        assert response.status_code == 503, response.text
+        (detail,) = response.json()["detail"]
+        assert detail["type"] == "stalled" and "did not answer within 1 s" in detail["msg"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["detail"][0]["type"] == "stalled"
+        release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.post("/search", json={"query": "drill"}).status_code == 200
+
+
 def test_cors_is_off_unless_origins_are_configured(demo_bundle: Path, client: TestClient) -> None:
     preflight = {
         "Origin": "https://shop.example",

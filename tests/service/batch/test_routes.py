@@ -143,6 +143,25 @@ def test_limits_and_unknown_jobs(demo_bundle: Path, tmp_path: Path) -> None:
         assert client.get("/batches/not-an-id").status_code == 422
 
 
+def test_a_finished_job_can_be_deleted_with_its_files(
+    demo_bundle: Path, queries: list[str], tmp_path: Path
+) -> None:
+    records = [{"custom_id": f"q{i}", "query": queries[i % len(queries)]} for i in range(30)]
+    with serve(demo_bundle, tmp_path / "data") as client:
+        job = client.post("/batches", json={"requests": records}).json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/batches/{job}").json()["status"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert (tmp_path / "data" / "jobs" / job).exists()
+        deleted = client.delete(f"/batches/{job}")
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json() == {"id": job, "object": "batch.deleted", "deleted": True}
+        assert not (tmp_path / "data" / "jobs" / job).exists()
+        assert client.get(f"/batches/{job}").status_code == 404
+        assert client.delete(f"/batches/{job}").status_code == 404
+
+
 def test_cancel_stops_a_running_job(demo_bundle: Path, queries: list[str], tmp_path: Path) -> None:
     records = [{"custom_id": f"q{i}", "query": queries[i % len(queries)]} for i in range(4000)]
     with serve(demo_bundle, tmp_path / "data", batch_chunk=20) as client:

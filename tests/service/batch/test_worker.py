@@ -49,3 +49,17 @@ def test_a_cancel_after_the_worker_read_the_job_is_not_undone(
     after = store.get(job.id)
     assert after.status == "cancelled" and after.completed == 0
     assert not store.output_path(job.id).exists()
+
+
+def test_finished_jobs_past_their_retention_are_deleted_with_their_files(store: JobStore) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    done, running = store.create(requests(2)), store.create(requests(2))
+    assert store.transition(done.id, "in_progress", allowed_from=("validating",))
+    assert store.transition(done.id, "completed", allowed_from=("in_progress",))
+    assert store.transition(running.id, "in_progress", allowed_from=("validating",))
+    assert store.expire(datetime.now(UTC) - timedelta(days=1)) == []  # too young
+    assert store.expire(datetime.now(UTC) + timedelta(days=1)) == [done.id]
+    assert store.get(done.id) is None and not store.job_dir(done.id).exists()
+    assert store.get(running.id) is not None and store.job_dir(running.id).exists()
+    assert not store.delete(running.id)  # a running job is never deleted

@@ -227,6 +227,22 @@ def test_bad_upserts_are_4xx_naming_the_field_and_limit(demo_bundle: Path, tmp_p
         assert catalog_info(client)["version"] == 0
 
 
+def test_the_catalog_holds_at_most_its_configured_changes(
+    demo_bundle: Path, tmp_path: Path
+) -> None:
+    settings = Settings(bundle=demo_bundle, data_dir=tmp_path / "data", max_catalog_changes=3)
+    with serve(settings) as client:
+        new = [{"id": f"CAP-{i}", "title": f"Capped drill {i}"} for i in range(4)]
+        assert put(client, new[0], new[1]).status_code == 200
+        retitled = {"id": "CAP-0", "title": "Capped drill, new title"}
+        assert put(client, retitled, new[2]).status_code == 200  # a retitle adds no change
+        refused = put(client, new[3])
+        assert_error(refused, 422, "products", "limit 3", "XC_MAX_CATALOG_CHANGES", "retrain")
+        assert refused.json()["detail"][0]["type"] == "catalog_full"
+        assert catalog_info(client)["added"] == 3
+        assert client.delete("/products/CAP-1").status_code == 200  # DELETE always works
+
+
 def test_catalog_routes_need_the_api_key(demo_bundle: Path, tmp_path: Path) -> None:
     settings = Settings(bundle=demo_bundle, data_dir=tmp_path / "data", api_key="s3cret")
     with serve(settings) as client:

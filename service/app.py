@@ -218,6 +218,7 @@ def create_app(
         metrics=metrics,
         registry=EngineRegistry(settings, metrics, catalogs),
         catalogs=catalogs,
+        upload_slots=asyncio.Semaphore(settings.max_concurrent_uploads),
         batcher=MicroBatcher(
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_ms / 1000,

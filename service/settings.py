@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     max_batch_file_bytes: int = Field(
         100 * 1024 * 1024, ge=1024, le=1 << 34, description="largest batch upload, in bytes"
     )
+    max_concurrent_uploads: int = Field(
+        2, ge=1, le=64, description="batch uploads received at once; more are answered 429"
+    )
     max_batch_lines: int = Field(
         1_000_000, ge=1, le=100_000_000, description="most requests in one batch job"
     )

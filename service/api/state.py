@@ -37,6 +37,7 @@ class AppState:
     registry: EngineRegistry
     catalogs: Catalogs
     batcher: MicroBatcher
+    upload_slots: asyncio.Semaphore  # batch uploads received at once
     job_store: JobStore | None = None  # opened by the lifespan, in a worker thread
     # One catalog change at a time, holding at most one worker thread.
     catalog_writes: asyncio.Lock = field(default_factory=asyncio.Lock)

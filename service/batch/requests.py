@@ -10,9 +10,9 @@ long is a bad line like any other, never a server error.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import IO, Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -72,13 +72,13 @@ def line_model(max_query_chars: int, max_k: int, default_k: int) -> type[BaseMod
     return BatchLine
 
 
-def parse_requests(
+def iter_requests(
     lines: Iterable[str], max_query_chars: int = 512, max_k: int = 1000, default_k: int = 10
-) -> list[BatchRequest]:
-    """Every request of a JSONL text (blank lines skipped), or `BatchInputError`."""
+) -> Iterator[BatchRequest]:
+    """Each valid request of a JSONL text as it is read (blank lines skipped); once every line
+    is read, `BatchInputError` if any was bad. Memory: one line, plus the custom_ids seen."""
     model = line_model(max_query_chars, max_k, default_k)
     limits: dict[str, str] = model.field_limits
-    requests: list[BatchRequest] = []
     problems: list[str] = []
     bad_lines: set[int] = set()
     seen: dict[str, int] = {}
@@ -107,7 +107,7 @@ def parse_requests(
             )
             continue
         seen[custom_id] = number
-        requests.append(
+        yield (
             BatchRequest(
                 line=number,
                 custom_id=custom_id,
@@ -118,4 +118,29 @@ def parse_requests(
         )
     if problems:
         raise BatchInputError(problems, len(bad_lines))
-    return requests
+
+
+def parse_requests(
+    lines: Iterable[str], max_query_chars: int = 512, max_k: int = 1000, default_k: int = 10
+) -> list[BatchRequest]:
+    """Every request of a JSONL text (blank lines skipped), or `BatchInputError`."""
+    return list(iter_requests(lines, max_query_chars, max_k, default_k))
+
+
+class NotUtf8(ValueError):
+    """A JSONL file has a byte that is not UTF-8, at `offset` from its start."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"invalid byte at offset {offset}")
+        self.offset = offset
+
+
+def utf8_lines(handle: IO[bytes]) -> Iterator[str]:
+    """The lines of a binary JSONL file, decoded one at a time (`NotUtf8` names the byte)."""
+    offset = 0
+    for raw in handle:
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise NotUtf8(offset + exc.start) from exc
+        offset += len(raw)

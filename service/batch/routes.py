@@ -14,7 +14,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse, StreamingResponse
@@ -22,10 +22,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from service.api.auth import ADMIN_RESPONSES, OPTIONAL_AUTH, require_admin_key
+from service.api.docs import RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router, json_refusal
 from service.api.state import RETRY_AFTER_S, state_of
-from service.batch.requests import BatchInputError, parse_requests
+from service.batch.requests import BatchInputError, NotUtf8, iter_requests, utf8_lines
 from service.batch.schemas import BatchCreate, BatchDeleted, BatchJob, BatchList, RequestCounts
 from service.batch.store import TERMINAL, BatchJobRecord, JobStore
 from service.settings import Settings
@@ -33,6 +34,8 @@ from service.storage import StoreUnavailable
 from service.validation import JsonRefused, strict_json, validation_details
 
 JSONL = "application/x-ndjson"
+# Seconds a client is told to wait when every upload slot is taken.
+UPLOAD_RETRY_AFTER_S = 2
 JOB_ID = r"^batch_[0-9a-f]{32}$"
 
 BatchId = Annotated[str, Path(pattern=JOB_ID, description="A job id from POST /batches.")]
@@ -76,8 +79,9 @@ def _refuse_lines(exc: BatchInputError, field: str) -> Exception:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=details)
 
 
-async def _request_lines(request: Request, settings: Settings) -> tuple[list[str], str]:
-    """The JSONL lines of an upload or a JSON body, and the field they came in."""
+async def _request_source(request: Request) -> tuple[IO[bytes] | list[str], str]:
+    """Where the requests are, and the field they came in: an upload, spooled to a temporary
+    file as it arrives (never held whole in memory), or the lines of a JSON body."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=1)
@@ -85,15 +89,10 @@ async def _request_lines(request: Request, settings: Settings) -> tuple[list[str
         if not isinstance(upload, UploadFile):
             msg = "file: is required (a JSONL file in multipart field 'file')"
             raise api_error(422, ["body", "file"], msg, "missing")
-        data = await upload.read()
-        try:
-            return data.decode("utf-8").splitlines(), "file"
-        except UnicodeDecodeError as exc:
-            msg = f"file: must be UTF-8 (invalid byte at offset {exc.start})"
-            raise api_error(422, ["body", "file"], msg, "file_not_utf8") from exc
+        return upload.file, "file"
     if content_type.startswith("application/json"):
         try:
-            payload = strict_json(await request.body())
+            payload = await asyncio.to_thread(strict_json, await request.body())
         except JsonRefused as exc:
             raise json_refusal(exc) from exc
         try:
@@ -108,6 +107,35 @@ async def _request_lines(request: Request, settings: Settings) -> tuple[list[str
         '{"requests": [...]}'
     )
     raise api_error(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, ["body"], msg, "unsupported_media")
+
+
+def _lines(source: IO[bytes] | list[str]) -> Iterator[str]:
+    """The source's lines, from the start (an upload is read one line at a time)."""
+    if isinstance(source, list):
+        return iter(source)
+    source.seek(0)
+    return utf8_lines(source)
+
+
+def _create_job(
+    store: JobStore, source: IO[bytes] | list[str], field: str, settings: Settings
+) -> BatchJobRecord:
+    """Check the requests and store the job (blocking: in a worker thread). Two passes over the
+    source (count, then check and write), one line in memory at a time."""
+    try:
+        count = sum(1 for line in _lines(source) if line.strip())
+        if count > settings.max_batch_lines:
+            msg = f"{field}: has {count} requests, limit {settings.max_batch_lines}"
+            raise api_error(422, ["body", field], msg, "too_many_requests")
+        if count == 0:
+            raise api_error(422, ["body", field], f"{field}: has no requests", "empty")
+        limits = (settings.max_query_chars, settings.max_k, settings.default_k)
+        return store.create(iter_requests(_lines(source), *limits))
+    except NotUtf8 as exc:
+        msg = f"{field}: must be UTF-8 ({exc})"
+        raise api_error(422, ["body", field], msg, "file_not_utf8") from exc
+    except BatchInputError as exc:
+        raise _refuse_lines(exc, field) from exc
 
 
 def _error_lines(path: FilePath) -> Iterator[bytes]:
@@ -147,6 +175,12 @@ def create_responses(max_body_bytes: int) -> dict[int | str, dict[str, Any]]:
         400: {**ERROR_BODY, "description": "The JSON body cannot be parsed."},
         413: {**ERROR_BODY, "description": f"The upload is larger than {max_body_bytes} bytes."},
         415: {**ERROR_BODY, "description": "Neither multipart/form-data nor JSON."},
+        429: {
+            **ERROR_BODY,
+            "headers": RETRY_AFTER_HEADER,
+            "description": "XC_MAX_CONCURRENT_UPLOADS uploads are being received; retry after "
+            "`Retry-After` seconds.",
+        },
         422: {**ERROR_BODY, "description": "Bad lines (each named), or too many lines."},
         503: {
             **ERROR_BODY,
@@ -157,33 +191,31 @@ def create_responses(max_body_bytes: int) -> dict[int | str, dict[str, Any]]:
 
 
 async def create_batch(request: Request) -> BatchJob:
-    """Check every request, store them, and queue the job for the background worker."""
-    settings = state_of(request).settings
+    """Check every request, store them, and queue the job for the background worker.
+
+    At most `XC_MAX_CONCURRENT_UPLOADS` bodies are received at once (429 beyond); each is
+    spooled to disk as it arrives and checked line by line in a worker thread, so large uploads
+    neither fill memory nor hold up the event loop that answers searches.
+    """
+    state = state_of(request)
     store = _store(request)
-    lines, field = await _request_lines(request, settings)
-    count = sum(1 for line in lines if line.strip())
-    if count > settings.max_batch_lines:
-        msg = f"{field}: has {count} requests, limit {settings.max_batch_lines}"
-        raise api_error(422, ["body", field], msg, "too_many_requests")
-    if count == 0:
-        raise api_error(422, ["body", field], f"{field}: has no requests", "empty")
-    try:
-        requests = await asyncio.to_thread(
-            parse_requests,
-            lines,
-            settings.max_query_chars,
-            settings.max_k,
-            settings.default_k,
-        )
-    except BatchInputError as exc:
-        raise _refuse_lines(exc, field) from exc
-    try:
-        return job_model(await asyncio.to_thread(store.create, requests))
-    except StoreUnavailable as exc:
-        msg = f"batch: the job was not created ({exc}); retry later"
-        headers = {"Retry-After": str(RETRY_AFTER_S)}
-        code = status.HTTP_503_SERVICE_UNAVAILABLE
-        raise api_error(code, [], msg, "batch_store_unavailable", headers) from exc
+    slots = state.upload_slots
+    if slots.locked():
+        limit = state.settings.max_concurrent_uploads
+        msg = f"batches: {limit} uploads are being received, limit {limit}; retry shortly"
+        headers = {"Retry-After": str(UPLOAD_RETRY_AFTER_S)}
+        code = status.HTTP_429_TOO_MANY_REQUESTS
+        raise api_error(code, [], msg, "too_many_uploads", headers)
+    async with slots:
+        source, field = await _request_source(request)
+        try:
+            job = await asyncio.to_thread(_create_job, store, source, field, state.settings)
+        except StoreUnavailable as exc:
+            msg = f"batch: the job was not created ({exc}); retry later"
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+            code = status.HTTP_503_SERVICE_UNAVAILABLE
+            raise api_error(code, [], msg, "batch_store_unavailable", headers) from exc
+    return job_model(job)
 
 
 async def list_batches(

@@ -23,7 +23,7 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,20 +112,23 @@ class JobStore:
         """The answers of a job, one line per request in input order."""
         return self.job_dir(job_id) / "output.jsonl"
 
-    def create(self, requests: list[BatchRequest]) -> BatchJobRecord:
-        """Write the requests and record a new job (status validating).
+    def create(self, requests: Iterable[BatchRequest]) -> BatchJobRecord:
+        """Write the requests (read one at a time) and record a new job (status validating).
 
         The input file and its directory entries are fsynced before the row is inserted, so a
         job row never outlives its input after a power cut. A write that fails (a full disk)
-        leaves nothing behind and raises `StoreUnavailable`.
+        leaves nothing behind and raises `StoreUnavailable`; any other error `requests` raises
+        (a bad line found late) leaves nothing behind either.
         """
         job_id = f"batch_{uuid.uuid4().hex}"
         directory = self.job_dir(job_id)
         try:
             directory.mkdir(parents=True)
             staged = directory / "input.jsonl.tmp"
+            total = 0
             with staged.open("w", encoding="utf-8") as handle:
                 for r in requests:
+                    total += 1
                     record = {"custom_id": r.custom_id, "query": r.query, "k": r.k}
                     handle.write(json.dumps({**record, "model": r.model}) + "\n")
                 handle.flush()
@@ -137,11 +140,14 @@ class JobStore:
             self._execute(
                 "INSERT INTO jobs (id, status, created_at, updated_at, total) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (job_id, "validating", now, now, len(requests)),
+                (job_id, "validating", now, now, total),
             )
         except (OSError, sqlite3.Error) as exc:
             shutil.rmtree(directory, ignore_errors=True)
             raise StoreUnavailable(reason(exc, "the batch job")) from exc
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         with self.changed:
             self.changed.notify_all()
         job = self.get(job_id)

@@ -89,7 +89,8 @@ test-fast: lint
 #   bench-quality  ours vs BM25, the untrained encoder and the XMC peers on Home Depot and
 #                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder;
 #   bench-serving  HTTP load (fp32, int8), offline batch scoring, catalog upserts, the in-process
-#                  CPU baseline of the GPU benchmark, MACH decoding at 1M and 10M labels;
+#                  CPU baseline of the GPU benchmark, MACH decoding at 1M and 10M labels, and
+#                  20 SIGKILL cycles during batch jobs and upserts (bench.faults);
 #   bench-scale    index choice by catalog size, K = 20K, 100K and 1M (about 40 min), checked
 #                  against the Home Depot bundle's real vectors;
 # then bench.report rewrites the generated tables from the results JSON. bench-serving needs the
@@ -134,6 +135,7 @@ bench-serving: $(STAMP)
 	    --out bench/results/catalog-int8.json
 	$(PY) -m bench.gpu --bundle models/homedepot-hybrid --data $(HOMEDEPOT) --device cpu
 	$(PY) -m bench.mach_decode
+	$(PY) -m bench.faults --bundle models/homedepot --cycles 20
 
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale --merge $(SCALE_CALIBRATE)

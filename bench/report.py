@@ -545,6 +545,48 @@ def render_catalog(records: dict[str, Any]) -> str:
 
 
 # Marker name -> (results JSON file, renderer), or (several files, renderer of {file: record}).
+def render_faults(record: dict[str, Any]) -> str:
+    """bench.faults's JSON: SIGKILL cycles during batch jobs and upserts, and what survived."""
+    jobs = f"{record['jobs_accepted']:,} / {record['jobs_completed']:,}"
+    answers = f"{record['answers_expected']:,} / {record['answers_written']:,}"
+    lost = record["answers_missing"] + record["answers_out_of_order"]
+    changes = f"{record['puts_acknowledged']:,} PUTs, {record['changes_acknowledged']:,} products"
+    table = markdown_table(
+        [
+            "faults injected",
+            "batch jobs accepted / completed",
+            "answers expected / written",
+            "answers lost or misplaced",
+            "answers duplicated",
+            "catalog changes acknowledged",
+            "changes lost",
+            "PUTs half applied",
+            "5xx answers",
+        ],
+        [
+            [
+                f"{record['kills']} × SIGKILL",
+                jobs,
+                answers,
+                str(lost),
+                str(record["answers_duplicated"]),
+                changes,
+                str(record["changes_lost"]),
+                str(record["puts_half_applied"]),
+                str(record["server_errors"]),
+            ]
+        ],
+    )
+    statuses = ", ".join(f"{code}: {count:,}" for code, count in sorted(record["statuses"].items()))
+    return (
+        f"{table}\n\nAnswers seen by status: {statuses}; requests cut by a kill (no answer, so "
+        f"not acknowledged): {record['transport_errors']:,}. Seed {record['seed']}, "
+        f"{record['requests_per_job']} lines per job, {record['seconds']:,} s.\n\n"
+        f"{_generated_from('faults.json')} Command: `{record['command']}`, "
+        f"{record['date'][:10]}.\n"
+    )
+
+
 SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "quality:homedepot": ("quality_homedepot.json", render_quality),
     "quality:cooking": ("quality_cooking.json", render_quality),
@@ -559,6 +601,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "mach_decode:memory": ("mach_decode.json", render_mach_memory),
     "batch": ("batch_homedepot.json", render_batch),
     "catalog": (("catalog.json", "catalog-int8.json"), render_catalog),
+    "faults": ("faults.json", render_faults),
 }
 
 

@@ -289,3 +289,35 @@ def test_make_bench_runs_every_benchmark_whose_json_a_table_is_generated_from() 
             ran = re.search(rf"-m bench\.{module}(\s|$)", dry_run, re.M)
             assert ran, f"{name}: nothing in make bench writes {file}"
     assert dry_run.rstrip().endswith("-m bench.report")
+
+
+def test_faults_table_shows_what_was_injected_and_that_nothing_was_lost() -> None:
+    from bench.report import render_faults
+
+    record = {
+        "command": "python -m bench.faults --bundle models/demo --cycles 3",
+        "date": "2026-12-06T10:00:00+00:00",
+        "seconds": 12.5,
+        "seed": 0,
+        "requests_per_job": 600,
+        "kills": 3,
+        "jobs_accepted": 3,
+        "jobs_completed": 3,
+        "answers_expected": 1800,
+        "answers_written": 1800,
+        "answers_missing": 0,
+        "answers_out_of_order": 0,
+        "answers_duplicated": 0,
+        "puts_acknowledged": 40,
+        "changes_acknowledged": 80,
+        "changes_lost": 0,
+        "puts_half_applied": 0,
+        "server_errors": 0,
+        "transport_errors": 3,
+        "statuses": {"200": 40, "201": 3},
+    }
+    text = render_faults(record)
+    assert (
+        "| 3 × SIGKILL | 3 / 3 | 1,800 / 1,800 | 0 | 0 | 40 PUTs, 80 products | 0 | 0 | 0 |" in text
+    )
+    assert "`bench/results/faults.json`" in text and "--cycles 3" in text

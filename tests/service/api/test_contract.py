@@ -15,6 +15,10 @@ coverage and fuzzing phases, each checked for
 * a documented content type (`content_type_conformance`),
 * a body that matches the documented schema (`response_schema_conformance`).
 
+The contract runs three times: against a server with no key, and against one with a search key
+and an admin key, once sending the admin key and once a wrong key (issue 18: zero 5xx with and
+without keys).
+
 The example count is bounded for CI on 2 CPU cores: the requests take about 15 s in all (most
 of it valid /admin/reload calls, each warming a bundle), on top of the server's start and the
 session's demo bundle training (tests/conftest.py), which dominate the file's runtime.
@@ -27,6 +31,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,9 @@ os.environ.setdefault(
 # Generated cases per operation in the fuzzing phase (positive and negative together); the
 # coverage phase adds its own boundary and invalid-input cases on top.
 MAX_EXAMPLES = 100
+# The keyed runs repeat the contract against a server with both keys set, with fewer cases.
+KEYED_MAX_EXAMPLES = 30
+SEARCH_KEY, ADMIN_KEY = "contract-search-key", "contract-admin-key"
 REQUEST_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 60
 
@@ -70,8 +78,8 @@ CHECKS: list[CheckFunction] = [
 
 CONFIG = schemathesis.Config.from_dict(
     {
-        # Positive and negative data. The server under test runs without an API key (no
-        # XC_API_KEY), so no bearer token is sent nor expected to be refused when missing.
+        # Positive and negative data. Schemathesis adds no token of its own: each test sends
+        # the one its server needs (none, the admin key, or a wrong one).
         "generation": {"mode": "all", "with-security-parameters": False},
         # Invalid input must be refused with a 4xx, whichever one the contract documents for it
         # (413 for an oversized body, too); a 5xx fails `not_a_server_error` instead.
@@ -101,15 +109,15 @@ class LiveServer:
         return errors[-last:]
 
 
-@pytest.fixture(scope="module")
-def live_server(
-    demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def running_server(
+    bundle: Path, tmp_path_factory: pytest.TempPathFactory, **settings: str
 ) -> Iterator[LiveServer]:
-    """`python -m service` on the demo bundle, no XC_* settings (so no API key), until SIGTERM."""
+    """`python -m service` on `bundle` with only the given XC_* settings, until SIGTERM."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("contract") / "stderr.log"
-    process = start_server(demo_bundle, port, log_path)
+    process = start_server(bundle, port, log_path, **settings)
     try:
         wait_ready(process, base, log_path)
         yield LiveServer(base_url=base, log_path=log_path)
@@ -117,6 +125,46 @@ def live_server(
         process.wait(timeout=STOP_TIMEOUT_S)
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The demo bundle served with no key."""
+    with running_server(demo_bundle, tmp_path_factory) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def keyed_server(
+    demo_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The demo bundle served with a search key and an admin key."""
+    keys = {"search_key": SEARCH_KEY, "admin_key": ADMIN_KEY}
+    with running_server(demo_bundle, tmp_path_factory, **keys) as server:
+        yield server
+
+
+def check_case(case: Case, server: LiveServer, headers: dict[str, str] | None = None) -> None:
+    """Call the server with the case and check the answer against the contract."""
+    base_url = server.base_url
+    response = case.call(base_url=base_url, timeout=REQUEST_TIMEOUT_S, headers=headers)
+    # A text/plain body (Prometheus exposition format) has no JSON schema to conform to.
+    skipped = (
+        [response_schema_conformance] if documented_as_text(case, response.status_code) else []
+    )
+    try:
+        case.validate_response(
+            response,
+            checks=[check for check in CHECKS if check not in skipped],
+            transport_kwargs={"base_url": base_url, "timeout": REQUEST_TIMEOUT_S},
+        )
+    except Exception:
+        # Shown with the failure: the server-side cause of a 5xx.
+        if errors := server.error_lines():
+            print("server errors:", *errors, sep="\n")
+        raise
 
 
 def documented_as_text(case: Case, status_code: int) -> bool:
@@ -136,20 +184,33 @@ def documented_as_text(case: Case, status_code: int) -> bool:
 )
 def test_server_honours_committed_contract(case: Case, live_server: LiveServer) -> None:
     """Every generated request gets a documented status, content type and body; never a 5xx."""
-    base_url = live_server.base_url
-    response = case.call(base_url=base_url, timeout=REQUEST_TIMEOUT_S)
-    # A text/plain body (Prometheus exposition format) has no JSON schema to conform to.
-    skipped = (
-        [response_schema_conformance] if documented_as_text(case, response.status_code) else []
-    )
-    try:
-        case.validate_response(
-            response,
-            checks=[check for check in CHECKS if check not in skipped],
-            transport_kwargs={"base_url": base_url, "timeout": REQUEST_TIMEOUT_S},
-        )
-    except Exception:
-        # Shown with the failure: the server-side cause of a 5xx.
-        if errors := live_server.error_lines():
-            print("server errors:", *errors, sep="\n")
-        raise
+    check_case(case, live_server)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=KEYED_MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_keyed_server_honours_the_contract_with_the_admin_key(
+    case: Case, keyed_server: LiveServer
+) -> None:
+    """With both keys set and the admin key sent, the same promises (issue 18: with keys)."""
+    check_case(case, keyed_server, {"Authorization": f"Bearer {ADMIN_KEY}"})
+
+
+@schema.parametrize()
+@settings(
+    max_examples=KEYED_MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_keyed_server_honours_the_contract_without_a_key(
+    case: Case, keyed_server: LiveServer
+) -> None:
+    """With both keys set and a wrong one sent: guarded routes are a documented 401, open ones
+    answer as usual, never a 5xx."""
+    check_case(case, keyed_server, {"Authorization": f"Bearer {SEARCH_KEY}-wrong"})

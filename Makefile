@@ -67,13 +67,14 @@ openapi: $(STAMP)
 	$(PY) -m service.openapi
 
 # Test tools from Debian: chromium for the search-page test (driven by Playwright, which
-# downloads no browser) and docker-compose to validate docker/compose.yaml.
+# downloads no browser), docker-compose to validate docker/compose.yaml, and strace to see
+# that a new batch job's directory entries are fsynced.
 TOOLS_STAMP := $(VENV)/.test-tools-stamp
 $(TOOLS_STAMP): | $(STAMP)
-	(command -v chromium && command -v docker-compose) >/dev/null 2>&1 \
-	  || (apt-get update -qq && apt-get install -y -qq chromium docker-compose) \
-	  || (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium docker-compose) \
-	  || echo "chromium/docker-compose could not be installed: their tests will be skipped"
+	(command -v chromium && command -v docker-compose && command -v strace) >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq chromium docker-compose strace) \
+	  || (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq chromium docker-compose strace) \
+	  || echo "chromium/docker-compose/strace could not be installed: their tests will be skipped"
 	touch $@
 
 test: lint $(TOOLS_STAMP)

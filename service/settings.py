@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     max_batch_queries: int = Field(
         256, ge=1, le=MAX_BATCH_QUERIES_CEILING, description="most queries in one request"
     )
+    max_results: int = Field(
+        25_600,
+        ge=1,
+        le=10_000_000,
+        description="most results one /search request may ask for (queries × k): an answer of "
+        "256 × 1,000 results takes the server a second of work to build and send",
+    )
     max_batch: int = Field(
         64, ge=1, le=4096, description="most queries the batcher gathers into one model call"
     )
@@ -198,6 +205,11 @@ class Settings(BaseSettings):
         """Limits that would make every request of some kind invalid are refused at start-up."""
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+        if self.max_results < self.max_k:
+            raise ValueError(
+                f"max_results ({self.max_results}) must be >= max_k ({self.max_k}): one query at "
+                "the largest k would always be refused"
+            )
         if self.max_batch_queries > self.max_queue:
             raise ValueError(
                 f"max_batch_queries ({self.max_batch_queries}) must be <= max_queue "

@@ -48,8 +48,8 @@ SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {**ERROR_BODY, "description": f"The body is larger than {SEARCH_MAX_BODY_BYTES} bytes."},
     422: {
         **ERROR_BODY,
-        "description": "A field is missing, of the wrong type, or out of range "
-        "(including a query over the token limit).",
+        "description": "A field is missing, of the wrong type, or out of range (including a "
+        "query over the token limit, and queries × k over XC_MAX_RESULTS).",
     },
     429: {
         **ERROR_BODY,
@@ -141,6 +141,14 @@ async def answer_search(
     """Admit the queries, await their hits and shape the reply (see the module docstring)."""
     start = time.perf_counter()
     state = state_of(request)
+    limit = state.settings.max_results
+    if len(texts) * k > limit:
+        msg = (
+            f"k: {len(texts)} queries × k {k} = {len(texts) * k} results, limit {limit} "
+            "(XC_MAX_RESULTS); ask for fewer queries or a smaller k"
+        )
+        code = status.HTTP_422_UNPROCESSABLE_CONTENT
+        raise api_error(code, ["body", "k"], msg, "too_many_results")
     try:
         chosen = engine.resolve_model(model)
     except ValueError as exc:

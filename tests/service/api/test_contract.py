@@ -65,6 +65,12 @@ MAX_EXAMPLES = 100
 # The keyed runs repeat the contract against a server with both keys set, with fewer cases.
 KEYED_MAX_EXAMPLES = 30
 SEARCH_KEY, ADMIN_KEY = "contract-search-key", "contract-admin-key"
+KEYED_RUN = settings(
+    max_examples=KEYED_MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 REQUEST_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 60
 
@@ -188,12 +194,7 @@ def test_server_honours_committed_contract(case: Case, live_server: LiveServer) 
 
 
 @schema.parametrize()
-@settings(
-    max_examples=KEYED_MAX_EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@KEYED_RUN
 def test_keyed_server_honours_the_contract_with_the_admin_key(
     case: Case, keyed_server: LiveServer
 ) -> None:
@@ -202,12 +203,7 @@ def test_keyed_server_honours_the_contract_with_the_admin_key(
 
 
 @schema.parametrize()
-@settings(
-    max_examples=KEYED_MAX_EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@KEYED_RUN
 def test_keyed_server_honours_the_contract_without_a_key(
     case: Case, keyed_server: LiveServer
 ) -> None:

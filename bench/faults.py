@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 
 from bench.provenance import command_line, machine
-from bench.server import free_port
+from bench.server import free_port, wait_until_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
 READY_TIMEOUT_S = 180.0
@@ -95,16 +95,7 @@ class Server:
             self.process = subprocess.Popen(
                 self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=stderr
             )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"not ready: {self.log.read_text()[-2000:]}")
+        wait_until_ready(self.process, self.base, self.log, READY_TIMEOUT_S, poll_s=0.05)
 
     def kill(self) -> None:
         assert self.process is not None

@@ -2,8 +2,9 @@
 
 `running_server(bundle, port, threads)` starts the server on a loopback port, waits for
 `/readyz` and yields its base URL; `server_process` does the same but yields the process too
-(for its pid). The server's stderr goes to a temporary file, not a pipe, so a chatty server
-under load can never block on a full pipe; its tail is quoted when the server fails to start.
+(for its pid); `wait_until_ready` is the readiness wait they share with `bench.faults`.
+The server's stderr goes to a temporary file, not a pipe, so a chatty server under load can
+never block on a full pipe; its tail is quoted when the server fails to start.
 """
 
 from __future__ import annotations
@@ -44,6 +45,31 @@ def _tail(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")[-STDERR_TAIL_CHARS:]
 
 
+def wait_until_ready(
+    proc: subprocess.Popen[bytes],
+    base: str,
+    stderr_path: Path,
+    timeout_s: float,
+    poll_s: float = 0.2,
+) -> None:
+    """Poll `base/readyz` until it answers 200.
+
+    Raises RuntimeError, quoting the tail of the server's stderr, if the process exits first
+    or `timeout_s` passes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {_tail(stderr_path)}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+    raise RuntimeError(f"server not ready in time: {_tail(stderr_path)}")
+
+
 @contextmanager
 def server_process(
     bundle: Path,
@@ -65,18 +91,7 @@ def server_process(
         with stderr_path.open("wb") as stderr:
             proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {_tail(stderr_path)}")
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise RuntimeError(f"server not ready in time: {_tail(stderr_path)}")
+            wait_until_ready(proc, base, stderr_path, timeout_s)
             yield ServerProcess(base=base, process=proc)
         finally:
             proc.terminate()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,16 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.server import free_port
 from tests.support.paths import REPO
 
+__all__ = ["clean_env", "free_port", "start_server", "stop", "wait_ready"]
+
 READY_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env() -> dict[str, str]:

@@ -91,7 +91,8 @@ test-fast: lint
 #                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder;
 #   bench-serving  HTTP load (fp32, int8), offline batch scoring, catalog upserts, the in-process
 #                  CPU baseline of the GPU benchmark, MACH decoding at 1M and 10M labels, and
-#                  20 SIGKILL cycles during batch jobs and upserts (bench.faults);
+#                  20 SIGKILL cycles during batch jobs and upserts (bench.faults), and a
+#                  single-query probe beside hostile clients (bench.hostile);
 #   bench-scale    index choice by catalog size, K = 20K, 100K and 1M (about 40 min), checked
 #                  against the Home Depot bundle's real vectors;
 # then bench.report rewrites the generated tables from the results JSON. bench-serving needs the
@@ -137,6 +138,7 @@ bench-serving: $(STAMP)
 	$(PY) -m bench.gpu --bundle models/homedepot-hybrid --data $(HOMEDEPOT) --device cpu
 	$(PY) -m bench.mach_decode
 	$(PY) -m bench.faults --bundle models/homedepot --cycles 20
+	$(PY) -m bench.hostile --bundle models/homedepot
 
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale --merge $(SCALE_CALIBRATE)

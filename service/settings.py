@@ -95,7 +95,12 @@ class Settings(BaseSettings):
         "as the model is free; batches still form while it is busy)",
     )
     max_queue: int = Field(
-        256, ge=1, le=1_000_000, description="queries waiting for the model before 429s start"
+        512,
+        ge=1,
+        le=1_000_000,
+        description="queries waiting for the model before 429s start; requests larger than "
+        "XC_MAX_BATCH may fill it only up to XC_MAX_QUEUE - XC_MAX_BATCH (at most down to "
+        "XC_MAX_BATCH_QUERIES), keeping the rest for small ones",
     )
     batch_workers: int = Field(
         2,

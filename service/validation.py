@@ -13,8 +13,8 @@ files with the same rules and messages as the HTTP API, without it.
 from __future__ import annotations
 
 import json
+import re
 import sys
-import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -23,8 +23,9 @@ from pydantic_core import PydanticCustomError
 
 ModelName = Literal["astra", "mach", "hybrid"]
 
-# Control characters a pasted query may legitimately contain; every other one is rejected.
-ALLOWED_CONTROL_CHARS = frozenset("\t\n")
+# Control characters (Unicode category Cc: U+0000-U+001F and U+007F-U+009F, a set the standard
+# never changes) other than tab and newline, which a pasted query may legitimately contain.
+REFUSED_CONTROL_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def _check_query_text(query: str) -> str:
@@ -32,16 +33,17 @@ def _check_query_text(query: str) -> str:
 
     They mean nothing to a search and usually come from a broken client; rejecting them keeps
     them out of the tokenizer and the logs. (Lone surrogates never get here: pydantic rejects
-    strings that are not valid Unicode.)
+    strings that are not valid Unicode.) One regular-expression scan: a character-by-character
+    loop cost a millisecond of the event loop per 256-query request.
     """
-    for position, char in enumerate(query):
-        if unicodedata.category(char) == "Cc" and char not in ALLOWED_CONTROL_CHARS:
-            raise PydanticCustomError(
-                "query_control_character",
-                "must not contain control characters other than tab and newline "
-                "(found {char} at position {position})",
-                {"char": f"U+{ord(char):04X}", "position": position},
-            )
+    found = REFUSED_CONTROL_CHARS.search(query)
+    if found is not None:
+        raise PydanticCustomError(
+            "query_control_character",
+            "must not contain control characters other than tab and newline "
+            "(found {char} at position {position})",
+            {"char": f"U+{ord(found.group()):04X}", "position": found.start()},
+        )
     return query
 
 

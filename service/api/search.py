@@ -16,21 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic_core import to_json
 
 from service.api.auth import AUTH_RESPONSES, OPTIONAL_AUTH, require_search_key
 from service.api.docs import BAD_JSON, NOT_READY, RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router
-from service.api.schemas import (
-    BatchSearchResponse,
-    QueryResults,
-    SearchResponse,
-    search_request_model,
-)
+from service.api.schemas import BatchSearchResponse, SearchResponse, search_request_model
 from service.api.state import RETRY_AFTER_S, EngineDep, state_of
 from service.metrics import ServiceMetrics
-from service.ranking import result_records
+from service.ranking import Hit, result_records
 from service.search.batcher import Answer, Dropped, Overloaded, SearchJob
 from service.search.engine import SearchEngine
 from service.search.pipeline import QueryTooLong
@@ -38,6 +34,10 @@ from service.settings import Settings
 
 # 256 queries of 512 characters, every one \u-escaped (6 bytes), fit with room to spare.
 SEARCH_MAX_BODY_BYTES = 1024 * 1024
+# Answers with at least this many results are serialised off the event loop, this many queries
+# at a time.
+RENDER_ON_LOOP_RESULTS = 1000
+RENDER_PIECE = 16
 # Status for a request whose client disconnected before the answer (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -137,7 +137,7 @@ async def answer_search(
     batched: bool,
     k: int,
     model: str | None,
-) -> SearchResponse | BatchSearchResponse:
+) -> Response:
     """Admit the queries, await their hits and shape the reply (see the module docstring)."""
     start = time.perf_counter()
     state = state_of(request)
@@ -181,13 +181,43 @@ async def answer_search(
         "took_ms": round(took * 1000, 3),
         "notice": engine.catalog.notice(chosen, engine.models),
     }
-    if not batched:
-        return SearchResponse(results=result_records(answer.hits[0]), **answered_by)
-    responses = [
-        QueryResults(query=query, results=result_records(hits))
-        for query, hits in zip(texts, answer.hits, strict=True)
-    ]
-    return BatchSearchResponse(responses=responses, **answered_by)
+    if answered_by["notice"] is None:
+        del answered_by["notice"]  # `notice` only when there is one
+    queries = texts if batched else None
+    if len(texts) * k < RENDER_ON_LOOP_RESULTS:
+        return render(queries, answer.hits, answered_by)
+    return await asyncio.to_thread(render, queries, answer.hits, answered_by)
+
+
+def render(
+    queries: list[str] | None, hits: list[list[Hit]], answered_by: dict[str, Any]
+) -> Response:
+    """The answer as JSON bytes: a `SearchResponse` (`queries` None: one query) or a
+    `BatchSearchResponse`.
+
+    Written directly by pydantic-core's serialiser (17 ms for 25,600 results, against 60 ms
+    for building and serialising the response models), `RENDER_PIECE` queries at a time with
+    the interpreter lock let go in between, so a large answer never holds it for long.
+    Non-finite scores (MACH's zero-probability labels) become null, as the models' serialiser
+    writes them."""
+    tail = to_json(answered_by)  # {"model": ..., ...}: never empty
+    if queries is None:
+        head = b'{"results":' + to_json(result_records(hits[0]), inf_nan_mode="null")
+        return Response(head + b"," + tail[1:], media_type="application/json")
+    pieces = []
+    for start in range(0, len(queries), RENDER_PIECE):
+        piece = [
+            {"query": query, "results": result_records(found)}
+            for query, found in zip(
+                queries[start : start + RENDER_PIECE],
+                hits[start : start + RENDER_PIECE],
+                strict=True,
+            )
+        ]
+        pieces.append(to_json(piece, inf_nan_mode="null")[1:-1])
+        time.sleep(0)  # lets the event loop and the search workers take the interpreter
+    body = b'{"responses":[' + b",".join(pieces) + b"]," + tail[1:]
+    return Response(body, media_type="application/json")
 
 
 def make_search_router(settings: Settings) -> APIRouter:
@@ -203,14 +233,12 @@ def make_search_router(settings: Settings) -> APIRouter:
         summary="Top-k products for a query or a list of queries",
         operation_id="search",
         response_description="The top-k products of each query, best first.",
-        response_model_exclude_none=True,  # `notice` only when there is one
+        response_model=SearchResponse | BatchSearchResponse,  # the answer `render` writes
         responses=SEARCH_RESPONSES,
         dependencies=[Depends(require_search_key)],
         openapi_extra=OPTIONAL_AUTH,
     )
-    async def search(
-        body: SearchRequest, request: Request, engine: EngineDep
-    ) -> SearchResponse | BatchSearchResponse:
+    async def search(body: SearchRequest, request: Request, engine: EngineDep) -> Response:
         """Answer with the k best products of the requested model for each query."""
         batched = body.queries is not None
         return await answer_search(

@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, Request, status
 
 from service.api.errors import api_error
+from service.batch.intake import InputChecker
 from service.batch.store import JobStore
 from service.catalog.changes import Catalogs
 from service.metrics import ServiceMetrics
@@ -38,6 +39,7 @@ class AppState:
     catalogs: Catalogs
     batcher: MicroBatcher
     upload_slots: asyncio.Semaphore  # batch uploads received at once
+    input_checker: InputChecker  # checks them in processes of its own
     job_store: JobStore | None = None  # opened by the lifespan, in a worker thread
     # One catalog change at a time, holding at most one worker thread.
     catalog_writes: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -51,6 +51,10 @@ class BatchInputError(ValueError):
         self.problems = problems
         self.bad_lines = bad_lines
 
+    def __reduce__(self) -> tuple[type, tuple[list[str], int]]:
+        """Pickled by its fields (it crosses from the input checker's process)."""
+        return type(self), (self.problems, self.bad_lines)
+
 
 def line_model(max_query_chars: int, max_k: int, default_k: int) -> type[BaseModel]:
     """The pydantic model of one input line, with the service's limits."""
@@ -133,6 +137,10 @@ class NotUtf8(ValueError):
     def __init__(self, offset: int) -> None:
         super().__init__(f"invalid byte at offset {offset}")
         self.offset = offset
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        """Pickled by its offset (it crosses from the input checker's process)."""
+        return type(self), (self.offset,)
 
 
 def utf8_lines(handle: IO[bytes]) -> Iterator[str]:

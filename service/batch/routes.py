@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path as FilePath
 from typing import IO, Annotated, Any
@@ -26,11 +27,12 @@ from service.api.docs import RETRY_AFTER_HEADER
 from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router, json_refusal
 from service.api.state import RETRY_AFTER_S, state_of
-from service.batch.requests import BatchInputError, NotUtf8, iter_requests, utf8_lines
+from service.batch.intake import CheckerStopped, InputLimits, InputRefused
+from service.batch.requests import BatchInputError, NotUtf8
 from service.batch.schemas import BatchCreate, BatchDeleted, BatchJob, BatchList, RequestCounts
 from service.batch.store import TERMINAL, BatchJobRecord, JobStore
 from service.settings import Settings
-from service.storage import StoreUnavailable
+from service.storage import StoreUnavailable, reason
 from service.validation import JsonRefused, strict_json, validation_details
 
 JSONL = "application/x-ndjson"
@@ -79,9 +81,10 @@ def _refuse_lines(exc: BatchInputError, field: str) -> Exception:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=details)
 
 
-async def _request_source(request: Request) -> tuple[IO[bytes] | list[str], str]:
-    """Where the requests are, and the field they came in: an upload, spooled to a temporary
-    file as it arrives (never held whole in memory), or the lines of a JSON body."""
+async def _spool_input(request: Request, spool: FilePath) -> str:
+    """Write the requests to the file `spool` and name the field they came in: an upload
+    (received into a temporary file as it arrives, never held whole in memory, then copied),
+    or the requests of a JSON body, one per line."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=1)
@@ -89,7 +92,8 @@ async def _request_source(request: Request) -> tuple[IO[bytes] | list[str], str]
         if not isinstance(upload, UploadFile):
             msg = "file: is required (a JSONL file in multipart field 'file')"
             raise api_error(422, ["body", "file"], msg, "missing")
-        return upload.file, "file"
+        await asyncio.to_thread(_copy, upload.file, spool)
+        return "file"
     if content_type.startswith("application/json"):
         try:
             payload = await asyncio.to_thread(strict_json, await request.body())
@@ -101,7 +105,9 @@ async def _request_source(request: Request) -> tuple[IO[bytes] | list[str], str]
             limits = {"requests": "a list of 1 or more request objects"}
             errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
             raise HTTPException(422, detail=validation_details(errors, limits)) from exc
-        return [json.dumps(r) for r in body.requests], "requests"
+        lines = "".join(json.dumps(r) + "\n" for r in body.requests)
+        await asyncio.to_thread(spool.write_text, lines, encoding="utf-8")
+        return "requests"
     msg = (
         "body: send a JSONL file as multipart/form-data field 'file', or application/json "
         '{"requests": [...]}'
@@ -109,33 +115,55 @@ async def _request_source(request: Request) -> tuple[IO[bytes] | list[str], str]
     raise api_error(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, ["body"], msg, "unsupported_media")
 
 
-def _lines(source: IO[bytes] | list[str]) -> Iterator[str]:
-    """The source's lines, from the start (an upload is read one line at a time)."""
-    if isinstance(source, list):
-        return iter(source)
+def _copy(source: IO[bytes], path: FilePath) -> None:
     source.seek(0)
-    return utf8_lines(source)
+    with path.open("wb") as target:
+        shutil.copyfileobj(source, target)
 
 
-def _create_job(
-    store: JobStore, source: IO[bytes] | list[str], field: str, settings: Settings
-) -> BatchJobRecord:
-    """Check the requests and store the job (blocking: in a worker thread). Two passes over the
-    source (count, then check and write), one line in memory at a time."""
-    try:
-        count = sum(1 for line in _lines(source) if line.strip())
-        if count > settings.max_batch_lines:
-            msg = f"{field}: has {count} requests, limit {settings.max_batch_lines}"
-            raise api_error(422, ["body", field], msg, "too_many_requests")
-        if count == 0:
-            raise api_error(422, ["body", field], f"{field}: has no requests", "empty")
-        limits = (settings.max_query_chars, settings.max_k, settings.default_k)
-        return store.create(iter_requests(_lines(source), *limits))
-    except NotUtf8 as exc:
+def _refusal(exc: Exception, field: str) -> Exception:
+    """The answer to an input the checker refused, or that could not be stored."""
+    if isinstance(exc, NotUtf8):
         msg = f"{field}: must be UTF-8 ({exc})"
-        raise api_error(422, ["body", field], msg, "file_not_utf8") from exc
-    except BatchInputError as exc:
-        raise _refuse_lines(exc, field) from exc
+        return api_error(422, ["body", field], msg, "file_not_utf8")
+    if isinstance(exc, BatchInputError):
+        return _refuse_lines(exc, field)
+    if isinstance(exc, InputRefused):
+        return api_error(422, ["body", field], f"{field}: {exc.problem}", exc.code)
+    if isinstance(exc, OSError | StoreUnavailable | CheckerStopped):
+        why = reason(exc, "the batch job") if isinstance(exc, OSError) else str(exc)
+        msg = f"batch: the job was not created ({why}); retry later"
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return api_error(code, [], msg, "batch_store_unavailable", headers)
+    return exc
+
+
+async def _create_job(request: Request, store: JobStore) -> BatchJobRecord:
+    """Stage a job, spool its requests, check them in the input checker's process, and
+    commit the job; a refused or failed input leaves nothing behind."""
+    state = state_of(request)
+    settings = state.settings
+    job_id = await asyncio.to_thread(store.stage)
+    spool = store.job_dir(job_id) / "upload.jsonl"
+    field = "requests"
+    try:
+        field = await _spool_input(request, spool)
+        limits = InputLimits(
+            max_lines=settings.max_batch_lines,
+            max_query_chars=settings.max_query_chars,
+            max_k=settings.max_k,
+            default_k=settings.default_k,
+        )
+        total = await state.input_checker.check(spool, store.staged_input_path(job_id), limits)
+        await asyncio.to_thread(spool.unlink)
+        return await asyncio.to_thread(store.commit, job_id, total)
+    except BaseException as exc:
+        await asyncio.to_thread(store.discard, job_id)
+        refusal = _refusal(exc, field) if isinstance(exc, Exception) else exc
+        if refusal is exc:
+            raise
+        raise refusal from exc
 
 
 def _error_lines(path: FilePath) -> Iterator[bytes]:
@@ -194,8 +222,8 @@ async def create_batch(request: Request) -> BatchJob:
     """Check every request, store them, and queue the job for the background worker.
 
     At most `XC_MAX_CONCURRENT_UPLOADS` bodies are received at once (429 beyond); each is
-    spooled to disk as it arrives and checked line by line in a worker thread, so large uploads
-    neither fill memory nor hold up the event loop that answers searches.
+    spooled to disk as it arrives and checked line by line in a separate, low-priority process,
+    so large uploads neither fill memory nor slow the searches.
     """
     state = state_of(request)
     store = _store(request)
@@ -207,14 +235,7 @@ async def create_batch(request: Request) -> BatchJob:
         code = status.HTTP_429_TOO_MANY_REQUESTS
         raise api_error(code, [], msg, "too_many_uploads", headers)
     async with slots:
-        source, field = await _request_source(request)
-        try:
-            job = await asyncio.to_thread(_create_job, store, source, field, state.settings)
-        except StoreUnavailable as exc:
-            msg = f"batch: the job was not created ({exc}); retry later"
-            headers = {"Retry-After": str(RETRY_AFTER_S)}
-            code = status.HTTP_503_SERVICE_UNAVAILABLE
-            raise api_error(code, [], msg, "batch_store_unavailable", headers) from exc
+        job = await _create_job(request, store)
     return job_model(job)
 
 

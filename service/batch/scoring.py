@@ -142,11 +142,15 @@ def score_to_file(
     chunk_size: int = DEFAULT_CHUNK,
     progress: bool = True,
     stop_after_chunk: Callable[[Counts], bool] | None = None,
+    pace: Callable[[], object] | None = None,
+    slice_size: int | None = None,
 ) -> Counts:
     """Answer every request not yet in `output`, appending chunk by chunk; returns the counts.
 
     `stop_after_chunk(counts)` runs after each chunk is on disk (the job store records progress
-    with it); returning True stops there, to be resumed later or cancelled.
+    with it); returning True stops there, to be resumed later or cancelled. `pace()` runs before
+    each model call of at most `slice_size` requests (the server's worker waits there while
+    searches run).
     """
     counts = completed_prefix(output, requests)
     done = counts.completed + counts.failed
@@ -158,7 +162,11 @@ def score_to_file(
         ) as bar,
     ):
         for chunk in _chunks(requests, done, chunk_size):
-            records = score_chunk(engine, chunk, max_query_tokens)
+            records = []
+            for piece in _chunks(chunk, 0, slice_size or len(chunk)):
+                if pace is not None:
+                    pace()
+                records += score_chunk(engine, piece, max_query_tokens)
             handle.write(b"".join(json.dumps(r).encode() + b"\n" for r in records))
             handle.flush()
             os.fsync(handle.fileno())

@@ -71,6 +71,20 @@ class BatchJobRecord:
 COLUMNS = ("id", "status", "created_at", "updated_at", "total", "completed", "failed", "error")
 
 
+def write_requests(requests: Iterable[BatchRequest], path: Path) -> int:
+    """Write checked requests (read one at a time) to `path` as JSONL, fsynced; their count.
+    The batch API runs this in its input checker's process (`service.batch.intake`)."""
+    total = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for r in requests:
+            total += 1
+            record = {"custom_id": r.custom_id, "query": r.query, "k": r.k, "model": r.model}
+            handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return total
+
+
 def _record(row: tuple[Any, ...]) -> BatchJobRecord:
     """A `jobs` row, selected as `COLUMNS`, as a record."""
     return BatchJobRecord(**dict(zip(COLUMNS, row, strict=True)))
@@ -90,6 +104,7 @@ class JobStore:
         self._db.execute(SCHEMA)
         self._lock = threading.Lock()
         self.changed = threading.Condition()  # notified when a job is added or cancelled
+        self._remove_orphans()
 
     def close(self) -> None:
         """Close the database."""
@@ -113,27 +128,44 @@ class JobStore:
         return self.job_dir(job_id) / "output.jsonl"
 
     def create(self, requests: Iterable[BatchRequest]) -> BatchJobRecord:
-        """Write the requests (read one at a time) and record a new job (status validating).
+        """Write the requests (read one at a time) and record a new job (status validating):
+        `stage`, `write_requests`, `commit`. Anything `requests` raises (a bad line found late)
+        leaves nothing behind; a failed write raises `StoreUnavailable`."""
+        job_id = self.stage()
+        try:
+            total = write_requests(requests, self.staged_input_path(job_id))
+        except OSError as exc:
+            self.discard(job_id)
+            raise StoreUnavailable(reason(exc, "the batch job")) from exc
+        except BaseException:
+            self.discard(job_id)
+            raise
+        return self.commit(job_id, total)
 
-        The input file and its directory entries are fsynced before the row is inserted, so a
-        job row never outlives its input after a power cut. A write that fails (a full disk)
-        leaves nothing behind and raises `StoreUnavailable`; any other error `requests` raises
-        (a bad line found late) leaves nothing behind either.
-        """
+    def stage(self) -> str:
+        """A new job id and its directory, where the input is written before `commit` (a job
+        that is never committed is `discard`ed, or removed at the next start)."""
         job_id = f"batch_{uuid.uuid4().hex}"
+        try:
+            self.job_dir(job_id).mkdir(parents=True)
+        except OSError as exc:
+            raise StoreUnavailable(reason(exc, "the batch job")) from exc
+        return job_id
+
+    def staged_input_path(self, job_id: str) -> Path:
+        """Where a staged job's checked requests are written (`write_requests`)."""
+        return self.job_dir(job_id) / "input.jsonl.tmp"
+
+    def commit(self, job_id: str, total: int) -> BatchJobRecord:
+        """Record a staged job whose input is written and fsynced.
+
+        The input's name and the job directory's name are fsynced before the row is inserted,
+        so a job row never outlives its input after a power cut. A failure (a full disk)
+        discards the job and raises `StoreUnavailable`.
+        """
         directory = self.job_dir(job_id)
         try:
-            directory.mkdir(parents=True)
-            staged = directory / "input.jsonl.tmp"
-            total = 0
-            with staged.open("w", encoding="utf-8") as handle:
-                for r in requests:
-                    total += 1
-                    record = {"custom_id": r.custom_id, "query": r.query, "k": r.k}
-                    handle.write(json.dumps({**record, "model": r.model}) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            staged.replace(self.input_path(job_id))
+            self.staged_input_path(job_id).replace(self.input_path(job_id))
             fsync_dir(directory)  # the input's name
             fsync_dir(directory.parent)  # the job directory's name
             now = _now()
@@ -143,16 +175,27 @@ class JobStore:
                 (job_id, "validating", now, now, total),
             )
         except (OSError, sqlite3.Error) as exc:
-            shutil.rmtree(directory, ignore_errors=True)
+            self.discard(job_id)
             raise StoreUnavailable(reason(exc, "the batch job")) from exc
         except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
+            self.discard(job_id)
             raise
         with self.changed:
             self.changed.notify_all()
         job = self.get(job_id)
         assert job is not None
         return job
+
+    def discard(self, job_id: str) -> None:
+        """Remove a staged job that will not be committed, and its files."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def _remove_orphans(self) -> None:
+        """Remove job directories without a row: jobs staged when the process stopped."""
+        known = {row[0] for row in self._execute("SELECT id FROM jobs")}
+        for directory in (self.data_dir / "jobs").iterdir():
+            if directory.name not in known:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def get(self, job_id: str) -> BatchJobRecord | None:
         """A job by id (None when there is none)."""

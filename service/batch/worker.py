@@ -1,7 +1,9 @@
 """The background worker of the batch API: runs stored jobs one at a time, resumably.
 
 It scores in chunks of its own size (`XC_BATCH_CHUNK`) with the engine being served, records
-progress in the job store after every chunk, and checks for cancellation there. Stopped by a
+progress in the job store after every chunk, and checks for cancellation there. Searches come
+first: before each model call (`YIELD_EVERY` requests) it waits while the micro-batcher has
+searches queued or running. Stopped by a
 shutdown, it leaves the job `in_progress`; the next start resumes it from its output file. It
 changes a job's status only by compare-and-set (`JobStore.transition`): a cancel that lands
 after the worker read the job is never undone, and `completed` never overwrites `cancelled`.
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 1.0
 # How often finished jobs past their retention are looked for.
 EXPIRY_EVERY_S = 600.0
+# Requests scored per model call; before each, the worker waits while searches run, up to
+# YIELD_MAX_WAIT_S (online searches come first; a busy server still makes batch progress).
+YIELD_EVERY = 32
+YIELD_MAX_WAIT_S = 0.5
 # Statuses a failure may replace (never a terminal one).
 LIVE = ("validating", "in_progress", "cancelling")
 
@@ -51,10 +57,12 @@ class BatchWorker:
         chunk_size: int,
         max_query_tokens: int,
         retention: timedelta | None = None,
+        searches_idle: Callable[[float], object] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.chunk_size = chunk_size
+        self.searches_idle = searches_idle
         self.max_query_tokens = max_query_tokens
         self.retention = retention
         self._next_expiry = 0.0
@@ -97,6 +105,12 @@ class BatchWorker:
                 error = client_error(exc)
                 self.store.transition(job.id, "failed", allowed_from=LIVE, error=error)
 
+    def _yield_to_searches(self) -> None:
+        """Wait while searches are queued or running (at most YIELD_MAX_WAIT_S, so a server
+        that is never idle still scores a slice now and then)."""
+        if self.searches_idle is not None:
+            self.searches_idle(YIELD_MAX_WAIT_S)
+
     def _cancel_if_asked(self, job_id: str) -> bool:
         """End a job whose cancel was asked for (`cancelling`); True if it was."""
         return self.store.transition(job_id, "cancelled", allowed_from=("cancelling",))
@@ -124,6 +138,8 @@ class BatchWorker:
             chunk_size=self.chunk_size,
             progress=False,
             stop_after_chunk=record,
+            pace=self._yield_to_searches,
+            slice_size=YIELD_EVERY,
         )
         if self._cancel_if_asked(job.id):
             return

@@ -28,7 +28,7 @@ import numpy as np
 from service.astra.index import AnnIndex
 from service.astra.lexical import LexicalIndex, Matches
 from service.mach.model import MachModel
-from service.ranking import Hit, inner_products, top_k
+from service.ranking import Hit, hits_of, inner_products, top_k
 
 
 def served_version(bundle_version: str, catalog_version: int) -> str:
@@ -171,28 +171,27 @@ class CatalogView:
         self, ids: Sequence[str], titles: Sequence[str], scores: np.ndarray, labels: np.ndarray
     ) -> list[list[Hit]]:
         """Ranked rows as products, with the bundle's `ids` and `titles` and the changes."""
+        if not self.titles and self.slot_labels.size == 0:
+            return hits_of(ids, titles, scores, labels)  # no changes: the bundle's products
         base = self.base_count
 
         def hit(label: int, score: float) -> Hit:
             if label < base:
-                return Hit(
-                    label=label,
-                    id=ids[label],
-                    title=self.titles.get(label, titles[label]),
-                    score=score,
-                )
+                title = self.titles.get(label, titles[label])
+                return Hit(label=label, id=ids[label], title=title, score=score)
             slot = label - base
             return Hit(
                 label=label, id=self.slot_ids[slot], title=self.slot_titles[slot], score=score
             )
 
+        # Plain Python numbers first: indexing numpy scalars one by one costs 3x more.
         return [
             [
-                hit(int(label), float(score))
+                hit(label, score)
                 for score, label in zip(row_scores, row_labels, strict=True)
                 if label >= 0
             ]
-            for row_scores, row_labels in zip(scores, labels, strict=True)
+            for row_scores, row_labels in zip(scores.tolist(), labels.tolist(), strict=True)
         ]
 
     def notice(self, model: str, models: Sequence[str]) -> str | None:

@@ -4,8 +4,10 @@ Requests are admitted into a bounded queue (counted in queries) from the event l
 never runs a model. Worker threads take what is queued, up to `max_batch` queries, optionally
 waiting up to `max_wait_s` for more, and run the batch through the one query path
 (`service.search.pipeline`): token limits, tokenize, encode once, then retrieve once per
-(model, k). Batches form on their own under load, because queries
-arrive while a worker is busy; a lone query on an idle server runs at once (with max_wait 0).
+(model, k). Batches form on their own under load, because queries arrive while a worker is
+busy; a lone query on an idle server runs at once (with max_wait 0). A request larger than a
+batch runs as slices, one at a time, taking turns with the requests queued behind it: a
+256-query request holds one worker, never all of them.
 
 Each job carries the engine it was admitted with, so a reload that swaps the engine mid-flight
 never answers a request with a mix of two bundle versions. Admission refuses work that would
@@ -64,7 +66,10 @@ class Answer:
 @dataclass(kw_only=True)
 class SearchJob:
     """One search request's queries waiting for a model call (not an offline batch job:
-    those are `service.batch.store.BatchJobRecord`)."""
+    those are `service.batch.store.BatchJobRecord`).
+
+    A job larger than a batch runs as slices of at most `max_batch` queries, one slice at a
+    time; the fields after `abandoned` are the batcher's record of that (kept under its lock)."""
 
     engine: SearchEngine
     queries: list[str]
@@ -75,6 +80,17 @@ class SearchJob:
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
     abandoned: bool = False  # set from the event loop when the client disconnects
+    taken: int = 0  # queries handed to workers so far
+    in_flight: bool = False  # a slice of this job is being run
+    ended: bool = False  # answered, refused or dropped: nothing more of it runs
+    started: float | None = None  # time.monotonic() when its first slice started
+    hits: list[list[Hit]] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def untaken(self) -> int:
+        """Queries not yet handed to a worker."""
+        return len(self.queries) - self.taken
 
     def settle(self, answer: Answer | None = None, error: BaseException | None = None) -> None:
         """Resolve the future from any thread (a future already done is left alone)."""
@@ -92,6 +108,19 @@ class SearchJob:
             self.loop.call_soon_threadsafe(resolve)
 
 
+@dataclass(frozen=True)
+class Slice:
+    """Queries `start:end` of a job, run in one model call with other jobs' slices."""
+
+    job: SearchJob
+    start: int
+    end: int
+
+    @property
+    def queries(self) -> list[str]:
+        return self.job.queries[self.start : self.end]
+
+
 class MicroBatcher:
     """A bounded queue of jobs and the worker threads that run them in batches."""
 
@@ -102,12 +131,16 @@ class MicroBatcher:
         max_wait_s: float,
         max_queue: int,
         max_query_tokens: int,
+        reserved_for_small: int = 0,
         workers: int,
         metrics: ServiceMetrics,
     ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        # Places at the end of the queue only requests of at most max_batch queries may take:
+        # one client's 256-query requests cannot shut single queries out.
+        self.reserved_for_small = max(0, reserved_for_small)
         self.max_query_tokens = max_query_tokens
         self.metrics = metrics
         self._jobs: deque[SearchJob] = deque()
@@ -132,6 +165,8 @@ class MicroBatcher:
         with self._cond:
             self._stopping = True
             leftover = list(self._jobs)
+            for job in leftover:
+                job.ended = True
             self._jobs.clear()
             self._queued = 0
             self._cond.notify_all()
@@ -148,6 +183,14 @@ class MicroBatcher:
         stuck in a model call shows here, and `/readyz` reports it."""
         started = list(self._busy_since.values())
         return time.monotonic() - min(started) if started else 0.0
+
+    def wait_until_idle(self, timeout_s: float) -> bool:
+        """Block until no search is queued or running (True), or `timeout_s` passes (False):
+        offline batch scoring calls this before each model call, so searches go first."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._stopping or (self._queued == 0 and self._running == 0), timeout_s
+            )
 
     @property
     def queued(self) -> int:
@@ -167,8 +210,11 @@ class MicroBatcher:
         with self._cond:
             if self._stopping:
                 raise Dropped("shutdown", "the server is shutting down")
-            if self._queued + size > self.max_queue:
-                raise Overloaded(self._queued, self.max_queue, self._retry_after_s())
+            limit = self.max_queue
+            if size > self.max_batch:
+                limit -= self.reserved_for_small
+            if self._queued + size > limit:
+                raise Overloaded(self._queued, limit, self._retry_after_s())
             self._jobs.append(job)
             self._queued += size
             depth = self._queued
@@ -189,7 +235,7 @@ class MicroBatcher:
             batch = self._take()
             if batch is None:
                 return
-            size = sum(len(job.queries) for job in batch)
+            size = sum(piece.end - piece.start for piece in batch)
             start = time.perf_counter()
             me = threading.get_ident()
             self._busy_since[me] = time.monotonic()
@@ -197,13 +243,15 @@ class MicroBatcher:
                 self._run(batch)
             except Exception as exc:  # a fault in one batch must not kill the worker
                 log.exception("batch failed: %s", exc)
-                for job in batch:
-                    job.settle(error=exc)
+                for piece in batch:
+                    self._end(piece.job, error=exc)
             finally:
                 self._busy_since.pop(me, None)
                 elapsed = time.perf_counter() - start
                 with self._cond:
                     self._running -= size
+                    for piece in batch:
+                        piece.job.in_flight = False
                     if elapsed > 0:
                         rate = size / elapsed
                         self._throughput = (
@@ -212,78 +260,123 @@ class MicroBatcher:
                             else (1 - THROUGHPUT_SMOOTHING) * self._throughput
                             + THROUGHPUT_SMOOTHING * rate
                         )
+                    self._cond.notify_all()  # the rest of a sliced job may be taken now
 
-    def _take(self) -> list[SearchJob] | None:
-        """Block for the next batch: what is queued, up to max_batch queries (None: stop)."""
+    def _take(self) -> list[Slice] | None:
+        """Block for the next batch (None: stop): what is queued, up to max_batch queries,
+        optionally waiting up to max_wait for more."""
         with self._cond:
-            while not self._jobs and not self._stopping:
-                self._cond.wait()
-            if self._stopping:
-                return None
-            batch = [self._jobs.popleft()]
-            size = len(batch[0].queries)
-            ready_at = batch[0].enqueued + self.max_wait_s
-            while size < self.max_batch:
-                if self._jobs:
-                    if size + len(self._jobs[0].queries) > self.max_batch:
-                        break
-                    job = self._jobs.popleft()
-                    batch.append(job)
-                    size += len(job.queries)
-                    continue
+            batch: list[Slice] = []
+            while not batch:
+                if self._stopping:
+                    return None
+                self._gather(batch)
+                if not batch:
+                    self._cond.wait()
+            ready_at = batch[0].job.enqueued + self.max_wait_s
+            while self._size(batch) < self.max_batch and not self._stopping:
                 remaining = ready_at - time.monotonic()
-                if remaining <= 0 or self._stopping:
+                if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+                self._gather(batch)
+            size = self._size(batch)
             self._queued -= size
             self._running += size
             depth = self._queued
         self.metrics.queue_depth.set(depth)
         return batch
 
-    def _live(self, batch: list[SearchJob]) -> list[SearchJob]:
-        """The jobs still worth running; the others are answered or forgotten here."""
+    @staticmethod
+    def _size(batch: list[Slice]) -> int:
+        return sum(piece.end - piece.start for piece in batch)
+
+    def _gather(self, batch: list[Slice]) -> None:
+        """Add queued work to `batch` in arrival order, up to max_batch queries (lock held).
+
+        Fairness: a job larger than the room left is sliced only when the batch is empty,
+        then sent to the back of the queue; a job with a slice running is passed over, so one
+        large request holds at most one worker and small requests run beside it."""
+        room = self.max_batch - self._size(batch)
+        for job in list(self._jobs):
+            if room <= 0:
+                return
+            if job.in_flight:
+                continue
+            if job.untaken > room and batch:
+                return  # first come, first served: it leads the next batch
+            count = min(job.untaken, room)
+            batch.append(Slice(job, job.taken, job.taken + count))
+            job.taken += count
+            job.in_flight = True
+            room -= count
+            self._jobs.remove(job)
+            if job.untaken:
+                self._jobs.append(job)
+
+    def _end(
+        self, job: SearchJob, answer: Answer | None = None, error: BaseException | None = None
+    ) -> None:
+        """Answer or refuse a job and forget what of it is still queued."""
+        with self._cond:
+            if job.ended:
+                return
+            job.ended = True
+            if job.untaken:
+                self._jobs.remove(job)
+                self._queued -= job.untaken
+        if answer is not None or error is not None:
+            job.settle(answer, error)
+
+    def _live(self, batch: list[Slice]) -> list[Slice]:
+        """The slices still worth running; the others' jobs are answered or forgotten here."""
         now = time.monotonic()
         live = []
-        for job in batch:
+        for piece in batch:
+            job = piece.job
+            if job.ended:
+                continue
             if job.abandoned or job.future.cancelled():
                 self.metrics.dropped.labels("disconnected").inc()
-            elif now > job.deadline:
+                self._end(job)
+            elif job.started is None and now > job.deadline:
                 self.metrics.dropped.labels("deadline").inc()
                 waited_ms = round((now - job.enqueued) * 1000)
-                job.settle(
-                    error=Dropped(
-                        "deadline",
-                        f"request_timeout: queued {waited_ms} ms, past the server's deadline",
-                    )
-                )
+                message = f"request_timeout: queued {waited_ms} ms, past the server's deadline"
+                self._end(job, error=Dropped("deadline", message))
             else:
-                live.append(job)
+                if job.started is None:
+                    job.started = now
+                live.append(piece)
         return live
 
-    def _run(self, batch: list[SearchJob]) -> None:
-        live = self._live(batch)
-        queue_s = {id(job): time.monotonic() - job.enqueued for job in live}
-        by_engine: dict[int, list[SearchJob]] = {}
-        for job in live:
-            by_engine.setdefault(id(job.engine), []).append(job)
-        for jobs in by_engine.values():
+    def _run(self, batch: list[Slice]) -> None:
+        by_engine: dict[int, list[Slice]] = {}
+        for piece in self._live(batch):
+            by_engine.setdefault(id(piece.job.engine), []).append(piece)
+        for pieces in by_engine.values():
             try:
-                self._run_on_engine(jobs[0].engine, jobs, queue_s)
+                self._run_on_engine(pieces[0].job.engine, pieces)
             except Exception as exc:
                 log.exception("batch failed: %s", exc)
-                for job in jobs:
-                    job.settle(error=exc)
+                for piece in pieces:
+                    self._end(piece.job, error=exc)
 
-    def _run_on_engine(
-        self, engine: SearchEngine, jobs: list[SearchJob], queue_s: dict[int, float]
-    ) -> None:
-        groups = [QueryGroup(job.queries, job.model, job.k) for job in jobs]
+    def _run_on_engine(self, engine: SearchEngine, pieces: list[Slice]) -> None:
+        groups = [QueryGroup(piece.queries, piece.job.model, piece.job.k) for piece in pieces]
         answers = answer_groups(engine, groups, self.max_query_tokens)
         if answers.encoded:
             self.metrics.batch_queries.observe(answers.encoded)
-        for job, result in zip(jobs, answers.results, strict=True):
+        for piece, result in zip(pieces, answers.results, strict=True):
+            job = piece.job
             if isinstance(result, QueryTooLong):
-                job.settle(error=result)
-            else:
-                job.settle(Answer(result, {"queue": queue_s[id(job)], **answers.stages}))
+                position = piece.start + result.position
+                self._end(job, error=QueryTooLong(position, result.tokens, result.limit))
+                continue
+            job.hits.extend(result)
+            for stage, seconds in answers.stages.items():
+                job.stages[stage] = job.stages.get(stage, 0.0) + seconds
+            if len(job.hits) == len(job.queries):
+                assert job.started is not None
+                stages = {"queue": job.started - job.enqueued, **job.stages}
+                self._end(job, Answer(job.hits, stages))

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
 import socket
 import time
 import tracemalloc
 from pathlib import Path
-from tempfile import SpooledTemporaryFile
 
 import httpx
 import pytest
 
-from service.batch.routes import _create_job
-from service.batch.store import JobStore
-from service.settings import Settings
+from service.batch.intake import (
+    CheckerStopped,
+    InputChecker,
+    InputLimits,
+    InputRefused,
+    check_input,
+)
+from service.batch.requests import BatchInputError, NotUtf8
 from tests.support.servers import free_port, start_server, stop, wait_ready
 
 BOUNDARY = "xcboundary"
@@ -62,18 +70,98 @@ def test_uploads_beyond_the_bound_are_429_while_one_trickles_in(
         stop(process)
 
 
+LIMITS = InputLimits(max_lines=1_000_000, max_query_chars=512, max_k=1000, default_k=10)
+
+
+def write_jsonl(path: Path, lines: int, query: str = "cordless drill " * 30) -> Path:
+    with path.open("wb") as handle:
+        for i in range(lines):
+            handle.write(json.dumps({"custom_id": f"q{i}", "query": query}).encode() + b"\n")
+    return path
+
+
 def test_an_upload_is_checked_and_stored_in_bounded_memory(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "data")
-    query = "cordless drill " * 30
-    with SpooledTemporaryFile(max_size=1 << 20) as upload:  # what the form parser hands over
-        for i in range(40_000):
-            upload.write(json.dumps({"custom_id": f"q{i}", "query": query}).encode() + b"\n")
-        size = upload.tell()
-        tracemalloc.start()
-        try:
-            job = _create_job(store, upload, "file", Settings(data_dir=tmp_path / "data"))
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-    assert job.total == 40_000
+    source = write_jsonl(tmp_path / "upload.jsonl", 40_000)
+    size = source.stat().st_size
+    tracemalloc.start()
+    try:
+        total = check_input(source, tmp_path / "input.jsonl", LIMITS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == 40_000
+    assert len((tmp_path / "input.jsonl").read_bytes().splitlines()) == 40_000
     assert size > 15_000_000 and peak < size / 4, f"peak {peak} bytes for {size} bytes"
+
+
+def children() -> set[int]:
+    """This process's child processes."""
+    found = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found |= {int(pid) for pid in (task / "children").read_text().split()}
+    return found
+
+
+def test_refusals_come_back_whole_from_the_checker_process(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"custom_id": "a", "query": "x"}\n{"custom_id": "a", "query": "y"}\n')
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"custom_id": "a", "query": "caf\xe9"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    checker = InputChecker(workers=1)
+
+    async def scenario() -> None:
+        with pytest.raises(BatchInputError) as lines:
+            await checker.check(bad, tmp_path / "out", LIMITS)
+        assert lines.value.problems == ["line 2: custom_id: 'a' repeats line 1"]
+        assert lines.value.bad_lines == 1
+        with pytest.raises(NotUtf8) as utf8:
+            await checker.check(not_utf8, tmp_path / "out", LIMITS)
+        assert utf8.value.offset == not_utf8.read_bytes().index(b"\xe9")
+        with pytest.raises(InputRefused) as refused:
+            await checker.check(empty, tmp_path / "out", LIMITS)
+        assert (refused.value.code, refused.value.problem) == ("empty", "has no requests")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        checker.close()
+
+
+def test_a_checker_process_killed_mid_check_fails_that_upload_only(tmp_path: Path) -> None:
+    large = write_jsonl(tmp_path / "large.jsonl", 200_000)
+    small = write_jsonl(tmp_path / "small.jsonl", 3)
+    checker = InputChecker(workers=1, niceness=7)
+    before = children()
+
+    async def scenario() -> None:
+        checking = asyncio.ensure_future(checker.check(large, tmp_path / "large.out", LIMITS))
+        deadline = time.monotonic() + 30
+        while not (children() - before) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # well into the check
+        (pid,) = children() - before
+        niceness = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        assert niceness == 7  # searches get the CPU first
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(CheckerStopped):
+            await checking
+        assert await checker.check(small, tmp_path / "small.out", LIMITS) == 3
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        checker.close()
+
+
+def test_a_dead_checker_is_a_503_with_retry_after_not_a_500() -> None:
+    from fastapi import HTTPException
+
+    from service.batch.routes import _refusal
+
+    answer = _refusal(CheckerStopped("the input checker stopped before it finished"), "file")
+    assert isinstance(answer, HTTPException) and answer.status_code == 503
+    assert "input checker stopped" in answer.detail[0]["msg"]
+    assert int(answer.headers["Retry-After"]) >= 1

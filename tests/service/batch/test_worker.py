@@ -63,3 +63,25 @@ def test_finished_jobs_past_their_retention_are_deleted_with_their_files(store: 
     assert store.get(done.id) is None and not store.job_dir(done.id).exists()
     assert store.get(running.id) is not None and store.job_dir(running.id).exists()
     assert not store.delete(running.id)  # a running job is never deleted
+
+
+def test_the_worker_waits_for_searches_before_each_model_call(
+    demo_bundle: Path, store: JobStore
+) -> None:
+    from service.batch.worker import YIELD_EVERY, YIELD_MAX_WAIT_S
+
+    engine = SearchEngine.load(demo_bundle)
+    waits: list[float] = []
+    worker = BatchWorker(
+        store=store,
+        engine=lambda: engine,
+        chunk_size=512,
+        max_query_tokens=128,
+        searches_idle=lambda timeout_s: waits.append(timeout_s),
+    )
+    total = 2 * YIELD_EVERY + 6
+    job = store.create(requests(total))
+    worker._run(store.next_runnable(), engine)
+    assert store.get(job.id).status == "completed"
+    assert waits == [YIELD_MAX_WAIT_S] * 3  # before each of the three model calls
+    assert len(store.output_path(job.id).read_bytes().splitlines()) == total

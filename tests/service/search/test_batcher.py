@@ -147,14 +147,91 @@ def test_a_batch_never_exceeds_max_batch_queries() -> None:
         jobs = [make_job(engine, ["x"])]
         batcher.submit(jobs[0])
         await until(engine.encoder.entered)
-        for size in (2, 1, 2, 5):  # the 5-query job runs alone, as one call
+        for size in (2, 1, 2, 5):  # the 5-query job runs as slices of 3 and 2
             job = make_job(engine, [f"q{size}"] * size)
             jobs.append(job)
             batcher.submit(job)
         gate.set()
-        await answers(*jobs)
+        results = await answers(*jobs)
         batcher.stop()
-        assert [len(call) for call in engine.encoder.calls] == [1, 3, 2, 5]
+        assert [len(call) for call in engine.encoder.calls] == [1, 3, 2, 3, 2]
+        assert titles(results[-1]) == [["astra:q5"] * 3] * 5
+
+    asyncio.run(scenario())
+
+
+class GatedBigEncoder(RecordingEncoder):
+    """Holds only the calls that embed a query starting with "big" at the gate."""
+
+    def embed(self, token_ids: list[list[str]]) -> np.ndarray:
+        self.calls.append([" ".join(tokens) for tokens in token_ids])
+        if any(tokens and tokens[0].startswith("big") for tokens in token_ids):
+            self.entered.set()
+            assert self.gate is not None and self.gate.wait(10), "test gate never opened"
+        return np.arange(len(token_ids), dtype=np.float32)[:, None]
+
+
+def test_a_large_request_runs_as_slices_in_order_holding_one_worker() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        engine = StandInEngine("a")
+        engine.encoder = GatedBigEncoder(gate)
+        batcher = make_batcher(max_batch=2, workers=2)
+        batcher.start()
+        big = make_job(engine, [f"big{i}" for i in range(5)])
+        batcher.submit(big)
+        await until(engine.encoder.entered)
+        small = make_job(engine, ["small"])
+        batcher.submit(small)
+        # The second worker answers the small request while the large one is held.
+        (result,) = await answers(small)
+        assert titles(result) == [["astra:small"] * 3]
+        assert not big.future.done()
+        gate.set()
+        (result,) = await answers(big)
+        batcher.stop()
+        assert titles(result) == [[f"astra:big{i}"] * 3 for i in range(5)]
+        big_calls = [call for call in engine.encoder.calls if call[0].startswith("big")]
+        assert big_calls == [["big0", "big1"], ["big2", "big3"], ["big4"]]
+        assert isinstance(result, Answer) and result.stages["queue"] >= 0
+
+    asyncio.run(scenario())
+
+
+def test_a_query_over_the_token_limit_in_a_later_slice_names_its_place_in_the_request() -> None:
+    async def scenario() -> None:
+        engine = StandInEngine("a")
+        batcher = make_batcher(max_batch=2, max_query_tokens=3)
+        batcher.start()
+        bad = make_job(engine, ["a", "b", "c", "one two three four", "e", "f"])
+        batcher.submit(bad)
+        (result,) = await answers(bad)
+        after = make_job(engine, ["g"])
+        batcher.submit(after)
+        await answers(after)
+        batcher.stop()
+        assert isinstance(result, QueryTooLong)
+        assert (result.position, result.tokens, result.limit) == (3, 4, 3)
+        assert engine.encoder.calls == [["a", "b"], ["g"]]  # the rest of it never runs
+        assert batcher.queued == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_started_request_is_not_dropped_for_its_deadline_between_slices() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        engine = StandInEngine("a", gate)
+        batcher = make_batcher(max_batch=1)
+        batcher.start()
+        job = make_job(engine, ["x", "y"], deadline=time.monotonic() + 0.05)
+        batcher.submit(job)
+        await until(engine.encoder.entered)
+        await asyncio.sleep(0.1)  # past the deadline while its first slice runs
+        gate.set()
+        (result,) = await answers(job)
+        batcher.stop()
+        assert titles(result) == [["astra:x"] * 3, ["astra:y"] * 3]
 
     asyncio.run(scenario())
 
@@ -198,6 +275,55 @@ def test_a_full_queue_refuses_with_a_retry_hint() -> None:
         results = await answers(running, *admitted)
         assert all(isinstance(result, Answer) for result in results)
         batcher.submit(make_job(engine, ["e"]))  # room again once the queue drained
+        batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_last_places_of_the_queue_are_kept_for_small_requests() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        engine = StandInEngine("a", gate)
+        batcher = make_batcher(max_queue=8, max_batch=2, reserved_for_small=2)
+        batcher.start()
+        running = make_job(engine, ["running"])
+        batcher.submit(running)
+        await until(engine.encoder.entered)
+        large = make_job(engine, ["a", "b", "c", "d"])
+        batcher.submit(large)  # 4 of the 6 places large requests may take
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit(make_job(engine, ["e", "f", "g"]))
+        assert (refused.value.queued, refused.value.limit) == (4, 6)
+        small = [make_job(engine, ["h", "i"]), make_job(engine, ["j"]), make_job(engine, ["k"])]
+        for job in small:  # small requests may fill the queue to the end
+            batcher.submit(job)
+        with pytest.raises(Overloaded):
+            batcher.submit(make_job(engine, ["l"]))
+        gate.set()
+        results = await answers(running, large, *small)
+        batcher.stop()
+        assert all(isinstance(result, Answer) for result in results)
+
+    asyncio.run(scenario())
+
+
+def test_waiting_for_idle_returns_once_searches_are_done() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        engine = StandInEngine("a", gate)
+        batcher = make_batcher()
+        batcher.start()
+        assert batcher.wait_until_idle(0.01)
+        job = make_job(engine, ["busy"])
+        batcher.submit(job)
+        await until(engine.encoder.entered)
+        assert not batcher.wait_until_idle(0.05)  # a search is running: not idle
+        waiter = asyncio.ensure_future(asyncio.to_thread(batcher.wait_until_idle, 10))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        gate.set()
+        assert await waiter
+        await answers(job)
         batcher.stop()
 
     asyncio.run(scenario())

@@ -90,7 +90,7 @@ test-fast: lint
 #   bench-quality  ours vs BM25, the untrained encoder and the XMC peers on Home Depot and
 #                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder;
 #   bench-serving  HTTP load (fp32, int8), offline batch scoring, catalog upserts, the in-process
-#                  CPU baseline of the GPU benchmark, MACH decoding at 1M and 10M labels, and
+#                  CPU baseline of the GPU benchmark, MACH decoding at 1M, 10M and 50M labels,
 #                  20 SIGKILL cycles during batch jobs and upserts (bench.faults), and a
 #                  single-query probe beside hostile clients (bench.hostile);
 #   bench-scale    index choice by catalog size, K = 20K, 100K and 1M (about 40 min), checked
@@ -136,7 +136,8 @@ bench-serving: $(STAMP)
 	$(PY) -m bench.catalog --bundle models/homedepot --data $(HOMEDEPOT) --precision int8 \
 	    --out bench/results/catalog-int8.json
 	$(PY) -m bench.gpu --bundle models/homedepot-hybrid --data $(HOMEDEPOT) --device cpu
-	$(PY) -m bench.mach_decode
+	$(PY) -m bench.mach_decode --labels 1000000 10000000 50000000 --queries 100 \
+	    --exact-queries 20 --top-buckets 2 5 10 20 50
 	$(PY) -m bench.faults --bundle models/homedepot --cycles 20
 	$(PY) -m bench.hostile --bundle models/homedepot
 

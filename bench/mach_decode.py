@@ -185,19 +185,29 @@ def bench_scenario(
     exact["truth_at_10"] = truth_recall(truth[:n_exact], exact_ids)
 
     fast = []
-    for m in args.top_buckets:
-        if m > decoder.buckets:
-            continue
-        ids, row = timings(lambda s, m=m: decoder.fast(s, K_TOP, m), scores, f"{tag} m={m}")
-        row = {"top_buckets": m, **row}
-        row["recall_at_10"] = recall_at_k(exact_ids, ids[:n_exact])
-        row["truth_at_10"] = truth_recall(truth, ids)
-        # labels in the top-m buckets of at least one rep, for independent hashes
-        row["expected_candidates"] = round(
-            num_labels * (1 - (1 - m / decoder.buckets) ** decoder.reps)
-        )
-        fast.append(row)
-    good = [row["top_buckets"] for row in fast if row["recall_at_10"] >= args.target_recall]
+    for hits in args.min_hits:
+        for m in args.top_buckets:
+            if m > decoder.buckets:
+                continue
+            ids, row = timings(
+                lambda s, m=m, h=hits: decoder.fast(s, K_TOP, m, h), scores, f"{tag} m={m} h={hits}"
+            )
+            row = {"top_buckets": m, "min_hits": hits, **row}
+            row["recall_at_10"] = recall_at_k(exact_ids, ids[:n_exact])
+            row["truth_at_10"] = truth_recall(truth, ids)
+            # labels in the top-m buckets of at least one rep, for independent hashes
+            row["expected_candidates"] = round(
+                num_labels * (1 - (1 - m / decoder.buckets) ** decoder.reps)
+            )
+            fast.append(row)
+    good = [
+        row["top_buckets"]
+        for row in fast
+        if row["recall_at_10"] >= args.target_recall and row["min_hits"] == 1
+    ]
+    good_filtered = [
+        row for row in fast if row["recall_at_10"] >= args.target_recall and row["min_hits"] > 1
+    ]
     return {
         "scenario": scenario,
         "scores_s": round(scores_s, 2),
@@ -206,18 +216,28 @@ def bench_scenario(
         "exact_ms": exact,
         "fast": fast,
         "min_top_buckets_for_target_recall": min(good) if good else None,
+        "fastest_filtered_at_target_recall": (
+            min(good_filtered, key=lambda row: row["n1"]["p50"]) if good_filtered else None
+        ),
     }
 
 
 def bench_labels(num_labels: int, buckets: int, args: argparse.Namespace) -> dict:
     """All measurements for one label-space size."""
     began = time.perf_counter()
-    table = HashFamily(seed=args.seed, reps=args.reps, buckets=buckets).bucket_table(num_labels)
-    table_s = time.perf_counter() - began
-    began = time.perf_counter()
-    decoder = MachDecoder(table, buckets)
+    family = HashFamily.for_labels(
+        seed=args.seed, reps=args.reps, buckets=buckets, num_labels=num_labels
+    )
+    if args.membership == "computed":  # what bundles since session 9 serve: no table
+        decoder = MachDecoder.computed(family, num_labels)
+        table_s = 0.0
+    else:
+        table = family.bucket_table(num_labels)
+        table_s = time.perf_counter() - began
+        began = time.perf_counter()
+        decoder = MachDecoder(table, buckets)
+        del table  # the decoder keeps its own label-major copy
     index_s = time.perf_counter() - began
-    del table  # the decoder keeps its own label-major copy
     scenarios = [
         bench_scenario(decoder, scenario, args, args.seed + 1 + i)
         for i, scenario in enumerate(args.scenarios)
@@ -225,6 +245,7 @@ def bench_labels(num_labels: int, buckets: int, args: argparse.Namespace) -> dic
     mach_layer = args.reps * args.hidden * buckets * 4
     return {
         "labels": num_labels,
+        "membership": args.membership,
         "reps": args.reps,
         "buckets": buckets,
         "build_s": {"hash_table": round(table_s, 2), "decoder": round(index_s, 2)},
@@ -251,7 +272,7 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
         print(
             f"  memory MiB: MACH output layer (R·{args.hidden}·B fp32)"
             f" {mem['mach_output_layer']:.1f}"
-            f" + label-major table & inverted index {mem['table_and_inverted_index']:.1f}"
+            f" + bucket membership ({res['membership']}) {mem['table_and_inverted_index']:.1f}"
             f" = {mem['mach_total']:.1f}  vs one-vs-all output layer (K·{args.dim} fp32)"
             f" {mem['one_vs_all_output_layer']:.1f}"
             f"  ({mem['one_vs_all_output_layer'] / mem['mach_total']:.1f}x)"
@@ -275,8 +296,9 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
                 f"{1.0:>11.3f}{ex['truth_at_10']:>7.3f}{res['labels']:>12,}"
             )
             for row in sc["fast"]:
+                name = f"fast m={row['top_buckets']} h={row['min_hits']}"
                 print(
-                    f"  {'fast m=' + str(row['top_buckets']):<12}{row['n1']['p50']:>9.2f}"
+                    f"  {name:<16}{row['n1']['p50']:>9.2f}"
                     f"{row['n1']['p90']:>9.2f}{row['n1_cpu_p50']:>9.2f}{row[key]['p50']:>9.2f}"
                     f"{row[key]['p90']:>9.2f}{row['recall_at_10']:>11.3f}"
                     f"{row['truth_at_10']:>7.3f}{row['expected_candidates']:>12,}"
@@ -284,7 +306,7 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
             best = sc["min_top_buckets_for_target_recall"]
             line = f"  smallest m with recall@{K_TOP} >= {args.target_recall}: {best}"
             if best is not None:
-                row = next(r for r in sc["fast"] if r["top_buckets"] == best)
+                row = next(r for r in sc["fast"] if r["top_buckets"] == best and r["min_hits"] == 1)
                 line += (
                     f"  (fast n=1 p50 {row['n1']['p50']:.2f} ms vs exact"
                     f" {ex['n1']['p50']:.2f} ms, {ex['n1']['p50'] / row['n1']['p50']:.0f}x)"
@@ -317,16 +339,21 @@ def plot(results: list[dict], scenarios: list[str], path: Path) -> None:
             sc = next(s for s in res["scenarios"] if s["scenario"] == scenario)
             colour = f"C{i}"
             label = f"K={res['labels']:,} B={res['buckets']:,}"
-            m = [row["top_buckets"] for row in sc["fast"]]
-            time_ax.plot(
-                m, [row["n1"]["p50"] for row in sc["fast"]], "o-", color=colour,
-                label=f"fast, {label}",
-            )  # fmt: skip
+            for hits, style in ((1, "o-"), (2, "s:")):
+                rows = [row for row in sc["fast"] if row["min_hits"] == hits]
+                if not rows:
+                    continue
+                m = [row["top_buckets"] for row in rows]
+                name = f"{label}, min_hits {hits}"
+                time_ax.plot(
+                    m, [row["n1"]["p50"] for row in rows], style, color=colour,
+                    label=f"fast, {name}",
+                )  # fmt: skip
+                recall_ax.plot(
+                    m, [row["recall_at_10"] for row in rows], style, color=colour, label=name
+                )
             time_ax.axhline(
                 sc["exact_ms"]["n1"]["p50"], color=colour, ls="--", label=f"exact, {label}"
-            )
-            recall_ax.plot(
-                m, [row["recall_at_10"] for row in sc["fast"]], "o-", color=colour, label=label
             )
         recall_ax.axhline(0.99, color="grey", ls=":", label="0.99")
         for ax in row_axes:
@@ -355,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="B for each --labels entry (default: the power of two nearest K/256)",
     )
+    parser.add_argument(
+        "--membership",
+        choices=("computed", "table"),
+        default="computed",
+        help="computed (bundles since session 9, no O(K) table) or a label-major table",
+    )
     parser.add_argument("--reps", type=int, default=16, help="R, repetitions")
     parser.add_argument("--hidden", type=int, default=128, help="MACH heads' hidden size")
     parser.add_argument("--dim", type=int, default=384, help="one-vs-all classifier dimension")
@@ -368,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exact-full-below", type=int, default=2_000_000)
     parser.add_argument(
         "--top-buckets", type=int, nargs="+", default=[1, 2, 3, 5, 8, 10, 20, 50, 100]
+    )
+    parser.add_argument(
+        "--min-hits",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="fast decoding's min_hits: a candidate is in the top buckets of this many heads",
     )
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))

@@ -437,12 +437,26 @@ def render_mach_decode(record: dict[str, Any]) -> str:
     for result in record["results"]:
         scenario = next(s for s in result["scenarios"] if s["scenario"] == scenario_name)
         size = [f"{result['labels']:,}", f"{result['buckets']:,}"]
+        if "membership" in result:  # runs since session 9 name it
+            size[0] += f" ({result['membership']})"
         exact = scenario["exact_ms"]["n1"]
         rows.append(_decode_row(size, "exact (all K labels)", exact, "1.000", result["labels"]))
         fewest = scenario["min_top_buckets_for_target_recall"]
+        filtered = scenario.get("fastest_filtered_at_target_recall")
         for fast in scenario["fast"]:
             buckets = fast["top_buckets"]
-            if buckets not in (fewest, SERVED_TOP_BUCKETS):
+            if fast is filtered or fast == filtered:
+                rows.append(
+                    _decode_row(
+                        size,
+                        f"fast, top {buckets} buckets, in ≥ {fast['min_hits']} heads",
+                        fast["n1"],
+                        f"{fast['recall_at_10']:.3f}",
+                        fast["expected_candidates"],
+                    )
+                )
+                continue
+            if buckets not in (fewest, SERVED_TOP_BUCKETS) or fast.get("min_hits", 1) != 1:
                 continue
             default = " (served default)" if buckets == SERVED_TOP_BUCKETS else ""
             recall = f"{fast['recall_at_10']:.3f}"
@@ -473,15 +487,15 @@ def render_mach_memory(record: dict[str, Any]) -> str:
             [
                 f"{result['labels']:,}",
                 f"{memory['mach_output_layer']:,.1f} MiB",
-                f"{memory['table_and_inverted_index']:,.1f} MiB "
-                f"({memory['mach_total']:,.1f} MiB in all)",
+                f"{memory['table_and_inverted_index']:,.1f} MiB, "
+                f"{result.get('membership', 'table')} ({memory['mach_total']:,.1f} MiB in all)",
                 f"{memory['one_vs_all_output_layer']:,.1f} MiB ({ratio:.1f}×)",
             ]
         )
     headers = [
         "K",
         "MACH output layer (R·hidden·B fp32)",
-        "+ bucket table and inverted index",
+        "+ bucket membership (a table and inverted index, or computed)",
         "one-vs-all output layer (K·d fp32)",
     ]
     return f"{markdown_table(headers, rows)}\n\n{_generated_from('mach_decode.json')}\n"

@@ -218,6 +218,7 @@ def bench_mach(num_labels: int, args: argparse.Namespace) -> dict[str, Any]:
             "--queries", str(args.mach_queries),
             "--exact-queries", str(args.mach_queries // 4),
             "--scenarios", "graded",
+            "--min-hits", "1",
             "--top-buckets", *map(str, args.mach_top_buckets),
         ]
     )  # fmt: skip

@@ -122,7 +122,11 @@ class MachSpec(BaseModel):
     reps: int = Field(ge=1, le=1024)
     buckets: int = Field(ge=2, le=1 << 24)
     hash_seed: int = Field(ge=0)
-    hash_prime: int = (1 << 61) - 1
+    hash_prime: int = Field(
+        (1 << 61) - 1,
+        description="p of the hash family: a prime >= K below 2^31 (membership computed, "
+        "bundles since session 9), or 2^61 - 1 (older bundles: a table is built at load)",
+    )
     hidden: int = Field(ge=1)
     loss: Literal["bce", "softmax"]
     uses_embedding: bool = True

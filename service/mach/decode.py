@@ -45,7 +45,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.mach.hash import HashFamily
+from service.mach.membership import ComputedMembership, TableMembership
 from service.ranking import top_k
+
+Membership = ComputedMembership | TableMembership
 
 # Labels per block when gathering and summing scores: a block's [labels, R] temporaries stay a
 # few hundred KiB (in cache). Exact decoding on n queries uses blocks of at most _BLOCK_VALUES
@@ -68,7 +72,8 @@ class MachDecoder:
     def __init__(self, table: np.ndarray, buckets: int) -> None:
         """Index a bucket table int [R, K] (from ``HashFamily.bucket_table``) over B buckets.
 
-        The decoder keeps its own label-major copy; the caller's table may be dropped.
+        The decoder keeps its own label-major copy (`TableMembership`); the caller's table may
+        be dropped. `computed` builds a decoder that holds no table at all.
         """
         table = np.asarray(table)
         if table.ndim != 2 or table.shape[0] < 1 or table.shape[1] < 1:
@@ -84,51 +89,40 @@ class MachDecoder:
         low, high = int(table.min()), int(table.max())
         if low < 0 or high >= buckets:
             raise ValueError(f"table: bucket ids must be in 0..{buckets - 1}, got {low}..{high}")
+        self._members: Membership = TableMembership(table, int(buckets))
 
-        reps, num_labels = table.shape
-        self._buckets = int(buckets)
-        row_dtype = np.int32 if reps * self._buckets <= _INT32_MAX else np.int64
-        # Label-major table with each repetition's offset r·B folded in (see the module doc).
-        self._rows = np.empty((num_labels, reps), dtype=row_dtype)
-        # CSR per repetition: labels of bucket b of rep r are
-        # self._labels[r, self._offsets[r, b] : self._offsets[r, b + 1]], in increasing id order.
-        self._labels = np.empty((reps, num_labels), dtype=np.int32)
-        self._offsets = np.zeros((reps, self._buckets + 1), dtype=np.int64)
-        # A stable sort of 16-bit keys is a radix sort, several times faster than on int32.
-        key_dtype = np.uint16 if self._buckets <= 1 << 16 else np.int32
-        for r in range(reps):
-            row = table[r].astype(np.int32, copy=False)
-            np.add(row, r * self._buckets, out=self._rows[:, r], dtype=row_dtype)
-            self._labels[r] = np.argsort(row.astype(key_dtype), kind="stable")
-            np.cumsum(np.bincount(row, minlength=self._buckets), out=self._offsets[r, 1:])
+    @classmethod
+    def computed(cls, family: HashFamily, num_labels: int) -> MachDecoder:
+        """A decoder whose membership is computed from `family` (p < 2^31): no O(K) table."""
+        decoder = cls.__new__(cls)
+        decoder._members = ComputedMembership(family, num_labels)
+        return decoder
 
     @property
     def num_labels(self) -> int:
         """K, the number of labels."""
-        return int(self._rows.shape[0])
+        return self._members.num_labels
 
     @property
     def reps(self) -> int:
         """R, the number of repetitions (heads)."""
-        return int(self._rows.shape[1])
+        return self._members.reps
 
     @property
     def buckets(self) -> int:
         """B, the number of buckets per repetition."""
-        return self._buckets
+        return self._members.buckets
 
     @property
     def flat_rows(self) -> np.ndarray:
         """Label-major buckets with offsets folded in, ``r·B + table[r, j]`` [K, R], read-only:
         a label's indices into a query's flattened [R·B] scores (for other decoders)."""
-        view = self._rows.view()
-        view.flags.writeable = False
-        return view
+        return self._members.flat_rows
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the label-major table, the inverted index and its offsets."""
-        return int(self._rows.nbytes + self._labels.nbytes + self._offsets.nbytes)
+        """Bytes the membership holds: 8·R·K for a table, next to nothing when computed."""
+        return self._members.nbytes
 
     def label_buckets(self, labels: np.ndarray) -> np.ndarray:
         """Bucket ids int64 [..., R] of labels int [...] (``table[:, labels]`` moved last)."""
@@ -137,18 +131,17 @@ class MachDecoder:
             raise ValueError(f"labels: expected integer ids, got dtype {labels.dtype}")
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_labels):
             raise ValueError(f"labels: ids must be in 0..{self.num_labels - 1}")
-        offsets = np.arange(self.reps, dtype=np.int64) * self._buckets
-        return self._rows[labels] - offsets
+        offsets = np.arange(self.reps, dtype=np.int64) * self.buckets
+        flat = self._members.rows_of(labels.reshape(-1)).astype(np.int64) - offsets
+        return flat.reshape(*labels.shape, self.reps)
 
     def bucket_labels(self, rep: int, bucket: int) -> np.ndarray:
         """Labels in ``bucket`` of repetition ``rep`` (int32, increasing), a read-only view."""
         if not 0 <= rep < self.reps:
             raise ValueError(f"rep: must be in 0..{self.reps - 1}, got {rep}")
-        if not 0 <= bucket < self._buckets:
-            raise ValueError(f"bucket: must be in 0..{self._buckets - 1}, got {bucket}")
-        view = self._labels[rep, self._offsets[rep, bucket] : self._offsets[rep, bucket + 1]]
-        view.flags.writeable = False
-        return view
+        if not 0 <= bucket < self.buckets:
+            raise ValueError(f"bucket: must be in 0..{self.buckets - 1}, got {bucket}")
+        return self._members.bucket_labels(rep, bucket)
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -178,7 +171,7 @@ class MachDecoder:
                 w = b - a
                 # As in _label_scores: index [R, w], scores gathered repetition by repetition.
                 rep_index = index[: reps * w].reshape(reps, w)
-                np.copyto(rep_index, self._rows[a:b].T)
+                np.copyto(rep_index, self._members.rows_between(a, b).T)
                 rep_scores = gathered[: reps * w * n].reshape(reps, w, n)
                 np.take(by_bucket, rep_index, axis=0, out=rep_scores, mode="clip")
                 out = acc[a - start : b - start]
@@ -188,11 +181,15 @@ class MachDecoder:
             best_vals, best_ids = _merge_top_k(best_vals, best_ids, acc[: stop - start], start, kk)
         return top_k(best_vals, best_ids, k)
 
-    def fast(self, scores: np.ndarray, k: int, top_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    def fast(
+        self, scores: np.ndarray, k: int, top_buckets: int, min_hits: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k: exact scores of the labels in each repetition's top-m buckets.
 
-        Candidates for a query are the union over r of the labels in the ``top_buckets`` highest
-        scoring buckets of repetition r; they are rescored exactly and the best k returned as
+        Candidates for a query are the labels in the ``top_buckets`` highest scoring buckets of
+        at least ``min_hits`` repetitions (1: the union; 2 keeps the labels two heads agree on,
+        a few hundred instead of tens of thousands at K = 10M, falling back to the union when
+        fewer than k remain); they are rescored exactly and the best k returned as
         (scores float32 [n, k], ids int64 [n, k]), best first, padded with id -1 and score -inf
         when there are fewer than k candidates.
         """
@@ -200,8 +197,8 @@ class MachDecoder:
         k = check_k(k)
         if isinstance(top_buckets, bool) or not isinstance(top_buckets, (int, np.integer)):
             raise ValueError(f"top_buckets: expected an int, got {type(top_buckets).__name__}")
-        if not 1 <= top_buckets <= self._buckets:
-            raise ValueError(f"top_buckets: must be in 1..{self._buckets}, got {top_buckets}")
+        if not 1 <= top_buckets <= self.buckets:
+            raise ValueError(f"top_buckets: must be in 1..{self.buckets}, got {top_buckets}")
         n, reps, num_buckets = scores.shape
         m = int(top_buckets)
         flat_scores = scores.reshape(n, reps * num_buckets)
@@ -212,7 +209,7 @@ class MachDecoder:
             if top is None:
                 candidates = np.arange(self.num_labels, dtype=np.int32)
             else:
-                candidates = self._candidates(top[q])
+                candidates = self._members.candidates(top[q], min_hits, at_least=k)
             if candidates.size == 0:
                 continue
             vals = self._label_scores(flat_scores[q], candidates)
@@ -245,27 +242,6 @@ class MachDecoder:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _candidates(self, top: np.ndarray) -> np.ndarray:
-        """Distinct labels (int32, increasing) in buckets top[r, :] of each repetition r."""
-        reps, num_labels = self.reps, self.num_labels
-        rep_rows = np.arange(reps)[:, None]
-        starts = self._offsets[rep_rows, top]  # [R, m]
-        lengths = (self._offsets[rep_rows, top + 1] - starts).reshape(-1)
-        starts = (starts + rep_rows * num_labels).reshape(-1)
-        total = int(lengths.sum())
-        if total == 0:
-            return np.empty(0, dtype=np.int32)
-        # Concatenate the ranges [start, start + length) of the flat index without a Python loop.
-        shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        shift += np.arange(total)
-        candidates = np.take(self._labels.reshape(-1), shift)
-        candidates.sort()
-        # dedupe the sorted ids (np.unique is several times slower here)
-        keep = np.empty(total, dtype=bool)
-        keep[0] = True
-        np.not_equal(candidates[1:], candidates[:-1], out=keep[1:])
-        return candidates[keep]
-
     def _label_scores(self, query: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """sum_r query[rows[j, r]] in float32, r = 0..R-1 in order, for labels j: float32 [c].
 
@@ -277,15 +253,13 @@ class MachDecoder:
         c, reps = labels.shape[0], self.reps
         out = np.empty(c, dtype=np.float32)
         block = max(1, min(c, _BLOCK_LABELS))
-        rows = np.empty((block, reps), dtype=self._rows.dtype)
         index = np.empty(reps * block, dtype=np.intp)
         gathered = np.empty(reps * block, dtype=np.float32)
         for a in range(0, c, block):
             b = min(a + block, c)
             w = b - a
-            np.take(self._rows, labels[a:b], axis=0, out=rows[:w], mode="clip")
             rep_index = index[: reps * w].reshape(reps, w)
-            np.copyto(rep_index, rows[:w].T)
+            np.copyto(rep_index, self._members.rows_of(labels[a:b]).T)
             rep_scores = gathered[: reps * w].reshape(reps, w)
             np.take(query, rep_index, out=rep_scores, mode="clip")
             acc = out[a:b]
@@ -297,7 +271,7 @@ class MachDecoder:
     def check_scores(self, scores: np.ndarray) -> np.ndarray:
         """Bucket scores as float32 C-contiguous [n, R, B]; ValueError names what is wrong."""
         scores = np.asarray(scores)
-        expected = (self.reps, self._buckets)
+        expected = (self.reps, self.buckets)
         if scores.ndim != 3 or scores.shape[1:] != expected or scores.shape[0] < 1:
             raise ValueError(
                 f"scores: expected shape [n, {expected[0]}, {expected[1]}] with n >= 1, "

@@ -1,7 +1,9 @@
 """MACH at serving time: the heads' ONNX session, the n-gram featuriser and the bucket decoder.
 
-The bucket tables are rebuilt at load from the manifest's hash parameters with the same
-`HashFamily` training used (`service.mach.hash`), so the bundle stores no O(K) table. On a GPU
+Bucket membership comes from the manifest's hash parameters and the same `HashFamily` training
+used (`service.mach.hash`), so the bundle stores no O(K) table: bundles trained since session 9
+(a prime below 2^31) compute it and hold nothing per label; older ones (p = 2^61 - 1) still
+load, with the table rebuilt at load (O(R·K) memory; retrain to drop it). On a GPU
 (an array module `xp` such as CuPy) labels are decoded exactly over all K
 (`service.mach.dense`); on a CPU by the top-m bucket decoder (`service.mach.decode`).
 """
@@ -39,10 +41,19 @@ class MachModel:
         xp: ModuleType | None = None,
     ) -> None:
         self.spec = spec
-        family = HashFamily(
-            seed=spec.hash_seed, reps=spec.reps, buckets=spec.buckets, prime=spec.hash_prime
-        )
-        self.decoder = MachDecoder(family.bucket_table(num_labels), spec.buckets)
+        try:
+            family = HashFamily(
+                seed=spec.hash_seed, reps=spec.reps, buckets=spec.buckets, prime=spec.hash_prime
+            )
+            if family.computed:  # bundles since session 9: nothing per label
+                self.decoder = MachDecoder.computed(family, num_labels)
+            else:  # hashed with 2^61 - 1: a table of every label's buckets, built here
+                self.decoder = MachDecoder(family.bucket_table(num_labels), spec.buckets)
+        except ValueError as exc:
+            raise BundleError(
+                f"manifest mach.hash_prime {spec.hash_prime} does not fit {num_labels} labels "
+                f"({exc}); retrain the MACH heads for this catalog"
+            ) from exc
         self.dense = DenseMachDecoder(self.decoder, xp) if xp is not None else None
         self.featurizer = None
         if spec.ngrams is not None:

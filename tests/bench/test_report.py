@@ -208,10 +208,16 @@ def test_mach_tables_from_the_real_json_show_exact_the_fewest_buckets_and_the_de
     first = record["results"][0]
     graded = first["scenarios"][0]
     fewest = graded["min_top_buckets_for_target_recall"]
-    assert f"| {first['labels']:,} | {first['buckets']:,} | exact (all K labels) | " in table
+    size = f"{first['labels']:,}" + (f" ({first['membership']})" if "membership" in first else "")
+    assert f"| {size} | {first['buckets']:,} | exact (all K labels) | " in table
     assert f"{graded['exact_ms']['n1']['p50']:.2f}" in table
-    assert f"fast, top {fewest} buckets per head |" in table
+    served = " (served default)" if fewest == SERVED_TOP_BUCKETS else ""
+    assert f"fast, top {fewest} buckets per head{served} |" in table
     assert f"fast, top {SERVED_TOP_BUCKETS} buckets per head (served default) |" in table
+    filtered = graded.get("fastest_filtered_at_target_recall")
+    if filtered is not None:
+        hits = filtered["min_hits"]
+        assert f"fast, top {filtered['top_buckets']} buckets, in ≥ {hits} heads |" in table
     assert "fast, top 1 buckets" not in table
     memory = render_mach_memory(record)
     assert memory.startswith("| K | MACH output layer (R·hidden·B fp32) |")

@@ -15,7 +15,7 @@ import torch
 
 from service.bundle import BundleError, load_bundle, read_manifest
 from service.mach.features import NgramFeaturizer, fit_idf, term_ids
-from service.mach.hash import MERSENNE_61, HashFamily
+from service.mach.hash import MERSENNE_61, HashFamily, smallest_prime_at_least
 from service.search.engine import SearchEngine
 from tests.support.configs import SMALL_MACH
 from training.__main__ import main, parse_reps
@@ -79,7 +79,7 @@ def test_hash_family_is_seeded_and_spreads_labels() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"reps": 0}, "reps"), ({"buckets": 1}, "buckets"), ({"prime": 7}, "prime")],
+    [({"reps": 0}, "reps"), ({"buckets": 1}, "buckets"), ({"prime": 9}, "prime")],
 )
 def test_hash_family_rejects_bad_parameters(kwargs: dict, field: str) -> None:
     params = {"seed": 0, "reps": 2, "buckets": 8, **kwargs}
@@ -294,6 +294,27 @@ def test_encoder_from_must_match_the_label_space(demo_bundle: Path, tmp_path: Pa
     other = generate_demo(tmp_path / "other", num_products=120)
     args = ["train", "--model", "mach", "--data", str(other), "--out", str(tmp_path / "o")]
     assert main([*args, *SMALL_MACH, "--encoder-from", str(demo_bundle)]) == 2
+
+
+def test_new_bundles_compute_membership_and_old_ones_still_load(
+    mach_bundle: Path, tmp_path: Path
+) -> None:
+    manifest = json.loads((mach_bundle / "manifest.json").read_text())
+    num_labels = len((mach_bundle / "label_ids.txt").read_text().splitlines())
+    assert manifest["mach"]["hash_prime"] == smallest_prime_at_least(num_labels)
+    engine = SearchEngine.load(mach_bundle)
+    assert engine.mach.decoder.nbytes < 1024  # nothing per label
+    copy = tmp_path / "copy"
+    shutil.copytree(mach_bundle, copy)
+    del manifest["mach"]["hash_prime"]  # as bundles before session 9 were written
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    old = SearchEngine.load(copy)
+    assert old.mach.decoder.nbytes >= 8 * manifest["mach"]["reps"] * num_labels  # its table
+    assert len(old.search(["drill"], 5, "mach")[0]) == 5
+    manifest["mach"]["hash_prime"] = 7  # a prime, but fewer than K labels fit under it
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="hash_prime 7 does not fit"):
+        SearchEngine.load(copy)
 
 
 def test_tampered_heads_are_refused(mach_bundle: Path, tmp_path: Path) -> None:

@@ -241,6 +241,7 @@ def write_mach_bundle(
                 reps=config.repetitions,
                 buckets=config.buckets,
                 hash_seed=config.hash_seed,
+                hash_prime=config.hash_family(dataset.num_labels).prime,
                 hidden=config.hidden,
                 loss=config.loss,
                 uses_embedding=config.use_embedding,

@@ -57,9 +57,12 @@ class MachConfig:
         if self.ngram_dim == 1:
             raise ValueError("ngram_dim: 0 (no n-grams) or at least 2")
 
-    def hash_family(self) -> HashFamily:
-        """The label → bucket hashes this config names."""
-        return HashFamily(seed=self.hash_seed, reps=self.repetitions, buckets=self.buckets)
+    def hash_family(self, num_labels: int) -> HashFamily:
+        """The label → bucket hashes this config names for K = `num_labels` labels (membership
+        computed, never tabulated: `service.mach.hash`)."""
+        return HashFamily.for_labels(
+            seed=self.hash_seed, reps=self.repetitions, buckets=self.buckets, num_labels=num_labels
+        )
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ def train_mach(
     keep = np.array([i for i, p in enumerate(positives) if len(p)], dtype=np.int64)
     inputs = MachInputs(inputs.embeddings[keep], inputs.ngram_ids[keep], inputs.ngram_weights[keep])
     positives = [positives[i] for i in keep]
-    table = config.hash_family().bucket_table(num_labels, reps)
+    table = config.hash_family(num_labels).bucket_table(num_labels, reps)
     steps = len(reps) * config.epochs * ((len(keep) + config.batch_size - 1) // config.batch_size)
     started = time.perf_counter()
     results = []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.mach import decode as mach_decode
+from service.mach import membership
 from service.mach.decode import MachDecoder
 from service.mach.hash import HashFamily
 
@@ -280,10 +281,10 @@ def test_fast_from_threads_at_once() -> None:
 
 
 def test_int64_rows_when_r_times_b_overflows_int32(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mach_decode, "_INT32_MAX", 7)  # R·B = 8 > 7, but K = 6 and B = 4 fit
+    monkeypatch.setattr(membership, "_INT32_MAX", 7)  # R·B = 8 > 7, but K = 6 and B = 4 fit
     table = np.array([[0, 0, 1, 1, 2, 3], [0, 1, 2, 0, 1, 3]], dtype=np.int32)
     decoder = MachDecoder(table, 4)
-    assert decoder._rows.dtype == np.int64
+    assert decoder.flat_rows.dtype == np.int64
     scores = np.log(np.random.default_rng(13).dirichlet(np.ones(4), size=(2, 2))).astype(np.float32)
     vals, ids = decoder.exact(scores, 6)
     ref_vals, ref_ids = brute_force(table, scores, 6)
@@ -324,3 +325,93 @@ def test_int64_rows_when_r_times_b_overflows_int32(monkeypatch: pytest.MonkeyPat
 def test_errors_name_the_argument(call, name: str) -> None:
     with pytest.raises(ValueError, match=f"^{name}: "):
         call()
+
+
+# --- computed membership (p < 2^31, no table) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "buckets", "reps", "seed"),
+    [(1, 2, 1, 0), (97, 97, 2, 1), (1000, 16, 4, 2), (5003, 64, 3, 3), (20_000, 1000, 2, 4)],
+)
+def test_computed_membership_equals_a_brute_force_table_for_every_head(
+    labels: int, buckets: int, reps: int, seed: int
+) -> None:
+    family = HashFamily.for_labels(seed=seed, reps=reps, buckets=buckets, num_labels=labels)
+    assert family.computed and family.prime >= max(labels, buckets)
+    a, b = family.coefficients()
+    brute = np.array(
+        [[((a[r] * j + b[r]) % family.prime) % buckets for j in range(labels)] for r in range(reps)]
+    )
+    np.testing.assert_array_equal(family.bucket_table(labels), brute)
+    decoder = MachDecoder.computed(family, labels)
+    assert decoder.nbytes < 64 * reps
+    np.testing.assert_array_equal(decoder.label_buckets(np.arange(labels)), brute.T)
+    for r in range(reps):
+        for bucket in range(buckets):
+            expected = np.nonzero(brute[r] == bucket)[0]
+            np.testing.assert_array_equal(decoder.bucket_labels(r, bucket), expected)
+
+
+def test_computed_decoding_equals_exact_and_the_table_decoder() -> None:
+    labels, buckets, reps = 3000, 64, 4
+    family = HashFamily.for_labels(seed=9, reps=reps, buckets=buckets, num_labels=labels)
+    computed = MachDecoder.computed(family, labels)
+    table = MachDecoder(family.bucket_table(labels), buckets)
+    rng = np.random.default_rng(21)
+    scores = np.log(rng.dirichlet(np.ones(buckets), size=(5, reps))).astype(np.float32)
+    exact = computed.exact(scores, 10)
+    for got, want in zip(exact, brute_force(family.bucket_table(labels), scores, 10), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(exact, table.exact(scores, 10), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for m in (1, 3, 16):
+        for got, want in zip(computed.fast(scores, 10, m), table.fast(scores, 10, m), strict=True):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(computed.fast(scores, 10, buckets), exact, strict=True):
+        np.testing.assert_array_equal(got, want)
+    some = rng.integers(-1, labels, size=(5, 7))
+    np.testing.assert_array_equal(computed.rescore(scores, some), table.rescore(scores, some))
+
+
+@pytest.mark.parametrize("prime", [4, 1 << 31, (1 << 31) + 11, 2**61 - 3])
+def test_a_family_prime_must_be_the_mersenne_prime_or_a_prime_below_2_31(prime: int) -> None:
+    with pytest.raises(ValueError, match="prime"):
+        HashFamily(seed=0, reps=2, buckets=8, prime=prime)
+
+
+def test_a_computed_family_refuses_more_labels_than_its_prime() -> None:
+    family = HashFamily.for_labels(seed=0, reps=2, buckets=8, num_labels=100)
+    assert family.prime == 101
+    with pytest.raises(ValueError, match="num_labels"):
+        MachDecoder.computed(family, 102)
+    with pytest.raises(ValueError, match="prime below 2"):
+        MachDecoder.computed(HashFamily(seed=0, reps=2, buckets=8), 100)
+
+
+def test_min_hits_keeps_the_labels_two_heads_agree_on_or_falls_back_to_the_union() -> None:
+    from service.mach.decode import _top_buckets
+    from service.ranking import top_k
+
+    labels, buckets, reps, m, k = 3000, 64, 4, 8, 5
+    family = HashFamily.for_labels(seed=2, reps=reps, buckets=buckets, num_labels=labels)
+    decoders = [MachDecoder.computed(family, labels), MachDecoder(family.bucket_table(labels), 64)]
+    rng = np.random.default_rng(5)
+    scores = np.log(rng.dirichlet(np.ones(buckets), size=(6, reps))).astype(np.float32)
+    top = _top_buckets(scores, m)
+    every = decoders[0].label_buckets(np.arange(labels))  # [K, R]
+    for q in range(len(scores)):
+        hits = sum(np.isin(every[:, r], top[q, r]) for r in range(reps))
+        agreed = np.flatnonzero(hits >= 2)
+        pool = agreed if agreed.size >= k else np.flatnonzero(hits >= 1)
+        vals = decoders[0].rescore(scores[q : q + 1], pool[None, :])
+        want = top_k(vals, pool[None, :].astype(np.int64), k)
+        for decoder in decoders:
+            got = decoder.fast(scores[q : q + 1], k, m, min_hits=2)
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[0], want[0])
+    small = rng.dirichlet(np.ones(buckets), size=(1, reps)).astype(np.float32)
+    # k larger than what two heads agree on: the union answers, as min_hits = 1 does
+    for decoder in decoders:
+        union = decoder.fast(np.log(small), 400, 2, min_hits=1)
+        np.testing.assert_array_equal(decoder.fast(np.log(small), 400, 2, min_hits=2)[1], union[1])

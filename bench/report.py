@@ -601,6 +601,43 @@ def render_faults(record: dict[str, Any]) -> str:
     )
 
 
+def render_mach_heads(record: dict[str, Any]) -> str:
+    """bench.mach_heads's JSON: MACH's output layer in fp32 and int8, bytes against time."""
+    rows = []
+    for result in record["results"]:
+        for precision in ("fp32", "int8"):
+            run = result[precision]
+            recall = f"{result['recall_at_10_int8_vs_fp32']:.3f}" if precision == "int8" else "1"
+            rows.append(
+                [
+                    f"{result['labels']:,}",
+                    f"{result['buckets']:,}",
+                    precision,
+                    f"{run['weight_bytes'] / MIB_BYTES:,.0f}",
+                    f"{run['p50_ms']:.2f} / {run['p90_ms']:.2f}",
+                    f"{run['gb_per_s']:.1f}",
+                    recall,
+                ]
+            )
+    headers = [
+        "K",
+        "B",
+        "output layer",
+        "weights read per query, MiB",
+        "p50 / p90 ms, one query, one thread",
+        "GB/s",
+        "recall@10 vs fp32",
+    ]
+    return (
+        f"{markdown_table(headers, rows)}\n\nR = 16, hidden {record['hidden']}, random weights, "
+        f"{record['queries']} queries. {_generated_from('mach_heads.json')} Command: "
+        f"`{record['command']}`, {record['date'][:10]}.\n"
+    )
+
+
+MIB_BYTES = 1 << 20
+
+
 HOSTILE_KINDS = {
     "loris": "20 slow-loris bodies (a byte every 0.5 s)",
     "uploads": "12 MB JSONL uploads (35,000 lines), two clients back to back",
@@ -664,6 +701,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "load:stages": ("load_homedepot-int8.json", render_load_stages),
     "mach_decode": ("mach_decode.json", render_mach_decode),
     "mach_decode:memory": ("mach_decode.json", render_mach_memory),
+    "mach_heads": ("mach_heads.json", render_mach_heads),
     "batch": ("batch_homedepot.json", render_batch),
     "catalog": (("catalog.json", "catalog-int8.json"), render_catalog),
     "faults": ("faults.json", render_faults),

@@ -132,6 +132,9 @@ class MachSpec(BaseModel):
     uses_embedding: bool = True
     ngrams: NgramSpec | None = None
     top_buckets: int = Field(ge=1, description="buckets per repetition the fast decoder opens")
+    int8_heads: str | None = Field(
+        None, description="optional int8-quantised copy of the heads (same inputs/output)"
+    )
     hybrid_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="MACH's share of the hybrid score"
     )
@@ -285,6 +288,8 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
             referenced.append(manifest.astra.lexical.file)
     if manifest.mach:
         referenced.append(manifest.mach.heads)
+        if manifest.mach.int8_heads:
+            referenced.append(manifest.mach.int8_heads)
         if manifest.mach.ngrams:
             referenced.append(manifest.mach.ngrams.idf)
     for name in [*referenced, *manifest.files]:

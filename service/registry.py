@@ -122,6 +122,7 @@ class EngineRegistry:
             device=settings.device,
             hybrid_weight=settings.hybrid_weight,
             precision=settings.encoder_precision,
+            mach_precision=settings.mach_precision,
             lexical_weight=settings.lexical_weight,
         )
         if self.catalogs is not None:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     encoder_precision: Literal["fp32", "int8"] = Field(
         "fp32", description="query encoder: fp32, or the bundle's optional int8 copy (faster)"
     )
+    mach_precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="MACH heads: fp32, or the bundle's optional int8 copy (faster)"
+    )
     log_level: LogLevel = Field("info", description="minimum level of the JSON log lines")
     max_query_chars: int = Field(
         512,

@@ -10,8 +10,9 @@ scores it on the dev split and records those metrics in the manifest. `train --m
 `train` runs on CUDA when there is a GPU (`--device`), and under `torchrun --nproc_per_node=N`
 on N processes: ASTRA with DistributedDataParallel, MACH with the heads spread over the ranks;
 rank 0 alone writes the bundle and prints the result.
-`evaluate` prints one JSON object on the last line of standard output. `quantize` adds an int8
-copy of the encoder to a bundle (and with `--data`, reports its parity and dev metrics).
+`evaluate` prints one JSON object on the last line of standard output. `quantize` adds int8
+copies of the encoder and of the MACH heads to a bundle (and with `--data`, reports their parity
+and dev metrics).
 `lexical` adds ASTRA's BM25 ranker to a bundle built without one (with `--data`, it tunes its
 weight and the hybrid's on the dev split, as `train` does).
 """
@@ -144,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     quantize = commands.add_parser(
-        "quantize", help="add an int8 copy of the encoder to a bundle (XC_ENCODER_PRECISION)"
+        "quantize",
+        help="add int8 copies of the encoder and MACH heads to a bundle (XC_ENCODER_PRECISION, "
+        "XC_MACH_PRECISION)",
     )
     quantize.add_argument("--bundle", type=Path, required=True)
     quantize.add_argument(

@@ -64,12 +64,17 @@ def evaluate_bundle(
     hybrid_weight: float | None = None,
     precision: str = "fp32",
     lexical_weight: float | None = None,
+    mach_precision: str = "fp32",
 ) -> dict[str, float]:
     """Metrics of a bundle's model on one split; also reports points and per-query time.
 
     The weights default to the bundle's own."""
     engine = SearchEngine.load(
-        bundle_dir, hybrid_weight=hybrid_weight, precision=precision, lexical_weight=lexical_weight
+        bundle_dir,
+        hybrid_weight=hybrid_weight,
+        precision=precision,
+        lexical_weight=lexical_weight,
+        mach_precision=mach_precision,
     )
     engine.resolve_model(model)
     if engine.manifest.labels.count != dataset.num_labels:

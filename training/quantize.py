@@ -1,4 +1,4 @@
-"""An int8 copy of a bundle's query encoder, for CPUs where the fp32 encoder is the bottleneck.
+"""int8 copies of a bundle's query encoder and MACH heads, for CPUs where fp32 is the bottleneck.
 
 Dynamic quantisation (ONNX Runtime): MatMul weights become int8 with one scale per output
 channel, activations are quantised on the fly. Per-channel scales matter here: per-tensor
@@ -6,6 +6,12 @@ scales lose enough precision that some query embeddings drift to cosine 0.93 fro
 channel they stay above 0.98. The word-embedding table stays fp32 (it is a lookup, not a
 MatMul). The copy is added to the bundle as `encoder.int8_file`; the fp32 encoder stays, and
 the service picks one with `XC_ENCODER_PRECISION`.
+
+MACH's heads are quantised the same way (`mach.int8_heads`, served with `XC_MACH_PRECISION`):
+their output layer, R·hidden·B weights read for every query, is what bounds a MACH query at
+10M labels, and int8 reads a quarter of the bytes. Heads exported before session 9 hold their
+output layer as one Einsum, which ONNX Runtime does not quantise: they are refused, with the
+advice to retrain them.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from service.bundle import load_bundle, read_manifest, write_manifest
 from service.search.encoder import QueryEncoder
+from service.search.engine import SearchEngine
 from training.data import load_dataset
 from training.evaluate import evaluate_bundle
 
 INT8_ENCODER_FILE = "encoder.int8.onnx"
+INT8_HEADS_FILE = "mach_heads.int8.onnx"
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,42 @@ def quantize_encoder(bundle_dir: Path) -> Path:
     return target
 
 
+def quantize_heads(source: Path, target: Path, reps: int) -> None:
+    """Write the int8 copy of the MACH heads `source` to `target`: every MatMul's weights int8
+    with a scale per output channel. ValueError (nothing written) when fewer than `reps` MatMuls
+    were quantised: heads exported before session 9, whose output layer is one Einsum."""
+    quantize_dynamic(
+        source,
+        target,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+    )
+    quantised = sum(node.op_type == "MatMulInteger" for node in onnx.load(target).graph.node)
+    if quantised < reps:
+        target.unlink()
+        raise ValueError(
+            f"{source}: its output layer is not R two-dimensional MatMuls (heads exported "
+            "before session 9); retrain the MACH heads to quantise them"
+        )
+
+
+def quantize_mach_heads(bundle_dir: Path) -> Path:
+    """Write int8 MACH heads into the bundle and list them in the manifest; returns their path.
+    Raises ValueError when the heads' output layer cannot be quantised (an old export)."""
+    manifest = load_bundle(bundle_dir).manifest
+    if manifest.mach is None:
+        raise ValueError(f"{bundle_dir}: the bundle has no MACH heads")
+    target = bundle_dir / INT8_HEADS_FILE
+    staged = bundle_dir / f".{INT8_HEADS_FILE}.tmp"
+    quantize_heads(bundle_dir / manifest.mach.heads, staged, manifest.mach.reps)
+    staged.replace(target)
+    mach = manifest.mach.model_copy(update={"int8_heads": INT8_HEADS_FILE})
+    fields = manifest.model_dump(exclude={"files", "format_version", "mach"})
+    write_manifest(bundle_dir, {**fields, "mach": mach.model_dump()})
+    return target
+
+
 def int8_parity(bundle_dir: Path, texts: list[str], batch_size: int = 256) -> dict[str, float]:
     """Cosine between the fp32 and int8 embeddings of `texts`: min, mean and 1st percentile."""
     spec = read_manifest(bundle_dir).encoder
@@ -64,17 +109,43 @@ def int8_parity(bundle_dir: Path, texts: list[str], batch_size: int = 256) -> di
     }
 
 
+def mach_int8_parity(bundle_dir: Path, texts: list[str], k: int = 10) -> dict[str, float]:
+    """How much of MACH's top-k the int8 heads keep: the mean overlap of the fp32 and int8
+    heads' decoded top-k ids over `texts` (recall@k of int8 against fp32)."""
+    fp32 = SearchEngine.load(bundle_dir, mach_precision="fp32")
+    int8 = SearchEngine.load(bundle_dir, mach_precision="int8")
+    overlaps = []
+    for start in range(0, len(texts), 256):
+        batch = texts[start : start + 256]
+        for want, got in zip(
+            fp32.search(batch, k, "mach"), int8.search(batch, k, "mach"), strict=True
+        ):
+            wanted = {hit.label for hit in want}
+            overlaps.append(len(wanted & {hit.label for hit in got}) / max(1, len(wanted)))
+    return {"queries": float(len(overlaps)), f"recall_at_{k}": float(np.mean(overlaps))}
+
+
 def quantize_and_report(bundle_dir: Path, data: Path | None = None) -> dict:
-    """Add the int8 encoder to the bundle; with `data` (a dataset with a dev split), also its
-    parity with the fp32 encoder on the dev queries and the dev metrics of both encoders, so a
-    user can see what the faster encoder costs before serving it."""
+    """Add the int8 encoder (and int8 MACH heads, when the bundle has MACH) to the bundle; with
+    `data` (a dataset with a dev split), also their parity with fp32 on the dev queries and the
+    dev metrics of both, so a user can see what the faster copy costs before serving it."""
     report: dict = {"int8_encoder": str(quantize_encoder(bundle_dir))}
+    has_mach = read_manifest(bundle_dir).mach is not None
+    if has_mach:
+        report["int8_mach_heads"] = str(quantize_mach_heads(bundle_dir))
     if data is not None:
         dataset = load_dataset(data)
+        dev = dataset.split("dev").texts
         report["dataset"] = dataset.name
-        report["parity"] = int8_parity(bundle_dir, dataset.split("dev").texts)
+        report["parity"] = int8_parity(bundle_dir, dev)
         for precision in ("fp32", "int8"):
             report[f"dev_{precision}"] = evaluate_bundle(
                 bundle_dir, dataset, "dev", precision=precision
             )
+        if has_mach:
+            report["mach_parity"] = mach_int8_parity(bundle_dir, dev)
+            for precision in ("fp32", "int8"):
+                report[f"dev_mach_{precision}"] = evaluate_bundle(
+                    bundle_dir, dataset, "dev", model="mach", mach_precision=precision
+                )
     return report

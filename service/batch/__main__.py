@@ -87,6 +87,7 @@ def score(args: argparse.Namespace, settings: Settings, requests: list[BatchRequ
         "hybrid_weight": settings.hybrid_weight,
         "precision": settings.encoder_precision,
         "lexical_weight": settings.lexical_weight,
+        "mach_precision": settings.mach_precision,
     }
     if args.engine == "ray":
         return score_with_ray(

@@ -26,6 +26,20 @@ from service.mach.hash import HashFamily
 HEADS_OUTPUT = "bucket_log_probs"
 
 
+def heads_file(spec: MachSpec, precision: str) -> str:
+    """The bundle file of the heads at `precision` (fp32, or int8 when the bundle has one)."""
+    if precision == "fp32":
+        return spec.heads
+    if precision == "int8" and spec.int8_heads:
+        return spec.int8_heads
+    if precision == "int8":
+        raise BundleError(
+            "mach_precision int8: this bundle has no int8 MACH heads (add them with "
+            "`python -m training quantize --bundle DIR`), or serve with XC_MACH_PRECISION=fp32"
+        )
+    raise ValueError(f"precision {precision!r}: expected fp32 or int8")
+
+
 class MachModel:
     """Bucket log-probabilities for queries, and label scores decoded from them."""
 
@@ -39,8 +53,10 @@ class MachModel:
         threads: int = 0,
         providers: Sequence[str] = (CPU_PROVIDER,),
         xp: ModuleType | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.spec = spec
+        self.precision = precision
         try:
             family = HashFamily(
                 seed=spec.hash_seed, reps=spec.reps, buckets=spec.buckets, prime=spec.hash_prime
@@ -62,7 +78,7 @@ class MachModel:
             self.featurizer = NgramFeaturizer(
                 dim=ngrams.dim, ngram_max=ngrams.ngram_max, max_terms=ngrams.max_terms, idf=idf
             )
-        path = bundle_dir / spec.heads
+        path = bundle_dir / heads_file(spec, precision)
         self.session = open_session(path, threads, providers)
         self._inputs = [i.name for i in self.session.get_inputs()]
         probe = self.bucket_scores(np.zeros((1, self._embedding_dim()), np.float32), ["probe"])

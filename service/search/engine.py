@@ -102,11 +102,13 @@ class SearchEngine:
         hybrid_weight: float | None = None,
         precision: str = "fp32",
         lexical_weight: float | None = None,
+        mach_precision: str = "fp32",
     ) -> SearchEngine:
         """Verify and load a bundle; raises `BundleError` naming the bad file.
 
         `device` (auto | cpu | cuda) places each part (see `service.device`); `precision` picks
-        the query encoder: fp32, or the bundle's optional int8 copy. The weights default to the
+        the query encoder: fp32, or the bundle's optional int8 copy (`mach_precision` the same
+        for the MACH heads). The weights default to the
         bundle's; `lexical_weight=0` serves ASTRA from its index alone.
         """
         bundle = load_bundle(bundle_dir)
@@ -141,6 +143,7 @@ class SearchEngine:
                 threads=threads,
                 providers=providers,
                 xp=cupy_module() if plan.cupy_gpu else None,
+                precision=mach_precision,
             )
         log.info(
             "bundle loaded",
@@ -151,6 +154,7 @@ class SearchEngine:
                 "labels": manifest.labels.count,
                 "encoder_providers": encoder.providers,
                 "encoder_precision": precision,
+                "mach_precision": mach_precision if mach else None,
                 "index": index.device_kind if index else None,
                 "mach_decode": plan.describe()["mach_decode"] if mach else None,
                 "lexical": lexical is not None,

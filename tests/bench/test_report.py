@@ -327,3 +327,16 @@ def test_faults_table_shows_what_was_injected_and_that_nothing_was_lost() -> Non
         "| 3 × SIGKILL | 3 / 3 | 1,800 / 1,800 | 0 | 0 | 40 PUTs, 80 products | 0 | 0 | 0 |" in text
     )
     assert "`bench/results/faults.json`" in text and "--cycles 3" in text
+
+
+def test_mach_heads_table_shows_both_precisions_with_bytes_and_recall() -> None:
+    from bench.report import render_mach_heads
+
+    record = json.loads((RESULTS / "mach_heads.json").read_text())
+    table = render_mach_heads(record)
+    for result in record["results"]:
+        for precision in ("fp32", "int8"):
+            run = result[precision]
+            assert f"| {result['labels']:,} | {result['buckets']:,} | {precision} |" in table
+            assert f"{run['p50_ms']:.2f} / {run['p90_ms']:.2f}" in table
+        assert f"| {result['recall_at_10_int8_vs_fp32']:.3f} |" in table

@@ -317,6 +317,40 @@ def test_new_bundles_compute_membership_and_old_ones_still_load(
         SearchEngine.load(copy)
 
 
+def test_int8_heads_are_added_listed_and_keep_the_top_10(
+    mach_bundle: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    from training.quantize import INT8_HEADS_FILE, mach_int8_parity, quantize_mach_heads
+
+    copy = tmp_path / "copy"
+    shutil.copytree(mach_bundle, copy)
+    with pytest.raises(BundleError, match="XC_MACH_PRECISION=fp32"):
+        SearchEngine.load(copy, mach_precision="int8")  # no int8 heads yet
+    quantize_mach_heads(copy)
+    manifest = read_manifest(copy)
+    assert manifest.mach.int8_heads == INT8_HEADS_FILE and INT8_HEADS_FILE in manifest.files
+    graph = onnx.load(copy / INT8_HEADS_FILE).graph
+    assert [node.op_type for node in graph.node].count("MatMulInteger") >= manifest.mach.reps
+    int8_weights = sum(
+        int(np.prod(init.dims))
+        for init in graph.initializer
+        if init.data_type == onnx.TensorProto.INT8
+    )
+    spec = manifest.mach
+    assert int8_weights >= spec.reps * spec.hidden * spec.buckets  # the whole output layer
+    int8 = SearchEngine.load(copy, mach_precision="int8")
+    assert int8.mach.precision == "int8"
+    texts = load_dataset(demo_data).split("dev").texts[:100]
+    parity = mach_int8_parity(copy, texts)
+    assert parity["queries"] == len(texts) and parity["recall_at_10"] >= 0.9, parity
+    with (copy / INT8_HEADS_FILE).open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match=r"mach_heads\.int8\.onnx"):
+        load_bundle(copy)
+
+
 def test_tampered_heads_are_refused(mach_bundle: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(mach_bundle, copy)

@@ -117,14 +117,21 @@ class MachHead(torch.nn.Module):
 
 
 class MachHeads(torch.nn.Module):
-    """All R heads stacked into one module for export: → bucket log-probabilities [n, R, B]."""
+    """All R heads stacked into one module for export: → bucket log-probabilities [n, R, B].
+
+    The output layer is R two-dimensional MatMuls, each with its own weight, not one batched
+    product: ONNX Runtime's dynamic quantisation (`training quantize`) quantises exactly that
+    shape per output channel, and skips an Einsum or a 3-D weight.
+    """
 
     def __init__(self, heads: list[MachHead], loss: str) -> None:
         super().__init__()
         first = heads[0]
         self.loss = loss
         self.hidden_bias = torch.nn.Parameter(torch.stack([h.hidden_bias for h in heads]))
-        self.out_weight = torch.nn.Parameter(torch.stack([h.out.weight.T for h in heads]))
+        self.out_weights = torch.nn.ParameterList(
+            [torch.nn.Parameter(h.out.weight.T.detach().clone()) for h in heads]
+        )
         self.out_bias = torch.nn.Parameter(torch.stack([h.out.bias for h in heads]))
         self.dense = None
         if first.dense is not None:
@@ -145,7 +152,8 @@ class MachHeads(torch.nn.Module):
         if self.ngrams is not None:
             gathered = self.ngrams[:, ngram_ids]  # [R, n, L, H]
             hidden = hidden + torch.einsum("rnlh,nl->rnh", gathered, ngram_weights)
-        logits = torch.einsum("rnh,rhb->nrb", torch.relu(hidden), self.out_weight)
+        hidden = torch.relu(hidden)  # [R, n, H]
+        logits = torch.stack([hidden[r] @ w for r, w in enumerate(self.out_weights)], dim=1)
         logits = logits + self.out_bias.unsqueeze(0)
         if self.loss == "softmax":
             return torch.log_softmax(logits, dim=-1)

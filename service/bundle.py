@@ -270,6 +270,21 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"{path}: invalid manifest: {exc}") from exc
 
 
+def precision_file(fp32: str, int8: str | None, precision: str, what: str, setting: str) -> str:
+    """The bundle file of `what` (the encoder, the MACH heads) at `precision`: the fp32 file,
+    or the bundle's int8 copy; a bundle without one is refused, naming the `setting` to change."""
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision {precision!r}: expected fp32 or int8")
+    if precision == "fp32":
+        return fp32
+    if int8:
+        return int8
+    raise BundleError(
+        f"{what}: this bundle has no int8 {what} (build one with "
+        f"`python -m training quantize --bundle DIR`), or serve with {setting}=fp32"
+    )
+
+
 def is_plain_name(name: str) -> bool:
     """A file name that stays in its directory: no separator, not '.' or '..', no NUL."""
     return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import numpy as np
 
-from service.bundle import BundleError, MachSpec
+from service.bundle import BundleError, MachSpec, precision_file
 from service.device import CPU_PROVIDER, open_session
 from service.mach.decode import MachDecoder
 from service.mach.dense import DenseMachDecoder
@@ -28,16 +28,7 @@ HEADS_OUTPUT = "bucket_log_probs"
 
 def heads_file(spec: MachSpec, precision: str) -> str:
     """The bundle file of the heads at `precision` (fp32, or int8 when the bundle has one)."""
-    if precision == "fp32":
-        return spec.heads
-    if precision == "int8" and spec.int8_heads:
-        return spec.int8_heads
-    if precision == "int8":
-        raise BundleError(
-            "mach_precision int8: this bundle has no int8 MACH heads (add them with "
-            "`python -m training quantize --bundle DIR`), or serve with XC_MACH_PRECISION=fp32"
-        )
-    raise ValueError(f"precision {precision!r}: expected fp32 or int8")
+    return precision_file(spec.heads, spec.int8_heads, precision, "MACH heads", "XC_MACH_PRECISION")
 
 
 class MachModel:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.bundle import BundleError, EncoderSpec
+from service.bundle import BundleError, EncoderSpec, precision_file
 from service.device import CPU_PROVIDER, open_session
 
 
@@ -26,16 +26,7 @@ def configure_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
 
 def encoder_file(spec: EncoderSpec, precision: str) -> str:
     """The bundle file of the encoder at `precision` (fp32, or int8 when the bundle has one)."""
-    if precision == "fp32":
-        return spec.file
-    if precision == "int8" and spec.int8_file:
-        return spec.int8_file
-    if precision == "int8":
-        raise BundleError(
-            "encoder: this bundle has no int8 encoder (build one with "
-            "`python -m training quantize --bundle DIR`), or serve with precision fp32"
-        )
-    raise ValueError(f"precision {precision!r}: expected fp32 or int8")
+    return precision_file(spec.file, spec.int8_file, precision, "encoder", "XC_ENCODER_PRECISION")
 
 
 class QueryEncoder:

@@ -139,6 +139,7 @@ bench-serving: $(STAMP)
 	$(PY) -m bench.mach_decode --labels 1000000 10000000 50000000 --queries 100 \
 	    --exact-queries 20 --top-buckets 2 5 10 20 50
 	$(PY) -m bench.mach_heads
+	$(PY) -m bench.astra_optimizer
 	$(PY) -m bench.faults --bundle models/homedepot --cycles 20
 	$(PY) -m bench.hostile --bundle models/homedepot
 

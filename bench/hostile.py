@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,6 +53,10 @@ UPLOAD_CLIENTS = 2
 # lowest CPU priority: on a real deployment it runs on another machine, and on these two cores
 # it would otherwise take CPU from the probe's client rather than from the server.
 ATTACKER_NICENESS = 19
+# What the attacker process prints once its payload is built; a request cut off without an
+# answer is tallied under this status.
+READY = "ready"
+TRANSPORT_ERROR = -1
 
 
 def probe(base: str, count: int) -> tuple[list[float], dict[int, int]]:
@@ -68,6 +72,9 @@ def probe(base: str, count: int) -> tuple[list[float], dict[int, int]]:
 
 
 # --- attackers (each runs in a process of its own: `python -m bench.hostile --attack KIND`) ---
+
+
+Attack = Callable[[str, threading.Event, dict[int, int]], None]
 
 
 def _tally(seen: dict[int, int], status: int) -> None:
@@ -94,41 +101,58 @@ def slow_loris(base: str, stop: threading.Event, seen: dict[int, int]) -> None:
     seen[0] = len(sockets)  # connections held open
 
 
-def uploads(base: str, stop: threading.Event, seen: dict[int, int]) -> None:
-    """A 12 MB JSONL batch upload again and again, from two clients at once."""
+def uploads() -> Attack:
+    """A 12 MB JSONL batch upload again and again, from two clients at once (the body is built
+    before the attack starts: at nice 19 on a busy machine that alone could take seconds)."""
     body = b"".join(
         json.dumps({"custom_id": f"u{i}", "query": "cordless drill " * 20}).encode() + b"\n"
         for i in range(UPLOAD_LINES)
     )
 
-    def client_loop() -> None:
-        with httpx.Client(base_url=base, timeout=120) as client:
-            while not stop.is_set():
-                response = client.post("/batches", files={"file": ("u.jsonl", body)})
-                _tally(seen, response.status_code)
-
-    threads = [threading.Thread(target=client_loop) for _ in range(UPLOAD_CLIENTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-
-def searches(k: int):
-    """256-query searches at `k`, back to back."""
-
     def attack(base: str, stop: threading.Event, seen: dict[int, int]) -> None:
-        queries = [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(256)]
-        with httpx.Client(base_url=base, timeout=120) as client:
-            while not stop.is_set():
-                response = client.post("/search", json={"queries": queries, "k": k})
-                _tally(seen, response.status_code)
+        def client_loop() -> None:
+            with httpx.Client(base_url=base, timeout=120) as client:
+                while not stop.is_set():
+                    try:
+                        response = client.post("/batches", files={"file": ("u.jsonl", body)})
+                    except httpx.TransportError:
+                        _tally(seen, TRANSPORT_ERROR)
+                        continue
+                    _tally(seen, response.status_code)
+
+        threads = [threading.Thread(target=client_loop) for _ in range(UPLOAD_CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     return attack
 
 
-ATTACKERS = {
-    "loris": slow_loris,
+def searches(k: int) -> Callable[[], Attack]:
+    """256-query searches at `k`, back to back."""
+
+    def prepare() -> Attack:
+        queries = [f"{QUERIES[i % len(QUERIES)]} {i}" for i in range(256)]
+
+        def attack(base: str, stop: threading.Event, seen: dict[int, int]) -> None:
+            with httpx.Client(base_url=base, timeout=120) as client:
+                while not stop.is_set():
+                    try:
+                        response = client.post("/search", json={"queries": queries, "k": k})
+                    except httpx.TransportError:
+                        _tally(seen, TRANSPORT_ERROR)
+                        continue
+                    _tally(seen, response.status_code)
+
+        return attack
+
+    return prepare
+
+
+# Each kind's preparation (its payload built), returning the attack itself.
+ATTACKERS: dict[str, Callable[[], Attack]] = {
+    "loris": lambda: slow_loris,
     "uploads": uploads,
     "big": searches(100),
     "refused": searches(1000),
@@ -137,8 +161,10 @@ ATTACKERS = {
 
 def attack_until_stdin_closes(kind: str, base: str) -> None:
     """The attacker process: attack until the parent closes stdin, then print what was seen."""
+    attack = ATTACKERS[kind]()
+    print(READY, flush=True)  # the parent starts its clock now
     stop, seen = threading.Event(), {}
-    thread = threading.Thread(target=ATTACKERS[kind], args=(base, stop, seen))
+    thread = threading.Thread(target=attack, args=(base, stop, seen))
     thread.start()
     sys.stdin.read()
     stop.set()
@@ -198,6 +224,9 @@ def measure(bundle: Path, kind: str, probes: int, work: Path, env: dict[str, str
             stdout=subprocess.PIPE,
             preexec_fn=lambda: os.nice(ATTACKER_NICENESS),
         )
+        assert attacker.stdout is not None
+        if attacker.stdout.readline().strip() != READY.encode():
+            raise RuntimeError(f"the {kind} attacker did not start")
         time.sleep(ATTACK_WARMUP_S)
         hostile, probe_statuses = probe(base, probes)
         out, _ = attacker.communicate(b"", timeout=240)

@@ -638,6 +638,36 @@ def render_mach_heads(record: dict[str, Any]) -> str:
 MIB_BYTES = 1 << 20
 
 
+def render_astra_optimizer(record: dict[str, Any]) -> str:
+    """bench.astra_optimizer's JSON: the classifier update of one step against L."""
+    names = {"adamw": "AdamW (dense)", "rowwise_adagrad": "row-wise Adagrad (sparse)"}
+    rows = [
+        [
+            f"{run['labels']:,}",
+            names.get(run["optimizer"], run["optimizer"]),
+            f"{run['step_ms_p50']:,.1f}",
+            f"{run['state_mib']:,.1f}",
+            f"{run['gradient_mib']:,.1f}",
+            f"{run['vectors_mib']:,.0f}",
+        ]
+        for run in record["runs"]
+    ]
+    headers = [
+        "labels L",
+        "classifier optimiser",
+        "update ms p50 (one thread)",
+        "state MiB",
+        "gradient MiB",
+        "vectors MiB (both)",
+    ]
+    return (
+        f"{markdown_table(headers, rows)}\n\n{record['queries']} queries × "
+        f"{record['label_set']:,} sampled labels, d = {record['dim']}. "
+        f"{_generated_from('astra_optimizer.json')} Command: `{record['command']}`, "
+        f"{record['date'][:10]}.\n"
+    )
+
+
 HOSTILE_KINDS = {
     "loris": "20 slow-loris bodies (a byte every 0.5 s)",
     "uploads": "12 MB JSONL uploads (35,000 lines), two clients back to back",
@@ -702,6 +732,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "mach_decode": ("mach_decode.json", render_mach_decode),
     "mach_decode:memory": ("mach_decode.json", render_mach_memory),
     "mach_heads": ("mach_heads.json", render_mach_heads),
+    "astra_optimizer": ("astra_optimizer.json", render_astra_optimizer),
     "batch": ("batch_homedepot.json", render_batch),
     "catalog": (("catalog.json", "catalog-int8.json"), render_catalog),
     "faults": ("faults.json", render_faults),

@@ -62,6 +62,7 @@ from training.encoder import (
     tokenize,
 )
 from training.evaluate import EVAL_DEPTH, EvalSet
+from training.rowwise import RowwiseAdagrad
 
 # An exact FAISS scan of up to this many classifier vectors costs milliseconds per batch.
 MINING_EXACT_MAX_LABELS = 200_000
@@ -94,17 +95,32 @@ class AstraConfig:
     train_split: str = "train"
     max_steps: int | None = None
     encoder_dropout: float | None = None  # None keeps the encoder's own (0.1 for MiniLM)
+    # adamw: dense moments for every classifier vector; rowwise_adagrad: sparse updates of the
+    # step's rows only, one float of state per row (`training.rowwise`), one process only.
+    classifier_optimizer: str = "adamw"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.classifier_optimizer not in ("adamw", "rowwise_adagrad"):
+            raise ValueError(
+                "classifier_optimizer: must be adamw or rowwise_adagrad, "
+                f"got {self.classifier_optimizer!r}"
+            )
 
 
 class AstraModel(torch.nn.Module):
     """Query encoder + classifier vectors (trainable for trained labels, text vectors otherwise)."""
 
     def __init__(
-        self, encoder: SentenceEncoder, text_vectors: np.ndarray, trained_labels: np.ndarray
+        self,
+        encoder: SentenceEncoder,
+        text_vectors: np.ndarray,
+        trained_labels: np.ndarray,
+        sparse_rows: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.sparse_rows = sparse_rows  # classifier gradients as sparse rows (row-wise Adagrad)
         base = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32))
         slots = torch.full((base.shape[0],), -1, dtype=torch.long)
         slots[torch.from_numpy(trained_labels)] = torch.arange(len(trained_labels))
@@ -121,7 +137,10 @@ class AstraModel(torch.nn.Module):
         training do not crowd out the ones that were not.
         """
         slots = self.slots[labels]
-        trained = torch.nn.functional.normalize(self.trained_vectors[slots.clamp(min=0)], dim=1)
+        rows = torch.nn.functional.embedding(
+            slots.clamp(min=0), self.trained_vectors, sparse=self.sparse_rows
+        )
+        trained = torch.nn.functional.normalize(rows, dim=1)
         return torch.where((slots >= 0).unsqueeze(1), trained, self.text_vectors[labels])
 
     @torch.no_grad()
@@ -506,50 +525,55 @@ def build_model(
         runtime,
     )
     trained_labels = np.flatnonzero(label_freq > 0)
-    model = AstraModel(encoder, text_vectors, trained_labels).to(runtime.device)
+    sparse = config.classifier_optimizer == "rowwise_adagrad"
+    model = AstraModel(encoder, text_vectors, trained_labels, sparse_rows=sparse).to(runtime.device)
     return model, (query_tokenizer, label_tokenizer)
 
 
 def build_optimizer(
     model: AstraModel, config: AstraConfig, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LambdaLR]]:
     """AdamW over the encoder and the trained classifier vectors (each its own learning rate),
-    with linear warm-up and decay over `total_steps`."""
-    optimizer = torch.optim.AdamW(
-        [
-            {
-                "params": model.encoder.parameters(),
-                "lr": config.encoder_lr,
-                "weight_decay": config.weight_decay,
-            },
-            {
-                "params": [model.trained_vectors, model.bias],
-                "lr": config.classifier_lr,
-                "weight_decay": 0.0,
-            },
-        ]
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total_steps, config.warmup_fraction)
-    )
-    return optimizer, schedule
+    or, with `classifier_optimizer="rowwise_adagrad"`, AdamW over the encoder and the bias and
+    row-wise Adagrad over the classifier vectors; each with linear warm-up and decay over
+    `total_steps`."""
+    rowwise = config.classifier_optimizer == "rowwise_adagrad"
+    classifiers = [model.bias] if rowwise else [model.trained_vectors, model.bias]
+    optimizers: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW(
+            [
+                {
+                    "params": model.encoder.parameters(),
+                    "lr": config.encoder_lr,
+                    "weight_decay": config.weight_decay,
+                },
+                {"params": classifiers, "lr": config.classifier_lr, "weight_decay": 0.0},
+            ]
+        )
+    ]
+    if rowwise:
+        optimizers.append(RowwiseAdagrad([model.trained_vectors], lr=config.classifier_lr))
+    schedule = _lr_lambda(total_steps, config.warmup_fraction)
+    return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
 
 
 def optimizer_step(
     share: ShareOfBatch,
     model: AstraModel,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LambdaLR,
+    optimizers: list[torch.optim.Optimizer],
+    schedules: list[torch.optim.lr_scheduler.LambdaLR],
     runtime: Runtime,
 ) -> float:
     """Backpropagate this rank's share, sum the classifier gradients over ranks, step; returns
     the whole batch's loss (this share plus the other ranks' BCE, zero in one process)."""
-    optimizer.zero_grad(set_to_none=True)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     share.loss.backward()
     batch_bce = sum_classifier_gradients(model, share, runtime)
     torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), 5.0)
-    optimizer.step()
-    schedule.step()
+    for optimizer, schedule in zip(optimizers, schedules, strict=True):
+        optimizer.step()
+        schedule.step()
     return (share.loss.detach() + (batch_bce - share.bce) / share.rows).item()
 
 
@@ -601,7 +625,9 @@ def train_astra(
         result.seconds = time.perf_counter() - started
         return result
 
-    optimizer, schedule = build_optimizer(model, config, total)
+    if config.classifier_optimizer == "rowwise_adagrad" and runtime.distributed:
+        raise ValueError("classifier_optimizer rowwise_adagrad: runs in one process for now")
+    optimizers, schedules = build_optimizer(model, config, total)
     sampler = NegativeSampler(config, data.label_freq, rng)
     towers: torch.nn.Module = EncoderTowers(model.encoder)
     if config.encoder_lr > 0 and (config.bce_trains_encoder or config.text_loss_weight):
@@ -629,7 +655,7 @@ def train_astra(
             share = batch_loss(
                 towers, model, sampler, batch, tokenizers, dataset.label_titles, config, runtime
             )
-            result.losses.append(optimizer_step(share, model, optimizer, schedule, runtime))
+            result.losses.append(optimizer_step(share, model, optimizers, schedules, runtime))
             step += 1
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{result.losses[-1]:.3f}")
@@ -640,7 +666,7 @@ def train_astra(
                 result.dev_history.append({"epoch": epoch + 1, "step": step, **metrics})
                 progress.write(json.dumps(result.dev_history[-1]))
             if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, epoch + 1, model, optimizer, config, result)
+                save_checkpoint(checkpoint_dir, epoch + 1, model, optimizers, config, result)
         barrier(runtime)
         if step >= total:
             break
@@ -653,7 +679,7 @@ def save_checkpoint(
     checkpoint_dir: Path,
     epoch: int,
     model: AstraModel,
-    optimizer: torch.optim.Optimizer,
+    optimizers: list[torch.optim.Optimizer],
     config: AstraConfig,
     result: TrainingResult,
 ) -> Path:
@@ -665,7 +691,7 @@ def save_checkpoint(
             "epoch": epoch,
             "config": asdict(config),
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
             "losses": result.losses,
             "dev_history": result.dev_history,
         },

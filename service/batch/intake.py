@@ -8,7 +8,8 @@ upload slot), each at niceness `CHECKER_NICENESS`, so searches get the CPU first
 only spools the upload to a file and commits the job once the check has passed.
 
 The pool is started at the first upload. A checker process that dies (killed, out of memory)
-fails only the upload it was checking: the pool is replaced and the client told to retry.
+fails only the upload it was checking: the pool is replaced and the client told to retry. A
+checker whose server died (SIGKILL) exits by itself within `ORPHAN_POLL_S`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +31,8 @@ from service.batch.store import write_requests
 
 # Niceness of the checker processes (0 normal .. 19 lowest): searches come first.
 CHECKER_NICENESS = 10
+# How often a checker process looks whether the server that started it is still there.
+ORPHAN_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,21 @@ def check_input(source: Path, staged: Path, limits: InputLimits) -> int:
     return write_requests(checked, staged)
 
 
-def _lower_priority(niceness: int) -> None:
-    """Initialiser of a checker process."""
+def _start_checker(niceness: int, server_pid: int) -> None:
+    """Initialiser of a checker process: lower its priority, and end it if the server dies.
+
+    A server killed with SIGKILL cannot stop its pool, and a worker blocked on the pool's queue
+    (whose pipe it also holds open) would wait forever: the watchdog thread exits the process
+    once its parent is no longer the server."""
     with contextlib.suppress(OSError):
         os.nice(niceness)
+
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(ORPHAN_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="server-watchdog", daemon=True).start()
 
 
 class InputChecker:
@@ -94,8 +110,8 @@ class InputChecker:
                 max_workers=self.workers,
                 # Not fork: the server has threads (ONNX Runtime's, the batcher's) to not copy.
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_priority,
-                initargs=(self.niceness,),
+                initializer=_start_checker,
+                initargs=(self.niceness, os.getpid()),
             )
         return self._pool
 

@@ -340,3 +340,13 @@ def test_mach_heads_table_shows_both_precisions_with_bytes_and_recall() -> None:
             assert f"| {result['labels']:,} | {result['buckets']:,} | {precision} |" in table
             assert f"{run['p50_ms']:.2f} / {run['p90_ms']:.2f}" in table
         assert f"| {result['recall_at_10_int8_vs_fp32']:.3f} |" in table
+
+
+def test_astra_optimizer_table_has_a_row_per_run() -> None:
+    from bench.report import render_astra_optimizer
+
+    record = json.loads((RESULTS / "astra_optimizer.json").read_text())
+    table = render_astra_optimizer(record)
+    assert len(table.split("\n\n")[0].splitlines()) == 2 + len(record["runs"])
+    for run in record["runs"]:
+        assert f"| {run['labels']:,} |" in table and f"| {run['step_ms_p50']:,.1f} |" in table

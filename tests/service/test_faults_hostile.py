@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.hostile import measure
+from bench.hostile import TRANSPORT_ERROR, measure
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +23,7 @@ def check(found: dict) -> None:
     assert found["hostile_p99_ms"] <= 5 * found["idle_p99_ms"], found
     assert not [code for code in found["probe_statuses"] if code >= 500], found
     assert not [code for code in found["attacker_statuses"] if code >= 500], found
+    assert TRANSPORT_ERROR not in found["attacker_statuses"], found  # every request answered
     assert found["healthy_after"], found
     assert found["peak_rss_mb"] + found["children_peak_rss_mb"] < MEMORY_BOUND_MB, found
 

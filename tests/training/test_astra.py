@@ -191,3 +191,32 @@ def test_mining_index_is_exact_until_a_scan_gets_expensive() -> None:
     assert mining_index_type("auto", MINING_EXACT_MAX_LABELS) == "flat"
     assert mining_index_type("auto", MINING_EXACT_MAX_LABELS + 1) == "hnsw"
     assert mining_index_type("hnsw", 10) == "hnsw"
+
+
+def test_rowwise_adagrad_trains_only_the_step_rows_and_keeps_one_float_per_row(
+    tiny_dataset, monkeypatch
+) -> None:
+    from training import astra
+
+    built = {}
+    real = astra.build_optimizer
+
+    def spy(model, config, total):
+        built["optimizers"], built["schedules"] = real(model, config, total)
+        built["model"] = model
+        return built["optimizers"], built["schedules"]
+
+    monkeypatch.setattr(astra, "build_optimizer", spy)
+    config = AstraConfig(**TINY, seed=0, classifier_optimizer="rowwise_adagrad")
+    result = train_astra(tiny_dataset, config)
+    assert len(result.losses) == TINY["max_steps"] and all(map(math.isfinite, result.losses))
+    adamw, rows = built["optimizers"]
+    vectors = built["model"].trained_vectors
+    assert all(vectors is not p for group in adamw.param_groups for p in group["params"])
+    assert rows.state[vectors]["sum"].shape == (vectors.shape[0],)
+    assert (rows.state[vectors]["sum"] > 0).any()
+
+
+def test_an_unknown_classifier_optimizer_is_refused() -> None:
+    with pytest.raises(ValueError, match="classifier_optimizer"):
+        AstraConfig(classifier_optimizer="sgd")

@@ -95,12 +95,20 @@ def test_an_upload_is_checked_and_stored_in_bounded_memory(tmp_path: Path) -> No
 
 
 def children() -> set[int]:
-    """This process's child processes."""
+    """This process's child processes that are pool workers (not multiprocessing's resource
+    tracker, which the first spawned pool starts beside them)."""
     found = set()
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         with contextlib.suppress(OSError):
             found |= {int(pid) for pid in (task / "children").read_text().split()}
-    return found
+    return {pid for pid in found if b"spawn_main" in _cmdline(pid)}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_refusals_come_back_whole_from_the_checker_process(tmp_path: Path) -> None:
@@ -165,3 +173,54 @@ def test_a_dead_checker_is_a_503_with_retry_after_not_a_500() -> None:
     assert isinstance(answer, HTTPException) and answer.status_code == 503
     assert "input checker stopped" in answer.detail[0]["msg"]
     assert int(answer.headers["Retry-After"]) >= 1
+
+
+ORPHAN_SCRIPT = """
+import asyncio, os, sys
+from pathlib import Path
+from service.batch.intake import InputChecker, InputLimits
+source = Path(sys.argv[1])
+source.write_text('{"custom_id": "a", "query": "drill"}\\n')
+limits = InputLimits(max_lines=10, max_query_chars=512, max_k=1000, default_k=10)
+checker = InputChecker(workers=1)
+asyncio.run(checker.check(source, source.with_suffix(".out"), limits))
+tasks = Path(f"/proc/{os.getpid()}/task")
+print(" ".join(pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()))
+sys.stdout.flush()
+os.kill(os.getpid(), 9)  # a server killed with SIGKILL: its pool is never shut down
+"""
+
+
+def test_a_checker_whose_server_was_killed_exits_by_itself(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.paths import REPO
+
+    # Popen, not run: an orphaned checker would hold the pipe open, and run() waits for EOF.
+    server = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT, str(tmp_path / "in.jsonl")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    checkers = [int(pid) for pid in server.stdout.readline().split()]
+    assert server.wait(timeout=60) == -signal.SIGKILL
+    assert checkers, "the checker process was not started"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(map(_running, checkers)):
+        time.sleep(0.1)
+    alive = [pid for pid in checkers if _running(pid)]
+    for pid in alive:  # do not leave them behind if the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"checker processes outlived their killed server: {alive}"
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (an exited orphan may linger as a
+    zombie until init reaps it)."""
+    try:
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:4]
+    except (OSError, IndexError):
+        return False

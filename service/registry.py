@@ -117,13 +117,7 @@ class EngineRegistry:
         """Load and warm a bundle (blocking; runs in a worker thread)."""
         settings = self.settings
         engine = SearchEngine.load(
-            path,
-            threads=settings.model_threads,
-            device=settings.device,
-            hybrid_weight=settings.hybrid_weight,
-            precision=settings.encoder_precision,
-            mach_precision=settings.mach_precision,
-            lexical_weight=settings.lexical_weight,
+            path, threads=settings.model_threads, **settings.engine_options()
         )
         if self.catalogs is not None:
             self.catalogs.attach(engine)

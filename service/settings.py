@@ -196,6 +196,17 @@ class Settings(BaseSettings):
         """Intra-op threads per batch worker: as set, or the CPU cores shared among workers."""
         return self.threads or max(1, (os.cpu_count() or 1) // self.batch_workers)
 
+    def engine_options(self) -> dict[str, Any]:
+        """The keywords of `SearchEngine.load` these settings choose (all but `threads`): the
+        server, the batch CLI and its Ray actors load bundles with exactly these."""
+        return {
+            "device": self.device,
+            "hybrid_weight": self.hybrid_weight,
+            "precision": self.encoder_precision,
+            "lexical_weight": self.lexical_weight,
+            "mach_precision": self.mach_precision,
+        }
+
     @field_validator("api_key", "search_key", "admin_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:

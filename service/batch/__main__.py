@@ -82,13 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def score(args: argparse.Namespace, settings: Settings, requests: list[BatchRequest]) -> Counts:
     """Score `requests` into `args.output` with the chosen engine."""
     progress = not args.no_progress
-    engine_options = {
-        "device": settings.device,
-        "hybrid_weight": settings.hybrid_weight,
-        "precision": settings.encoder_precision,
-        "lexical_weight": settings.lexical_weight,
-        "mach_precision": settings.mach_precision,
-    }
+    engine_options = settings.engine_options()
     if args.engine == "ray":
         return score_with_ray(
             settings.bundle,

@@ -125,3 +125,18 @@ def test_cli_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_invalid_settings_exit_before_serving(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--port", "70000"]) == EXIT_BAD_SETTINGS
     assert "port" in capsys.readouterr().err
+
+
+def test_engine_options_name_every_load_keyword_but_threads() -> None:
+    """The server, the batch CLI and Ray load bundles with `engine_options`: a new keyword of
+    `SearchEngine.load` with no setting behind it would be silently left at its default."""
+    import inspect
+
+    from service.search.engine import SearchEngine
+
+    keywords = set(inspect.signature(SearchEngine.load).parameters) - {"bundle_dir", "threads"}
+    settings = Settings(encoder_precision="int8", mach_precision="int8", lexical_weight=0.5)
+    options = settings.engine_options()
+    assert set(options) == keywords
+    assert options["precision"] == "int8" and options["mach_precision"] == "int8"
+    assert options["lexical_weight"] == 0.5

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,8 +125,8 @@ class HashFamily:
         self.check_labels(num_labels)
         reps = reps if reps is not None else range(self.reps)
         if self.computed:
-            labels = np.arange(num_labels, dtype=np.int64)
-            return np.stack([self.buckets_of(labels, r) for r in reps]).astype(np.int32)
+            buckets = self.buckets_of(np.arange(num_labels, dtype=np.int64), reps)
+            return np.ascontiguousarray(buckets.T, dtype=np.int32)
         a, b = self.coefficients()
         labels = np.arange(num_labels, dtype=np.uint64)
         table = np.empty((len(reps), num_labels), dtype=np.int32)
@@ -134,11 +135,15 @@ class HashFamily:
             table[row] = (hashed % np.uint64(self.buckets)).astype(np.int32)
         return table
 
-    def buckets_of(self, labels: np.ndarray, rep: int) -> np.ndarray:
-        """Buckets int64 of `labels` (ints < p) in repetition `rep`; computed families only."""
+    def buckets_of(self, labels: np.ndarray, reps: Sequence[int] | None = None) -> np.ndarray:
+        """Buckets int64 [c, len(reps)] of `labels` [c] (ints < p) in repetitions `reps`
+        (default: all); computed families only. Every repetition at once, in place: a·j + b
+        < 2^62, then mod p, mod B."""
         assert self.computed, "only a family with p < 2^31 computes membership"
-        a, b = self._coefficients[0][rep], self._coefficients[1][rep]
-        hashed = np.asarray(labels, dtype=np.int64) * a
+        a, b = self._coefficient_arrays
+        if reps is not None:
+            a, b = a[list(reps)], b[list(reps)]
+        hashed = np.multiply.outer(np.asarray(labels, dtype=np.int64), a)
         hashed += b
         return mod_(mod_(hashed, self.prime), self.buckets)
 
@@ -146,7 +151,7 @@ class HashFamily:
         """Every label j < K in any of `buckets` of repetition `rep`, int64, unordered;
         computed families only. O(len(buckets)·p/B) time, no table."""
         assert self.computed, "only a family with p < 2^31 enumerates a bucket"
-        b = self._coefficients[1][rep]
+        b = int(self._coefficient_arrays[1][rep])
         inverse = self._inverses[rep]
         per_bucket = -(-self.prime // self.buckets)  # values v ≡ c (mod B) below p, at most
         values = np.asarray(buckets, dtype=np.int64)[:, None] + self.buckets * np.arange(
@@ -161,9 +166,11 @@ class HashFamily:
         return values[values < num_labels]
 
     @functools.cached_property
-    def _coefficients(self) -> tuple[list[int], list[int]]:
-        return self.coefficients()
+    def _coefficient_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(a_r, b_r) as int64 arrays [R] (a computed family's p is below 2^31)."""
+        a, b = self.coefficients()
+        return np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)
 
     @functools.cached_property
     def _inverses(self) -> list[int]:
-        return [pow(a, -1, self.prime) for a in self._coefficients[0]]
+        return [pow(a, -1, self.prime) for a in self.coefficients()[0]]

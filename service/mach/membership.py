@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.mach.hash import HashFamily, mod_
+from service.mach.hash import HashFamily
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -52,21 +52,15 @@ class ComputedMembership:
         self.reps = family.reps
         self.buckets = family.buckets
         self._offsets = np.arange(self.reps, dtype=np.int64) * self.buckets
-        a, b = family.coefficients()
-        self._a = np.array(a, dtype=np.int64)
-        self._b = np.array(b, dtype=np.int64)
 
     @property
     def nbytes(self) -> int:
         """Bytes held per label: none (a few per repetition)."""
-        return int(self._offsets.nbytes + self._a.nbytes + self._b.nbytes)
+        return int(self._offsets.nbytes)
 
     def rows_of(self, labels: np.ndarray) -> np.ndarray:
         """`r·B + h_r(j)` int64 [c, R] of labels j [c]."""
-        # All R hashes at once, in place: a·j + b < 2^62, then mod p, mod B.
-        rows = np.multiply.outer(np.asarray(labels, dtype=np.int64), self._a)
-        rows += self._b
-        mod_(mod_(rows, self.family.prime), self.buckets)
+        rows = self.family.buckets_of(labels)
         rows += self._offsets
         return rows
 

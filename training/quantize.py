@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from service.bundle import load_bundle, read_manifest, write_manifest
+from service.bundle import Manifest, load_bundle, read_manifest, write_manifest
 from service.search.encoder import QueryEncoder
 from service.search.engine import SearchEngine
 from training.data import load_dataset
@@ -35,30 +35,9 @@ INT8_HEADS_FILE = "mach_heads.int8.onnx"
 log = logging.getLogger(__name__)
 
 
-def quantize_encoder(bundle_dir: Path) -> Path:
-    """Write the int8 encoder into the bundle and list it in the manifest; returns its path."""
-    manifest = load_bundle(bundle_dir).manifest  # verifies the bundle before touching it
-    source = bundle_dir / manifest.encoder.file
-    target = bundle_dir / INT8_ENCODER_FILE
-    staged = bundle_dir / f".{INT8_ENCODER_FILE}.tmp"
-    quantize_dynamic(
-        source,
-        staged,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul"],
-    )
-    staged.replace(target)
-    encoder = manifest.encoder.model_copy(update={"int8_file": INT8_ENCODER_FILE})
-    fields = manifest.model_dump(exclude={"files", "format_version", "encoder"})
-    write_manifest(bundle_dir, {**fields, "encoder": encoder.model_dump()})
-    return target
-
-
-def quantize_heads(source: Path, target: Path, reps: int) -> None:
-    """Write the int8 copy of the MACH heads `source` to `target`: every MatMul's weights int8
-    with a scale per output channel. ValueError (nothing written) when fewer than `reps` MatMuls
-    were quantised: heads exported before session 9, whose output layer is one Einsum."""
+def _quantize_matmuls(source: Path, target: Path) -> None:
+    """Write an int8 copy of the ONNX model `source` to `target`: every MatMul's weights int8
+    with a scale per output channel, activations quantised on the fly."""
     quantize_dynamic(
         source,
         target,
@@ -66,6 +45,33 @@ def quantize_heads(source: Path, target: Path, reps: int) -> None:
         per_channel=True,
         op_types_to_quantize=["MatMul"],
     )
+
+
+def _list_in_manifest(
+    bundle_dir: Path, manifest: Manifest, section: str, field: str, file: str
+) -> None:
+    """Rewrite the bundle's manifest with `section.field = file` (checksums included)."""
+    spec = getattr(manifest, section).model_copy(update={field: file})
+    fields = manifest.model_dump(exclude={"files", "format_version", section})
+    write_manifest(bundle_dir, {**fields, section: spec.model_dump()})
+
+
+def quantize_encoder(bundle_dir: Path) -> Path:
+    """Write the int8 encoder into the bundle and list it in the manifest; returns its path."""
+    manifest = load_bundle(bundle_dir).manifest  # verifies the bundle before touching it
+    target = bundle_dir / INT8_ENCODER_FILE
+    staged = bundle_dir / f".{INT8_ENCODER_FILE}.tmp"
+    _quantize_matmuls(bundle_dir / manifest.encoder.file, staged)
+    staged.replace(target)
+    _list_in_manifest(bundle_dir, manifest, "encoder", "int8_file", INT8_ENCODER_FILE)
+    return target
+
+
+def quantize_heads(source: Path, target: Path, reps: int) -> None:
+    """Write the int8 copy of the MACH heads `source` to `target` (`_quantize_matmuls`).
+    ValueError (nothing written) when fewer than `reps` MatMuls were quantised: heads exported
+    before session 9, whose output layer is one Einsum."""
+    _quantize_matmuls(source, target)
     quantised = sum(node.op_type == "MatMulInteger" for node in onnx.load(target).graph.node)
     if quantised < reps:
         target.unlink()
@@ -85,9 +91,7 @@ def quantize_mach_heads(bundle_dir: Path) -> Path:
     staged = bundle_dir / f".{INT8_HEADS_FILE}.tmp"
     quantize_heads(bundle_dir / manifest.mach.heads, staged, manifest.mach.reps)
     staged.replace(target)
-    mach = manifest.mach.model_copy(update={"int8_heads": INT8_HEADS_FILE})
-    fields = manifest.model_dump(exclude={"files", "format_version", "mach"})
-    write_manifest(bundle_dir, {**fields, "mach": mach.model_dump()})
+    _list_in_manifest(bundle_dir, manifest, "mach", "int8_heads", INT8_HEADS_FILE)
     return target
 
 

@@ -183,14 +183,21 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
+def child_pids(pid: int) -> set[int]:
+    """The process's children (Linux: each of its threads' `children` list in /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found |= {int(child) for child in (task / "children").read_text().split()}
+    return found
+
+
 def children_peak_rss_mb(pid: int) -> float:
     """The summed peak resident sets of the process's children (the upload checkers), MiB."""
     total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                with contextlib.suppress(OSError, RuntimeError):
-                    total += peak_rss_mb(int(child))
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += peak_rss_mb(child)
     return total
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.hostile import child_pids
 from service.batch.intake import (
     CheckerStopped,
     InputChecker,
@@ -97,11 +97,7 @@ def test_an_upload_is_checked_and_stored_in_bounded_memory(tmp_path: Path) -> No
 def children() -> set[int]:
     """This process's child processes that are pool workers (not multiprocessing's resource
     tracker, which the first spawned pool starts beside them)."""
-    found = set()
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found |= {int(pid) for pid in (task / "children").read_text().split()}
-    return {pid for pid in found if b"spawn_main" in _cmdline(pid)}
+    return {pid for pid in child_pids(os.getpid()) if b"spawn_main" in _cmdline(pid)}
 
 
 def _cmdline(pid: int) -> bytes:
@@ -178,14 +174,14 @@ def test_a_dead_checker_is_a_503_with_retry_after_not_a_500() -> None:
 ORPHAN_SCRIPT = """
 import asyncio, os, sys
 from pathlib import Path
+from bench.hostile import child_pids
 from service.batch.intake import InputChecker, InputLimits
 source = Path(sys.argv[1])
 source.write_text('{"custom_id": "a", "query": "drill"}\\n')
 limits = InputLimits(max_lines=10, max_query_chars=512, max_k=1000, default_k=10)
 checker = InputChecker(workers=1)
 asyncio.run(checker.check(source, source.with_suffix(".out"), limits))
-tasks = Path(f"/proc/{os.getpid()}/task")
-print(" ".join(pid for task in tasks.iterdir() for pid in (task / "children").read_text().split()))
+print(" ".join(map(str, child_pids(os.getpid()))))
 sys.stdout.flush()
 os.kill(os.getpid(), 9)  # a server killed with SIGKILL: its pool is never shut down
 """

@@ -32,6 +32,7 @@ import torch
 
 from bench.mach_decode import default_buckets, recall_at_k
 from bench.provenance import command_line, machine
+from service.device import open_session
 from service.mach.decode import MachDecoder
 from service.mach.hash import HashFamily
 from training.mach.bundle import export_heads
@@ -41,12 +42,6 @@ from training.quantize import quantize_heads
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM = 384
 TOP_BUCKETS = 10
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _scores(session: ort.InferenceSession, embeddings: np.ndarray) -> np.ndarray:
@@ -79,7 +74,7 @@ def bench_shape(num_labels: int, args: argparse.Namespace, work: Path) -> dict:
     result: dict = {"labels": num_labels, "buckets": buckets, "reps": args.reps}
     decoded = {}
     for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
-        session = _session(path)
+        session = open_session(path, threads=1)  # as the service opens the heads
         for i in range(5):
             _scores(session, queries[i : i + 1])
         seconds, ids = [], []

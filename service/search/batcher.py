@@ -235,7 +235,7 @@ class MicroBatcher:
             batch = self._take()
             if batch is None:
                 return
-            size = sum(piece.end - piece.start for piece in batch)
+            size = self._size(batch)
             start = time.perf_counter()
             me = threading.get_ident()
             self._busy_since[me] = time.monotonic()

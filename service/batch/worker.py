@@ -3,11 +3,11 @@
 It scores in chunks of its own size (`XC_BATCH_CHUNK`) with the engine being served, records
 progress in the job store after every chunk, and checks for cancellation there. Searches come
 first: before each model call (`YIELD_EVERY` requests) it waits while the micro-batcher has
-searches queued or running. Stopped by a
-shutdown, it leaves the job `in_progress`; the next start resumes it from its output file. It
-changes a job's status only by compare-and-set (`JobStore.transition`): a cancel that lands
-after the worker read the job is never undone, and `completed` never overwrites `cancelled`.
-Between jobs it deletes the finished ones older than the retention (`XC_BATCH_RETENTION_DAYS`).
+searches queued or running. Stopped by a shutdown, it leaves the job `in_progress`; the next
+start resumes it from its output file. It changes a job's status only by compare-and-set
+(`JobStore.transition`): a cancel that lands after the worker read the job is never undone,
+and `completed` never overwrites `cancelled`. Between jobs it deletes the finished ones older
+than the retention (`XC_BATCH_RETENTION_DAYS`).
 """
 
 from __future__ import annotations

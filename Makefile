@@ -97,7 +97,8 @@ test-fast: lint
 #                  against the Home Depot bundle's real vectors;
 # then bench.report rewrites the generated tables from the results JSON. bench-serving needs the
 # bundles and the int8 encoder that bench-quality leaves. K = 10M is its own target, added to the
-# same results (about 30 min, 13 GB of memory).
+# same results (about 30 min, 13 GB of memory), and so is the graph over 8-bit vectors at 100K,
+# 1M and 2M with its curves fitted to 10M (bench-scale-sq8, about 40 min).
 # The peer libraries get their own venv: libpecos pins numpy<2, which .venv must not be given;
 # its declared torch/transformers deps serve XR-Transformer only, hence --no-deps.
 PEERS_VENV  := .venv-peers
@@ -113,7 +114,7 @@ HOMEDEPOT := ../shared/data/homedepot/xc
 COOKING   := ../shared/data/cooking/xc
 SCALE_CALIBRATE := $(if $(wildcard models/homedepot/manifest.json),--calibrate models/homedepot)
 
-.PHONY: bench bench-quality bench-serving bench-scale bench-10m
+.PHONY: bench bench-quality bench-serving bench-scale bench-10m bench-scale-sq8
 bench:
 	$(MAKE) bench-quality
 	$(MAKE) bench-serving
@@ -148,6 +149,11 @@ bench-scale: $(STAMP)
 
 bench-10m: $(STAMP)
 	$(PY) -m bench.scale --sizes 10000000 --merge
+	$(PY) -m bench.report
+
+bench-scale-sq8: $(STAMP)
+	$(PY) -m bench.scale --sizes 100000 1000000 2000000 --types flat hnsw_sq8 --mach-queries 0 \
+	    --merge
 	$(PY) -m bench.report
 
 clean:

@@ -212,16 +212,54 @@ def _scale_calibration(calibration: dict[str, Any]) -> str:
     return markdown_table(["vectors", "K", "index", "recall@10 by setting"], rows)
 
 
+def _scale_extrapolated(fits: list[dict[str, Any]]) -> str:
+    """Fitted build time, memory, recall and latency at a size too large to build here."""
+    rows = []
+    for fit in fits:
+        best = fit["first_reaching_goal"]
+        by_setting = ", ".join(
+            f"{_setting(row['setting'])}: {row['recall_at_10']:.3f} in {row['p50_ms']:.1f} ms"
+            for row in fit["by_setting"]
+        )
+        rows.append(
+            [
+                f"{fit['labels']:,}",
+                fit["index"],
+                ", ".join(f"{k:,}" for k in fit["fitted_on"]),
+                f"{fit['build_s'] / 3600:.1f} h (K^{fit['build_exponent']:.2f})",
+                f"{fit['bytes'] / 2**30:.1f}",
+                by_setting,
+                "—" if best is None else _setting(best["setting"]),
+            ]
+        )
+    headers = [
+        "K (fitted)",
+        "index",
+        "fitted on K",
+        "build, 2 threads",
+        "GiB",
+        "recall@10 and p50 by setting",
+        f"first setting ≥ {fits[0]['goal_recall_at_10']}",
+    ]
+    return markdown_table(headers, rows) + (
+        "\n\nExtrapolated, not measured (`bench.scale_fit`): build time a power law in K, "
+        "memory linear in K, recall and p50 at each setting linear in log10 K, over the sizes "
+        "listed. Plot: `bench/results/scale_extrapolated.png`."
+    )
+
+
 def render_scale(record: dict[str, Any]) -> str:
     """bench.scale's JSON: index costs by K, MACH against one-vs-all, the generator check."""
     machine = record["machine"]
     commands: dict[str, list[str]] = {}
     for size in record["sizes"]:
-        run = size["measured"]
-        commands.setdefault(f"`{run['command']}` on {run['date']}", []).append(
-            f"K = {size['labels']:,} (load average {run['load_average']['before'][0]:.2f} "
-            f"before, {run['load_average']['after'][0]:.2f} after)"
-        )
+        for run in [*size.get("earlier_runs", []), size["measured"]]:
+            types = f"{', '.join(run['types'])}; " if size.get("earlier_runs") else ""
+            commands.setdefault(f"`{run['command']}` on {run['date']}", []).append(
+                f"K = {size['labels']:,} ({types}load average "
+                f"{run['load_average']['before'][0]:.2f} before, "
+                f"{run['load_average']['after'][0]:.2f} after)"
+            )
     runs = "; ".join(f"{command}: {', '.join(ks)}" for command, ks in commands.items())
     parts = [
         _scale_indexes(record),
@@ -231,6 +269,8 @@ def render_scale(record: dict[str, Any]) -> str:
         "exact search; `—`: no setting of the sweep reaches the target.",
         _scale_mach(record),
     ]
+    if record.get("extrapolated"):
+        parts.append(_scale_extrapolated(record["extrapolated"]))
     if "calibration" in record:
         parts.append(_scale_calibration(record["calibration"]))
     parts.append(
@@ -477,8 +517,31 @@ def render_mach_decode(record: dict[str, Any]) -> str:
     return f"{markdown_table(headers, rows)}\n\n{note} {_generated_from('mach_decode.json')}\n"
 
 
-def render_mach_memory(record: dict[str, Any]) -> str:
-    """bench.mach_decode's memory figures: MACH's layer and tables against a one-vs-all layer."""
+def _astra_index_mib(scale: dict[str, Any], labels: int, kind: str) -> str:
+    """ASTRA's index of type `kind` at `labels`: measured where bench.scale built it there,
+    else the bytes per label of its largest measured size times K (marked so)."""
+    measured = [
+        (size["labels"], index)
+        for size in scale["sizes"]
+        for index in size["indexes"]
+        if index["type"] == kind
+    ]
+    if not measured:
+        return "—"
+    exact = [index for k, index in measured if k == labels]
+    if exact:
+        return f"{exact[0]['bytes'] / MIB_BYTES:,.0f} MiB"
+    largest_k, largest = max(measured, key=lambda pair: pair[0])
+    per_label = largest["bytes_per_label"]
+    return (
+        f"{per_label * labels / MIB_BYTES:,.0f} MiB ({per_label:,.0f} B/label at {largest_k:,} × K)"
+    )
+
+
+def render_mach_memory(records: dict[str, Any]) -> str:
+    """bench.mach_decode's memory figures: MACH's layer and tables against a one-vs-all layer
+    and against ASTRA's largest-catalog index (bench.scale's hnsw_sq8)."""
+    record, scale = records["mach_decode.json"], records["scale.json"]
     rows = []
     for result in record["results"]:
         memory = result["memory_mib"]
@@ -490,6 +553,7 @@ def render_mach_memory(record: dict[str, Any]) -> str:
                 f"{memory['table_and_inverted_index']:,.1f} MiB, "
                 f"{result.get('membership', 'table')} ({memory['mach_total']:,.1f} MiB in all)",
                 f"{memory['one_vs_all_output_layer']:,.1f} MiB ({ratio:.1f}×)",
+                _astra_index_mib(scale, result["labels"], "hnsw_sq8"),
             ]
         )
     headers = [
@@ -497,8 +561,13 @@ def render_mach_memory(record: dict[str, Any]) -> str:
         "MACH output layer (R·hidden·B fp32)",
         "+ bucket membership (a table and inverted index, or computed)",
         "one-vs-all output layer (K·d fp32)",
+        "ASTRA's index (hnsw_sq8)",
     ]
-    return f"{markdown_table(headers, rows)}\n\n{_generated_from('mach_decode.json')}\n"
+    note = (
+        "Generated by `python -m bench.report` from `bench/results/mach_decode.json` and "
+        "`scale.json`."
+    )
+    return f"{markdown_table(headers, rows)}\n\n{note}\n"
 
 
 # bench.batch's path names -> what each runs.
@@ -730,7 +799,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "load": (("load_homedepot-int8.json", "load_homedepot-fp32.json"), render_load),
     "load:stages": ("load_homedepot-int8.json", render_load_stages),
     "mach_decode": ("mach_decode.json", render_mach_decode),
-    "mach_decode:memory": ("mach_decode.json", render_mach_memory),
+    "mach_decode:memory": (("mach_decode.json", "scale.json"), render_mach_memory),
     "mach_heads": ("mach_heads.json", render_mach_heads),
     "astra_optimizer": ("astra_optimizer.json", render_astra_optimizer),
     "batch": ("batch_homedepot.json", render_batch),

@@ -30,7 +30,11 @@ exact flat scan measured above.
 
 Results: `bench/results/scale.json`, `scale_recall_latency.png` (recall@10 against latency,
 one panel per K) and `scale_latency_by_k.png` (latency and memory against K at recall@10 >=
-0.95). `--merge` keeps the sizes already in the JSON that this run does not measure.
+0.95). Where an HNSW index was measured at two sizes of 1M labels or more, its build time,
+memory, recall and latency are fitted and carried to `--extrapolate-to` (10M: a graph that
+takes hours to build here), `bench.scale_fit`, plotted in `scale_extrapolated.png`.
+`--merge` keeps the sizes already in the JSON that this run does not measure, and within a size
+the index types (and MACH) it does not measure, each with the run that measured it.
 """
 
 from __future__ import annotations
@@ -50,9 +54,10 @@ from tqdm.auto import tqdm
 from bench import mach_decode
 from bench.load import latency_summary
 from bench.provenance import command_line, machine, versions
+from bench.scale_fit import extrapolate
 from bench.synthetic import synthetic_label_space
 from bench.timing import rank_all, single_query_ms
-from service.astra.index import AnnIndex, build_index, default_index_spec
+from service.astra.index import HNSW_TYPES, AnnIndex, build_index, default_index_spec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K_TOP = 10
@@ -68,6 +73,7 @@ EXACT_BATCHED_WORK = 10**9
 SWEEPS: dict[str, list[dict[str, int]]] = {
     "flat": [{}],
     "hnsw": [{"ef_search": ef} for ef in (16, 32, 64, 128, 256, 512, 1024)],
+    "hnsw_sq8": [{"ef_search": ef} for ef in (64, 128, 256, 512, 1024)],
     "ivf_flat": [{"nprobe": n} for n in (4, 8, 16, 32, 64, 128, 256, 512)],
     "ivf_pq": [{"nprobe": n, "refine_k": r} for n in (16, 64, 256, 512) for r in (1, 4, 16)],
 }
@@ -286,8 +292,36 @@ def bench_size(num_labels: int, args: argparse.Namespace) -> dict[str, Any]:
         "date": date.today().isoformat(),
         "command": command_line("bench.scale"),
         "load_average": {"before": load_before, "after": os.getloadavg()},
+        "types": [_base_type(row) for row in result["indexes"]],
     }
     return result
+
+
+def _base_type(row: dict[str, Any]) -> str:
+    """An index row's type without its note: `flat (fp16)` is a `flat`."""
+    return row["type"].split(" ")[0]
+
+
+def merge_size(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """One size's results after a run that measured `new` (a subset of the index types, maybe
+    without MACH): the index rows and MACH figures it did not measure are kept from `old`, and
+    the earlier runs are listed under `earlier_runs`, so every row keeps its provenance."""
+    if old is None:
+        return new
+    measured_types = {_base_type(row) for row in new["indexes"]}
+    kept = [row for row in old["indexes"] if _base_type(row) not in measured_types]
+    indexes = sorted([*kept, *new["indexes"]], key=lambda row: ALL_TYPES.index(_base_type(row)))
+    merged = {**old, **new, "indexes": indexes}
+    if "mach" not in new and "mach" in old:
+        merged["mach"] = old["mach"]
+    if new["one_vs_all"]["ms"] is None:
+        merged["one_vs_all"] = old["one_vs_all"]
+    old_types = old["measured"].get("types") or [_base_type(row) for row in old["indexes"]]
+    earlier = [*old.get("earlier_runs", []), {**old["measured"], "types": old_types}]
+    for run in earlier:
+        run["types"] = [kind for kind in run["types"] if kind not in measured_types]
+    merged["earlier_runs"] = [run for run in earlier if run["types"]]
+    return merged
 
 
 def calibration(args: argparse.Namespace) -> dict[str, Any]:
@@ -322,7 +356,13 @@ def calibration(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module doc)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000, 1_000_000])
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[20_000, 100_000, 1_000_000],
+        help="none (with --merge): refit, replot and print what the JSON holds",
+    )
     parser.add_argument("--types", nargs="+", choices=ALL_TYPES, help="default: see module doc")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=1000)
@@ -333,9 +373,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hnsw-ef-construction", type=int, help="default: the service's (HNSW_DEFAULTS)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--extrapolate-to",
+        type=int,
+        default=10_000_000,
+        help="fit the HNSW indexes' cost from 1M labels up and carry it to this size",
+    )
     parser.add_argument("--calibrate", type=Path, help="an ASTRA bundle to compare against")
     parser.add_argument("--calibrate-data", type=Path, help="its dataset (default: manifest's)")
-    parser.add_argument("--merge", action="store_true", help="keep other sizes in --out")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep other sizes and index types in --out"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     return parser.parse_args(argv)
 
@@ -343,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark; write the JSON and the plots; print the tables. The JSON is rewritten
     after the calibration and after each size, so a run cut short keeps what it measured."""
-    from bench.scale_plots import plot_latency_by_k, plot_recall_latency
+    from bench.scale_plots import plot_extrapolation, plot_latency_by_k, plot_recall_latency
 
     args = parse_args(argv)
     previous = json.loads(args.out.read_text()) if args.merge and args.out.exists() else {}
@@ -371,11 +419,18 @@ def main(argv: list[str] | None = None) -> None:
         report["calibration"] = previous["calibration"]
     for num_labels in tqdm(args.sizes, desc="label spaces"):
         measured = bench_size(num_labels, args)
-        kept = [size for size in report["sizes"] if size["labels"] != num_labels]
-        report["sizes"] = sorted([*kept, measured], key=lambda size: size["labels"])
+        previous_size = next((s for s in report["sizes"] if s["labels"] == num_labels), None)
+        kept = [size for size in report["sizes"] if size is not previous_size]
+        merged = merge_size(previous_size, measured)
+        report["sizes"] = sorted([*kept, merged], key=lambda size: size["labels"])
         save()
+    fits = [extrapolate(report, kind, args.extrapolate_to) for kind in HNSW_TYPES]
+    report["extrapolated"] = [fit for fit in fits if fit is not None]
+    save()
     stem = args.out.with_suffix("")
     plot_recall_latency(report, Path(f"{stem}_recall_latency.png"))
+    if report["extrapolated"]:
+        plot_extrapolation(report, Path(f"{stem}_extrapolated.png"))
     plot_latency_by_k(report, PLOT_RECALL, Path(f"{stem}_latency_by_k.png"))
     from bench.report import render_scale  # the tables, after the results are safely written
 

@@ -1,4 +1,5 @@
-"""The two figures of `bench.scale`: recall against latency per K, and cost against K."""
+"""The figures of `bench.scale`: recall against latency per K, cost against K, and the fitted
+curves that carry an HNSW index to a size not built (`bench.scale_fit`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -87,6 +89,59 @@ def plot_latency_by_k(report: dict[str, Any], target: float, path: Path) -> None
     lat_ax.set_title("Query latency by K (exact scan = one-vs-all layer)")
     mem_ax.set_ylabel("MiB")
     mem_ax.set_title("Memory by K")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_extrapolation(report: dict[str, Any], path: Path) -> None:
+    """Per extrapolated index: measured recall@10 by K at each efSearch with the fitted lines
+    carried to the target K (left), and build time with its power law (right)."""
+    fits = report["extrapolated"]
+    fig, axes = plt.subplots(len(fits), 2, figsize=(11, 4.2 * len(fits)), squeeze=False)
+    for (recall_ax, build_ax), fit in zip(axes, fits, strict=True):
+        measured = [
+            (size["labels"], index)
+            for size in report["sizes"]
+            for index in size["indexes"]
+            if index["type"] == fit["index"]
+        ]
+        ks = [k for k, _ in measured]
+        span = [min(fit["fitted_on"]), fit["labels"]]
+        for line in fit["by_setting"]:
+            name = " ".join(f"{k}={v}" for k, v in line["setting"].items())
+            points = [
+                (k, e["recall_at_10"])
+                for k, index in measured
+                for e in index["sweep"]
+                if e["setting"] == line["setting"]
+            ]
+            (drawn,) = recall_ax.plot(*zip(*points, strict=True), "o-", label=name, markersize=4)
+            start = line["recall_at_10"] + line["recall_lost_per_decade"] * (
+                np.log10(fit["labels"]) - np.log10(span[0])
+            )
+            recall_ax.plot(span, [start, line["recall_at_10"]], "--", color=drawn.get_color())
+        recall_ax.axhline(fit["goal_recall_at_10"], color="grey", lw=0.8)
+        recall_ax.set_ylabel("recall@10 vs exact")
+        recall_ax.set_title(f"{fit['index']}: measured (solid), fitted to K = {fit['labels']:,}")
+        build_ax.plot(ks, [index["build_s"] / 60 for _, index in measured], "o-", label="measured")
+        build_ax.plot(
+            span,
+            [
+                fit["build_s"] / 60 * (span[0] / fit["labels"]) ** fit["build_exponent"],
+                fit["build_s"] / 60,
+            ],
+            "--",
+            label=f"fitted: K^{fit['build_exponent']:.2f}",
+        )
+        build_ax.set_yscale("log")
+        build_ax.set_ylabel("build minutes (2 threads)")
+        build_ax.set_title(f"{fit['index']}: build time")
+        for ax in (recall_ax, build_ax):
+            ax.set_xscale("log")
+            ax.set_xlabel("labels K")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,8 +3,9 @@
 One definition of the index serves both sides: training builds it to mine hard negatives and
 writes it into the bundle, the service reads it back. Small catalogs get an exact flat index,
 mid-sized ones HNSW (whose search depth is raised to at least k on every call), the largest
-IVF-PQ with an fp16 copy to re-rank: see `default_index_spec` for the rule and the figures
-behind it (`bench/scale.py`, BENCHMARKS.md "Index choice by catalog size").
+HNSW over 8-bit vectors; IVF-Flat and IVF-PQ (re-ranked against an fp16 copy) are there to be
+asked for: see `auto_index_type` for the rule and the figures behind it (`bench/scale.py`,
+BENCHMARKS.md "Index choice by catalog size").
 """
 
 from __future__ import annotations
@@ -19,19 +20,22 @@ from service.bundle import BundleError, IndexSpec
 
 # Up to this many labels an exact scan is both fast enough and free of recall loss.
 EXACT_MAX_LABELS = 20_000
-# Above this many, HNSW's memory (fp32 vectors + graph, about 1.8 KB a label at d = 384) and its
-# build time give way to IVF-PQ with an fp16 re-ranking copy (about 0.9 KB a label).
-HNSW_MAX_LABELS = 4_000_000
+# Above this many, HNSW keeps its vectors in 8 bits (hnsw_sq8): at 1M labels it reached the
+# recall of the fp32 graph in less than half the time (0.964 in 1.3 ms against 0.969 in 3.2 ms
+# at efSearch 256), in 656 bytes a label against 1,808, and built in 10 min against 24.
+HNSW_FP32_MAX_LABELS = 1_000_000
 # FAISS's GPU k-selection handles k up to this (GPU_MAX_SELECTION_K).
 GPU_MAX_K = 2048
 # Vectors beyond this many fp32 bytes are held as fp16 on the GPU (half the memory, scores
 # within fp16 rounding); 10^7 x 384 fp32 vectors (14.3 GiB) stay fp32 on an 80 GB H100.
 GPU_FP16_BYTES = 16 << 30
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef_search": 128}
-# HNSW efSearch by catalog size, (up to this many labels, efSearch): recall@10 >= 0.95 with a
-# margin at the sizes bench/scale.py measured (128 gives 0.997 at 100K; 1M needs 256 for
-# 0.969). The last row is an extrapolation: nothing between 1M and 4M was measured.
-HNSW_EF_SEARCH_BY_SIZE = ((250_000, 128), (2_000_000, 256), (HNSW_MAX_LABELS, 512))
+# HNSW efSearch by catalog size, (up to this many labels, efSearch): the smallest that reached
+# recall@10 >= 0.95 at the sizes bench/scale.py measured (128 gives 0.997 at 100K, 256 0.964 at
+# 1M, 1024 0.958 at 2M). Beyond 2M nothing measured reaches 0.95 within 10 ms on this synthetic
+# space: the last row is the deepest search that stays near that budget (fitted: about 0.90 in
+# 8 ms at 10M, BENCHMARKS.md "Index choice by catalog size").
+HNSW_EF_SEARCH_BY_SIZE = ((250_000, 128), (1_000_000, 256), (2_000_000, 1024))
 IVF_NPROBE = 64
 # IVF-PQ: nbits-bit codes of m sub-vectors of PQ_DIMS_PER_CODE dims; refine_k·k candidates
 # are re-ranked against an fp16 copy of the vectors (refine_k = 0: PQ scores only).
@@ -42,7 +46,12 @@ IVF_TRAIN_POINTS_PER_LIST = 40
 # Vectors are converted to float32 and added this many at a time (float16 or memory-mapped
 # inputs never need a full float32 copy).
 ADD_CHUNK = 1 << 18
-INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+# hnsw_sq8: the same graph over vectors stored as 8 bits per dimension (FAISS IndexHNSWSQ,
+# QT_8bit: a per-dimension [min, max] range learnt on a sample of SQ_TRAIN_POINTS vectors), a
+# quarter of the fp32 vectors' bytes for a small loss of recall.
+SQ_TRAIN_POINTS = 100_000
+INDEX_TYPES = ("flat", "hnsw", "hnsw_sq8", "ivf_flat", "ivf_pq")
+HNSW_TYPES = ("hnsw", "hnsw_sq8")
 IVF_TYPES = ("ivf_flat", "ivf_pq")
 
 
@@ -53,14 +62,16 @@ def auto_index_type(num_labels: int) -> str:
     thread per query): an exact scan costs about 1.1 ms a query at 20K labels and grows
     linearly (7 ms at 100K, 65 ms at 1M). HNSW is the fastest index at every recall level
     measured: recall@10 0.997 in 1.1 ms at 100K, 0.969 in 3.2 ms at 1M (efSearch 256, see
-    `hnsw_ef_search`), where IVF-Flat needs 19 ms for 0.87 and IVF-PQ tops out near 0.8. So:
-    exact up to EXACT_MAX_LABELS, HNSW up to HNSW_MAX_LABELS; beyond, where HNSW's memory
-    (1.8 KB a label) and build time (24 min for 1M on 2 cores) stop fitting one machine,
-    IVF-PQ re-ranked against fp16 vectors, which trades recall for memory.
+    `hnsw_ef_search`), where IVF-Flat needs 19 ms for 0.87 and IVF-PQ tops out near 0.8. From
+    1M labels the graph over 8-bit vectors is as good for less than half the time and memory,
+    and it stays ahead of IVF-PQ at 10M (fitted recall about 0.9 against IVF-PQ's measured 0.60
+    at 29 ms, in 6.1 GiB against 7.7). So: exact up to EXACT_MAX_LABELS, HNSW up to
+    HNSW_FP32_MAX_LABELS, hnsw_sq8 beyond. IVF-Flat and IVF-PQ build in minutes where a 10M
+    graph takes hours on 2 cores: `--index` picks them.
     """
     if num_labels <= EXACT_MAX_LABELS:
         return "flat"
-    return "hnsw" if num_labels <= HNSW_MAX_LABELS else "ivf_pq"
+    return "hnsw" if num_labels <= HNSW_FP32_MAX_LABELS else "hnsw_sq8"
 
 
 def hnsw_ef_search(num_labels: int) -> int:
@@ -89,9 +100,9 @@ def default_index_spec(num_labels: int, index_type: str = "auto", dim: int = 384
         index_type = auto_index_type(num_labels)
     if index_type == "flat":
         return IndexSpec(type="flat", params={})
-    if index_type == "hnsw":
+    if index_type in HNSW_TYPES:
         return IndexSpec(
-            type="hnsw", params={**HNSW_DEFAULTS, "ef_search": hnsw_ef_search(num_labels)}
+            type=index_type, params={**HNSW_DEFAULTS, "ef_search": hnsw_ef_search(num_labels)}
         )
     if index_type in IVF_TYPES:
         nlist = ivf_lists(num_labels)
@@ -106,8 +117,12 @@ def _empty_index(dim: int, spec: IndexSpec) -> faiss.Index:
     params = spec.params
     if spec.type == "flat":
         return faiss.IndexFlatIP(dim)
-    if spec.type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
+    if spec.type in HNSW_TYPES:
+        if spec.type == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
+        else:
+            sq8 = faiss.ScalarQuantizer.QT_8bit
+            index = faiss.IndexHNSWSQ(dim, sq8, params["M"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params["ef_construction"]
         index.hnsw.efSearch = params["ef_search"]
         return index
@@ -128,12 +143,15 @@ def _empty_index(dim: int, spec: IndexSpec) -> faiss.Index:
 def build_index(vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
     """Build an inner-product index over `vectors` [n, d] (float32, or float16 / memory-mapped:
     they are converted in chunks) as `spec` describes. IVF lists are trained by k-means on a
-    random sample of IVF_TRAIN_POINTS_PER_LIST·nlist vectors (seeded: the same input gives the
-    same index)."""
+    random sample of IVF_TRAIN_POINTS_PER_LIST·nlist vectors, the 8-bit quantiser's ranges on
+    SQ_TRAIN_POINTS (seeded: the same input gives the same index)."""
     num_vectors, dim = vectors.shape
     index = _empty_index(dim, spec)
     if not index.is_trained:
-        wanted = IVF_TRAIN_POINTS_PER_LIST * spec.params["nlist"]
+        if spec.type in IVF_TYPES:
+            wanted = IVF_TRAIN_POINTS_PER_LIST * spec.params["nlist"]
+        else:
+            wanted = SQ_TRAIN_POINTS
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(num_vectors, min(num_vectors, wanted), replace=False))
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
@@ -151,8 +169,9 @@ def ivf_search_parameters(params: dict[str, int]) -> faiss.SearchParameters:
 
 
 def stored_vectors(index: faiss.Index) -> np.ndarray:
-    """The vectors an index holds, float32 [n, d]: exact for flat and HNSW, the fp16 re-ranking
-    copy for IVF-PQ with refinement, the PQ reconstruction (lossy) without it."""
+    """The vectors an index holds, float32 [n, d]: exact for flat and HNSW, decoded from 8 bits
+    for hnsw_sq8, the fp16 re-ranking copy for IVF-PQ with refinement, the PQ reconstruction
+    (lossy) without it."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and not isinstance(index, faiss.IndexRefine):
         ivf.make_direct_map()  # IVF lists are addressed by list, not by id, until asked
@@ -231,7 +250,7 @@ class AnnIndex:
         k = min(k, self.index.ntotal)
         if self.gpu is not None and k <= GPU_MAX_K:
             return self.gpu.search(queries, k)
-        if self.spec.type == "hnsw":
+        if self.spec.type in HNSW_TYPES:
             ef_search = int(self.spec.params["ef_search"] * effort)
             params = faiss.SearchParametersHNSW(efSearch=max(ef_search, k))
             return self.index.search(queries, k, params=params)

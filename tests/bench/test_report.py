@@ -219,9 +219,13 @@ def test_mach_tables_from_the_real_json_show_exact_the_fewest_buckets_and_the_de
         hits = filtered["min_hits"]
         assert f"fast, top {filtered['top_buckets']} buckets, in ≥ {hits} heads |" in table
     assert "fast, top 1 buckets" not in table
-    memory = render_mach_memory(record)
+    scale = json.loads((RESULTS / "scale.json").read_text())
+    memory = render_mach_memory({"mach_decode.json": record, "scale.json": scale})
     assert memory.startswith("| K | MACH output layer (R·hidden·B fp32) |")
     assert f"{first['memory_mib']['mach_output_layer']:,.1f} MiB" in memory
+    assert memory.splitlines()[0].endswith("| ASTRA's index (hnsw_sq8) |")
+    # K not built by bench.scale is carried from the largest size that was, and says so.
+    assert "B/label at" in memory
 
 
 def test_served_top_buckets_is_the_training_default() -> None:

@@ -13,7 +13,7 @@ from bench.report import render_scale
 from bench.synthetic import synthetic_label_space
 from service.astra.index import (
     EXACT_MAX_LABELS,
-    HNSW_MAX_LABELS,
+    HNSW_FP32_MAX_LABELS,
     INDEX_TYPES,
     AnnIndex,
     build_index,
@@ -21,12 +21,13 @@ from service.astra.index import (
     hnsw_ef_search,
     ivf_lists,
     pq_codes,
+    stored_vectors,
 )
 from service.bundle import IndexSpec
 
 LABELS, QUERIES, DIM = 5000, 100, 64
 # Recall@10 against exact search that each index type's defaults must reach on LABELS labels.
-MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "ivf_flat": 0.9, "ivf_pq": 0.85}
+MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "hnsw_sq8": 0.93, "ivf_flat": 0.9, "ivf_pq": 0.85}
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,10 @@ def recall_at_10(truth: np.ndarray, found: np.ndarray) -> float:
         (1, "flat"),
         (EXACT_MAX_LABELS, "flat"),
         (EXACT_MAX_LABELS + 1, "hnsw"),
-        (1_000_000, "hnsw"),
-        (HNSW_MAX_LABELS, "hnsw"),
-        (HNSW_MAX_LABELS + 1, "ivf_pq"),
-        (10_000_000, "ivf_pq"),
+        (HNSW_FP32_MAX_LABELS, "hnsw"),
+        (HNSW_FP32_MAX_LABELS + 1, "hnsw_sq8"),
+        (10_000_000, "hnsw_sq8"),
+        (50_000_000, "hnsw_sq8"),
     ],
 )
 def test_rule_picks_the_index_by_catalog_size(num_labels: int, expected: str) -> None:
@@ -59,23 +60,29 @@ def test_rule_picks_the_index_by_catalog_size(num_labels: int, expected: str) ->
 
 @pytest.mark.parametrize(
     ("num_labels", "ef_search"),
-    [(EXACT_MAX_LABELS + 1, 128), (100_000, 128), (1_000_000, 256), (HNSW_MAX_LABELS, 512)],
+    [
+        (EXACT_MAX_LABELS + 1, 128),
+        (100_000, 128),
+        (1_000_000, 256),
+        (2_000_000, 1024),
+        (10_000_000, 1024),
+    ],
 )
 def test_hnsw_searches_deeper_as_the_catalog_grows(num_labels: int, ef_search: int) -> None:
     assert hnsw_ef_search(num_labels) == ef_search
-    assert default_index_spec(num_labels, "hnsw").params["ef_search"] == ef_search
-    assert default_index_spec(10 * HNSW_MAX_LABELS, "hnsw").params["ef_search"] == 512
+    for kind in ("hnsw", "hnsw_sq8"):
+        assert default_index_spec(num_labels, kind).params["ef_search"] == ef_search
 
 
 def test_ivf_parameters_follow_the_catalog_and_the_dimension() -> None:
-    spec = default_index_spec(10_000_000)
+    spec = default_index_spec(10_000_000, "ivf_pq")
     assert spec.params["nlist"] == ivf_lists(10_000_000) == 8192  # 2·sqrt(1e7) ≈ 6325
     assert spec.params["m"] == 48 and 384 % spec.params["m"] == 0
     assert spec.params["nprobe"] <= spec.params["nlist"]
     assert ivf_lists(1_000_000) == 2048 and ivf_lists(3) == 3 and ivf_lists(1) == 1
     assert pq_codes(384) == 48 and pq_codes(100) == 10 and pq_codes(7) == 1
     assert default_index_spec(1000, "ivf_pq", dim=100).params["m"] == 10
-    with pytest.raises(ValueError, match="expected auto or one of flat, hnsw, ivf_flat, ivf_pq"):
+    with pytest.raises(ValueError, match="one of flat, hnsw, hnsw_sq8, ivf_flat, ivf_pq"):
         default_index_spec(10, "ivf")
 
 
@@ -103,6 +110,23 @@ def test_each_index_type_builds_searches_and_round_trips(
     index.write(tmp_path / "index.faiss")
     loaded = AnnIndex.read(tmp_path / "index.faiss", spec, LABELS, DIM)
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], ids)
+
+
+def test_hnsw_sq8_keeps_the_graph_in_a_fraction_of_the_bytes(
+    space: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """8-bit vectors: a quarter of the fp32 vectors' bytes, the same graph, close scores."""
+    from bench.scale import index_bytes
+
+    labels = space[0]
+    built = {
+        kind: build_index(labels, default_index_spec(LABELS, kind, DIM))
+        for kind in ("hnsw", "hnsw_sq8")
+    }
+    saved = index_bytes(built["hnsw"]) - index_bytes(built["hnsw_sq8"])
+    assert saved == pytest.approx(0.75 * LABELS * DIM * 4, rel=0.02)
+    decoded = stored_vectors(built["hnsw_sq8"])
+    assert decoded.shape == labels.shape and np.abs(decoded - labels).max() < 0.02
 
 
 def test_ivf_search_settings_are_applied(space: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -177,3 +201,45 @@ def test_large_catalog_path_keeps_float16_vectors(
     assert pq["bytes_per_label"] > 2 * DIM  # the fp16 re-ranking copy plus the PQ codes
     assert pq["bytes_without_refine_copy"] < pq["bytes"] / 2
     assert max(row["recall_at_10"] for row in pq["sweep"]) >= MIN_RECALL["ivf_pq"]
+
+
+def test_merge_keeps_the_index_types_and_mach_a_run_did_not_measure() -> None:
+    """Re-measuring one index type at a size keeps the others, each with its own run."""
+    from bench.scale import merge_size
+
+    def row(kind: str, build_s: float) -> dict:
+        return {"type": kind, "build_s": build_s}
+
+    def run(day: str, types: list[str]) -> dict:
+        return {"date": day, "command": f"run {day}", "types": types}
+
+    old = {
+        "labels": 10,
+        "indexes": [row("flat (fp16)", 1.0), row("ivf_pq", 2.0)],
+        "mach": {"buckets": 4},
+        "one_vs_all": {"ms": 5.0, "measured_as": "flat (fp16)"},
+        "measured": {"date": "d1", "command": "run d1"},  # written before runs named types
+    }
+    new = {
+        "labels": 10,
+        "indexes": [row("hnsw_sq8", 3.0)],
+        "one_vs_all": {"ms": None, "measured_as": None},
+        "measured": run("d2", ["hnsw_sq8"]),
+    }
+    merged = merge_size(old, new)
+    assert [r["type"] for r in merged["indexes"]] == ["flat (fp16)", "hnsw_sq8", "ivf_pq"]
+    assert merged["mach"] == {"buckets": 4} and merged["one_vs_all"]["ms"] == 5.0
+    assert merged["measured"]["date"] == "d2"
+    assert merged["earlier_runs"] == [{**old["measured"], "types": ["flat", "ivf_pq"]}]
+    again = {
+        "labels": 10,
+        "indexes": [row("flat (fp16)", 4.0), row("ivf_pq", 5.0)],
+        "mach": {"buckets": 8},
+        "one_vs_all": {"ms": 6.0, "measured_as": "flat (fp16)"},
+        "measured": run("d3", ["flat", "ivf_pq"]),
+    }
+    latest = merge_size(merged, again)
+    assert [r["build_s"] for r in latest["indexes"]] == [4.0, 3.0, 5.0]
+    assert latest["mach"] == {"buckets": 8} and latest["one_vs_all"]["ms"] == 6.0
+    assert latest["earlier_runs"] == [run("d2", ["hnsw_sq8"])]
+    assert merge_size(None, new) is new

@@ -737,6 +737,47 @@ def render_astra_optimizer(record: dict[str, Any]) -> str:
     )
 
 
+def render_astra_train_scale(record: dict[str, Any]) -> str:
+    """bench.astra_train_scale's JSON: whole training steps and index refreshes against L."""
+    gib = 1 << 30
+    finished = [run for run in record["runs"] if "exit_code" not in run]
+    rows = [
+        [
+            f"{run['labels']:,}",
+            f"{run['distractors']:,}",
+            f"{run['trained_labels']:,}",
+            run["mining_index"]["type"],
+            f"{run['step_s_p50']:.2f} / {run['step_s_p90']:.2f}",
+            f"{sum(run['refresh_s']) / len(run['refresh_s']):.1f} every "
+            f"{run['refresh_every']} steps",
+            f"{run['peak_rss_bytes'] / gib:.1f}",
+            f"{run['vector_bytes'] / gib:.2f}",
+        ]
+        for run in finished
+    ]
+    for run in record["runs"]:
+        if "exit_code" in run:
+            failed = f"did not finish: exit code {run['exit_code']}"
+            rows.append(["—", f"{run['distractors']:,}", "—", "—", failed, "—", "—", "—"])
+    headers = [
+        "labels L",
+        "of which distractors",
+        "trained rows",
+        "mining index",
+        "s per step p50 / p90",
+        "s per index refresh",
+        "peak RSS GiB while training",
+        "classifier matrix GiB",
+    ]
+    first = finished[0]
+    return (
+        f"{markdown_table(headers, rows)}\n\n{first['optimizer']} classifier optimiser, "
+        f"{first['steps']} steps per size (the first few left out of the timing), batch 64, "
+        f"each size in its own process. {_generated_from('astra_train_scale.json')} Command: "
+        f"`{record['command']}`, {record['date'][:10]}.\n"
+    )
+
+
 HOSTILE_KINDS = {
     "loris": "20 slow-loris bodies (a byte every 0.5 s)",
     "uploads": "12 MB JSONL uploads (35,000 lines), two clients back to back",
@@ -802,6 +843,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "mach_decode:memory": (("mach_decode.json", "scale.json"), render_mach_memory),
     "mach_heads": ("mach_heads.json", render_mach_heads),
     "astra_optimizer": ("astra_optimizer.json", render_astra_optimizer),
+    "astra_train_scale": ("astra_train_scale.json", render_astra_train_scale),
     "batch": ("batch_homedepot.json", render_batch),
     "catalog": (("catalog.json", "catalog-int8.json"), render_catalog),
     "faults": ("faults.json", render_faults),

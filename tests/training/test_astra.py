@@ -110,7 +110,9 @@ def test_label_vector_cache_is_reused(tiny_runs) -> None:
     assert len(list(cache.glob("text_vectors_*.npy"))) == 1
 
 
-def test_negative_sampler_mixes_the_three_kinds(tiny_dataset) -> None:
+def test_negative_sampler_mixes_the_three_kinds(tiny_dataset, monkeypatch) -> None:
+    from training import astra as astra_module
+
     config = AstraConfig(hard_negatives=5, importance_negatives=200, uniform_negatives=7)
     freq = tiny_dataset.label_frequencies(tiny_dataset.split("train"))
     sampler = NegativeSampler(config, freq, np.random.default_rng(0))
@@ -131,6 +133,21 @@ def test_negative_sampler_mixes_the_three_kinds(tiny_dataset) -> None:
     # frequent labels are drawn more often and weighted less
     assert weights[freq[labels] == freq.max()].max() <= weights[freq[labels] == 0].min()
     assert len(sampler.uniform()) == 7
+    # A refresh lets the old index go before building the new one (one index in memory).
+    seen = []
+    real_build = astra_module.build_index
+
+    def build(vectors, spec):
+        seen.append(sampler.index)
+        return real_build(vectors, spec)
+
+    monkeypatch.setattr(astra_module, "build_index", build)
+    sampler.refresh(vectors)
+    assert seen == [None] and sampler.refreshes == 2 and sampler.index is not None
+    # Drawn from the cumulative sum kept once: the same labels as `Generator.choice(p=)`.
+    again = NegativeSampler(config, freq, np.random.default_rng(3))
+    expected = np.random.default_rng(3).choice(len(freq), size=200, p=again.proposal)
+    np.testing.assert_array_equal(again.importance()[0], expected)
 
 
 @pytest.mark.slow  # trains
@@ -189,7 +206,8 @@ def test_mining_index_is_exact_until_a_scan_gets_expensive() -> None:
     from training.astra import MINING_EXACT_MAX_LABELS, mining_index_type
 
     assert mining_index_type("auto", MINING_EXACT_MAX_LABELS) == "flat"
-    assert mining_index_type("auto", MINING_EXACT_MAX_LABELS + 1) == "hnsw"
+    assert mining_index_type("auto", MINING_EXACT_MAX_LABELS + 1) == "ivf_flat"
+    assert mining_index_type("auto", 10_000_000) == "ivf_flat"
     assert mining_index_type("hnsw", 10) == "hnsw"
 
 
@@ -215,6 +233,9 @@ def test_rowwise_adagrad_trains_only_the_step_rows_and_keeps_one_float_per_row(
     assert all(vectors is not p for group in adamw.param_groups for p in group["params"])
     assert rows.state[vectors]["sum"].shape == (vectors.shape[0],)
     assert (rows.state[vectors]["sum"] > 0).any()
+    # Each optimiser its own learning rate: Adagrad's rows at rowwise_lr, the bias at AdamW's.
+    assert rows.param_groups[0]["initial_lr"] == config.rowwise_lr != config.classifier_lr
+    assert adamw.param_groups[1]["initial_lr"] == config.classifier_lr
 
 
 def test_an_unknown_classifier_optimizer_is_refused() -> None:

@@ -89,7 +89,7 @@ def run_size(data: Path, distractors: int, args: argparse.Namespace) -> dict:
         encoder,
         vectors,
         np.flatnonzero(label_freq > 0),
-        sparse_rows=args.optimizer == "rowwise_adagrad",
+        sparse_rows=config.rowwise,
     )
     del vectors
     tokenizers = (

@@ -311,9 +311,7 @@ def merge_size(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any
     measured_types = {_base_type(row) for row in new["indexes"]}
     kept = [row for row in old["indexes"] if _base_type(row) not in measured_types]
     indexes = sorted([*kept, *new["indexes"]], key=lambda row: ALL_TYPES.index(_base_type(row)))
-    merged = {**old, **new, "indexes": indexes}
-    if "mach" not in new and "mach" in old:
-        merged["mach"] = old["mach"]
+    merged = {**old, **new, "indexes": indexes}  # MACH's figures stay old's unless new has some
     if new["one_vs_all"]["ms"] is None:
         merged["one_vs_all"] = old["one_vs_all"]
     old_types = old["measured"].get("types") or [_base_type(row) for row in old["indexes"]]

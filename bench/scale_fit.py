@@ -31,8 +31,9 @@ def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def _rows(report: dict[str, Any], index_type: str) -> list[tuple[int, dict[str, Any]]]:
-    """(K, index row) for every size that measured `index_type`, smallest K first."""
+def measured_rows(report: dict[str, Any], index_type: str) -> list[tuple[int, dict[str, Any]]]:
+    """(K, index row) of `bench.scale`'s JSON for every size that measured `index_type`, in the
+    JSON's order (smallest K first)."""
     return [
         (size["labels"], index)
         for size in report["sizes"]
@@ -51,7 +52,8 @@ def extrapolate(
     """Fitted build time, memory, recall and latency of `index_type` at `target_labels`, from
     the sizes in `report` from `fit_from` up to below the target that measured it; None with
     fewer than two such sizes."""
-    rows = [(k, row) for k, row in _rows(report, index_type) if fit_from <= k < target_labels]
+    measured = measured_rows(report, index_type)
+    rows = [(k, row) for k, row in measured if fit_from <= k < target_labels]
     if len(rows) < 2:
         return None
     ks = [k for k, _ in rows]

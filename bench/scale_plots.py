@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
+from bench.scale_fit import measured_rows
+
 MIB = 1 << 20
 
 
@@ -100,12 +102,7 @@ def plot_extrapolation(report: dict[str, Any], path: Path) -> None:
     fits = report["extrapolated"]
     fig, axes = plt.subplots(len(fits), 2, figsize=(11, 4.2 * len(fits)), squeeze=False)
     for (recall_ax, build_ax), fit in zip(axes, fits, strict=True):
-        measured = [
-            (size["labels"], index)
-            for size in report["sizes"]
-            for index in size["indexes"]
-            if index["type"] == fit["index"]
-        ]
+        measured = measured_rows(report, fit["index"])
         ks = [k for k, _ in measured]
         span = [min(fit["fitted_on"]), fit["labels"]]
         for line in fit["by_setting"]:

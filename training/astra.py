@@ -117,6 +117,11 @@ class AstraConfig:
                 f"got {self.classifier_optimizer!r}"
             )
 
+    @property
+    def rowwise(self) -> bool:
+        """Whether the classifier vectors train row-wise (sparse gradients, row-wise Adagrad)."""
+        return self.classifier_optimizer == "rowwise_adagrad"
+
 
 class AstraModel(torch.nn.Module):
     """Query encoder + classifier vectors (trainable for trained labels, text vectors otherwise)."""
@@ -542,8 +547,8 @@ def build_model(
         runtime,
     )
     trained_labels = np.flatnonzero(label_freq > 0)
-    sparse = config.classifier_optimizer == "rowwise_adagrad"
-    model = AstraModel(encoder, text_vectors, trained_labels, sparse_rows=sparse).to(runtime.device)
+    model = AstraModel(encoder, text_vectors, trained_labels, sparse_rows=config.rowwise)
+    model = model.to(runtime.device)
     return model, (query_tokenizer, label_tokenizer)
 
 
@@ -554,8 +559,7 @@ def build_optimizer(
     or, with `classifier_optimizer="rowwise_adagrad"`, AdamW over the encoder and the bias and
     row-wise Adagrad over the classifier vectors (at `rowwise_lr`); each with linear warm-up
     and decay over `total_steps`."""
-    rowwise = config.classifier_optimizer == "rowwise_adagrad"
-    classifiers = [model.bias] if rowwise else [model.trained_vectors, model.bias]
+    classifiers = [model.bias] if config.rowwise else [model.trained_vectors, model.bias]
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(
             [
@@ -568,7 +572,7 @@ def build_optimizer(
             ]
         )
     ]
-    if rowwise:
+    if config.rowwise:
         optimizers.append(RowwiseAdagrad([model.trained_vectors], lr=config.rowwise_lr))
     schedule = _lr_lambda(total_steps, config.warmup_fraction)
     return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
@@ -642,7 +646,7 @@ def train_astra(
         result.seconds = time.perf_counter() - started
         return result
 
-    if config.classifier_optimizer == "rowwise_adagrad" and runtime.distributed:
+    if config.rowwise and runtime.distributed:
         raise ValueError("classifier_optimizer rowwise_adagrad: runs in one process for now")
     optimizers, schedules = build_optimizer(model, config, total)
     sampler = NegativeSampler(config, data.label_freq, rng)

@@ -77,13 +77,34 @@ $(TOOLS_STAMP): | $(STAMP)
 	  || echo "chromium/docker-compose/strace could not be installed: their tests will be skipped"
 	touch $@
 
-test: lint $(TOOLS_STAMP)
-	$(PY) -m pytest
+# PostgreSQL from Debian for the tests of the fleet's shared store: the suite starts the installed
+# server itself (bench/postgres.py, as the postgres user when run as root) on a free port, and
+# XC_TESTS_NEED_POSTGRES=1 makes those tests fail, not skip, if it is missing.
+PG_STAMP := $(VENV)/.postgres-stamp
+$(PG_STAMP): | $(STAMP)
+	(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl) >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq postgresql) \
+	  || (sudo -n apt-get update -qq && sudo -n apt-get install -y -qq postgresql)
+	touch $@
+
+test: lint $(TOOLS_STAMP) $(PG_STAMP)
+	XC_TESTS_NEED_POSTGRES=1 $(PY) -m pytest
+
+# The containers end to end (docker/test-docker.sh): base images built locally from Debian
+# packages (docker/local-images.sh; Docker Hub is not needed), dockerd started if none runs, the
+# runtime and trainer images built, then `docker compose up` of the default profile (demo bundle,
+# api on :8000) and of the fleet profile (PostgreSQL, three replicas, HAProxy on :8080) with a
+# search through each, non-root checks and one replica killed. NOT part of `make test`: about
+# 10 minutes on 2 cores with warm caches, longer on a fresh machine, and it needs root for
+# dockerd and debootstrap; CI's budget is kept for the suite.
+.PHONY: test-docker
+test-docker:
+	bash docker/test-docker.sh
 
 # Under two minutes on 2 cores: no training, no live server, no browser (tests marked `slow`,
 # and every test that needs a trained bundle, are left out; see tests/conftest.py).
-test-fast: lint
-	$(PY) -m pytest -m "not slow"
+test-fast: lint $(PG_STAMP)
+	XC_TESTS_NEED_POSTGRES=1 $(PY) -m pytest -m "not slow"
 
 # `make bench` reproduces every table of BENCHMARKS.md (85 min on 2 cores; keep the machine
 # otherwise idle: most tables are timings). Its parts, run in this order:
@@ -91,7 +112,8 @@ test-fast: lint
 #                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder;
 #   bench-serving  HTTP load (fp32, int8), offline batch scoring, catalog upserts, the in-process
 #                  CPU baseline of the GPU benchmark, MACH decoding at 1M, 10M and 50M labels,
-#                  20 SIGKILL cycles during batch jobs and upserts (bench.faults), and a
+#                  20 SIGKILL cycles during batch jobs and upserts (bench.faults), three
+#                  replicas on PostgreSQL (bench-fleet: propagation, failover), and a
 #                  single-query probe beside hostile clients (bench.hostile);
 #   bench-scale    index choice by catalog size, K = 20K, 100K and 1M (about 40 min), checked
 #                  against the Home Depot bundle's real vectors;
@@ -116,7 +138,8 @@ HOMEDEPOT := ../shared/data/homedepot/xc
 COOKING   := ../shared/data/cooking/xc
 SCALE_CALIBRATE := $(if $(wildcard models/homedepot/manifest.json),--calibrate models/homedepot)
 
-.PHONY: bench bench-quality bench-serving bench-scale bench-10m bench-scale-sq8 bench-train-scale
+.PHONY: bench bench-quality bench-serving bench-scale bench-10m bench-scale-sq8 bench-train-scale \
+	bench-fleet
 bench:
 	$(MAKE) bench-quality
 	$(MAKE) bench-serving
@@ -145,7 +168,13 @@ bench-serving: $(STAMP)
 	$(PY) -m bench.mach_heads
 	$(PY) -m bench.astra_optimizer
 	$(PY) -m bench.faults --bundle models/homedepot --cycles 20
+	$(MAKE) bench-fleet
 	$(PY) -m bench.hostile --bundle models/homedepot
+
+# Three replicas on one throwaway PostgreSQL (the installed server): catalog propagation and
+# batch failover under SIGKILL (about 2 minutes).
+bench-fleet: $(STAMP) $(PG_STAMP)
+	$(PY) -m bench.fleet --bundle models/homedepot --changes 200 --kills 12
 
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale --merge $(SCALE_CALIBRATE)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -144,9 +145,10 @@ def _submit(server: Server, requests: int, cycle: int, tally: Tally) -> str | No
     return response.json()["id"]
 
 
-def _check_jobs(server: Server, jobs: dict[str, int], tally: Tally) -> None:
-    """Wait for every accepted job; count each output's missing, repeated and misplaced ids."""
-    with httpx.Client(base_url=server.base, timeout=10) as client:
+def check_outputs(base: str, jobs: dict[str, int], tally: Any) -> None:
+    """Wait for every job (id -> cycle; its custom_ids are `c<cycle>-<i>`), then count into
+    `tally` each output's missing, repeated and misplaced answers (also `bench.fleet`'s)."""
+    with httpx.Client(base_url=base, timeout=30) as client:
         for job, cycle in jobs.items():
             deadline = time.monotonic() + 600
             while (status := client.get(f"/batches/{job}").json()["status"]) != "completed":
@@ -198,7 +200,7 @@ def run(bundle: Path, cycles: int, seed: int, requests: int, work_dir: Path) -> 
             writer.join()
             server.start()
             tally.cycles += 1
-        _check_jobs(server, jobs, tally)
+        check_outputs(server.base, jobs, tally)
     finally:
         server.stop()
     _check_catalog(data_dir, acked, puts, tally)

@@ -663,6 +663,65 @@ def render_faults(record: dict[str, Any]) -> str:
     )
 
 
+def render_fleet(record: dict[str, Any]) -> str:
+    """bench.fleet's JSON: catalog propagation across three replicas, and batch failover."""
+    delays = record["propagation_ms"]
+    propagation = markdown_table(
+        [
+            "replicas",
+            "changes (PUT, one product each)",
+            "observations (change × other replica)",
+            "p50, ms",
+            "p99, ms",
+            "max, ms",
+            "not visible within 10 s",
+        ],
+        [
+            [
+                str(record["replicas"]),
+                f"{record['changes']:,}",
+                f"{delays['samples']:,}",
+                f"{delays['p50']:,}",
+                f"{delays['p99']:,}",
+                f"{delays['max']:,}",
+                str(record["not_propagated"]),
+            ]
+        ],
+    )
+    jobs = f"{record['jobs_accepted']:,} / {record['jobs_completed']:,}"
+    failover = markdown_table(
+        [
+            "replicas killed (SIGKILL, each holding a chunk)",
+            "batch jobs accepted / completed",
+            "answers expected / written",
+            "answers lost",
+            "answers duplicated",
+            "answers out of order",
+            "5xx answers",
+        ],
+        [
+            [
+                str(record["kills"]),
+                jobs,
+                f"{record['answers_expected']:,} / {record['answers_written']:,}",
+                str(record["answers_missing"]),
+                str(record["answers_duplicated"]),
+                str(record["answers_out_of_order"]),
+                str(record["server_errors"]),
+            ]
+        ],
+    )
+    return (
+        f"{propagation}\n\n{failover}\n\nLease {record['lease_s']} s, "
+        f"{record['requests_per_job']:,} lines per job, seed {record['seed']}, "
+        f"{record['seconds']:,} s in all; {record['machine']['cpu_count']} cores shared by the "
+        f"three replicas, PostgreSQL and the client, load average "
+        f"{record['machine']['load_average'][0]} at the end.\n\n"
+        f"{_generated_from('fleet.json')} Command: `{record['command']}`, "
+        f"{record['date'][:10]}.\n"
+    )
+
+
 def render_mach_heads(record: dict[str, Any]) -> str:
     """bench.mach_heads's JSON: MACH's output layer in fp32 and int8, bytes against time."""
     rows = []
@@ -840,6 +899,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "batch": ("batch_homedepot.json", render_batch),
     "catalog": (("catalog.json", "catalog-int8.json"), render_catalog),
     "faults": ("faults.json", render_faults),
+    "fleet": ("fleet.json", render_fleet),
     "hostile": ("hostile.json", render_hostile),
 }
 

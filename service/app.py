@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +36,7 @@ from service.api.errors import (
     BodyLimitMiddleware,
     http_error_handler,
     internal_error_body,
+    store_unavailable_handler,
     validation_error_handler,
 )
 from service.api.search import SEARCH_MAX_BODY_BYTES, make_search_router, shed_response
@@ -46,6 +47,7 @@ from service.batch.store import JobStore
 from service.batch.worker import BatchWorker
 from service.bundle import BundleError
 from service.catalog.changes import Catalogs
+from service.catalog.follower import CatalogFollower
 from service.catalog.routes import make_catalog_router, products_max_body_bytes
 from service.device import DeviceError
 from service.logs import RequestContextMiddleware
@@ -53,8 +55,12 @@ from service.metrics import ServiceMetrics
 from service.registry import EngineRegistry
 from service.search.batcher import MicroBatcher
 from service.settings import Settings, get_settings
+from service.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# How long a starting replica waits for its database (PostgreSQL may start after it).
+DATABASE_WAIT_S = 120.0
 
 # Routes counted by their own path in `xc_requests`; the rest by prefix, or as "other".
 COUNTED_PATHS = frozenset(
@@ -117,6 +123,26 @@ def _reload_on_sighup(registry: EngineRegistry) -> Callable[[], None]:
     return handle
 
 
+def retention_of(settings: Settings) -> timedelta | None:
+    """How long finished batch jobs are kept (None: until deleted)."""
+    days = settings.batch_retention_days
+    return timedelta(days=days) if days > 0 else None
+
+
+def wait_for_database(open_store: Callable[[], T], wait_s: float = DATABASE_WAIT_S) -> T:
+    """Open a store, trying again while its database cannot be reached (a fleet's replicas
+    may start before PostgreSQL is ready), for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return open_store()
+        except StoreUnavailable as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("waiting for the database: %s", exc)
+            time.sleep(1.0)
+
+
 def make_lifespan(state: AppState, on_fatal: Callable[[], None] | None) -> Callable[[FastAPI], Any]:
     """The app's lifespan: start the batcher, the batch worker and the first load; stop them."""
 
@@ -126,21 +152,29 @@ def make_lifespan(state: AppState, on_fatal: Callable[[], None] | None) -> Calla
         settings, registry = state.settings, state.registry
         exposure = admin_exposure(settings)
         log.log(logging.WARNING if "disabled" in exposure else logging.INFO, exposure)
-        store = await asyncio.to_thread(JobStore, settings.data_dir)
-        await asyncio.to_thread(state.catalogs.open)
-        retention = settings.batch_retention_days
+        store = await asyncio.to_thread(
+            wait_for_database, lambda: JobStore(settings.data_dir, settings.database_dsn)
+        )
+        await asyncio.to_thread(wait_for_database, state.catalogs.open)
         jobs = BatchWorker(
             store=store,
             engine=lambda: registry.engine,
             chunk_size=settings.batch_chunk,
             max_query_tokens=settings.max_query_tokens,
-            retention=timedelta(days=retention) if retention > 0 else None,
+            lease_s=settings.batch_lease_s,
+            retention=retention_of(settings),
             searches_idle=state.batcher.wait_until_idle,
         )
         jobs.start()
         state.job_store = store
-        loader = asyncio.create_task(load_first_engine(registry, on_fatal))
         loop = asyncio.get_running_loop()
+        follower = CatalogFollower(
+            state.catalogs,
+            on_change=lambda: loop.call_soon_threadsafe(registry.refresh_catalog),
+            poll_s=settings.catalog_poll_s,
+        )
+        follower.start()
+        loader = asyncio.create_task(load_first_engine(registry, on_fatal))
         # Only possible in the main thread of a POSIX process (not under a test client).
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup(registry))
@@ -157,6 +191,7 @@ def make_lifespan(state: AppState, on_fatal: Callable[[], None] | None) -> Calla
             await asyncio.to_thread(state.batcher.stop)
             # A batch job stops after its chunk and resumes at the next start.
             await asyncio.to_thread(jobs.stop)
+            await asyncio.to_thread(follower.stop)
             state.input_checker.close()
             store.close()
             state.catalogs.close()
@@ -215,7 +250,7 @@ def create_app(
     """
     settings = settings or get_settings()
     metrics = ServiceMetrics()
-    catalogs = Catalogs(settings.data_dir, settings.max_catalog_changes)
+    catalogs = Catalogs(settings.data_dir, settings.max_catalog_changes, settings.database_dsn)
     state = AppState(
         settings=settings,
         metrics=metrics,
@@ -246,6 +281,7 @@ def create_app(
     _add_middleware(app, state)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(StoreUnavailable, store_unavailable_handler)
     app.include_router(make_search_router(settings))
     app.include_router(admin.router)
     app.include_router(make_batch_router(settings))

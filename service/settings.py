@@ -137,7 +137,28 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         Path("data/service"),
-        description="where batch jobs and catalog changes live (SQLite databases and files)",
+        description="where batch-job files live, and the SQLite databases of catalog changes "
+        "and batch jobs when XC_DATABASE_URL is unset",
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="postgresql://user:password@host:port/db: keep catalog changes and batch "
+        "jobs in PostgreSQL, shared by every replica (unset: SQLite files in XC_DATA_DIR, for "
+        "one process); batch-job files stay in XC_DATA_DIR, which replicas must then share",
+    )
+    catalog_poll_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=3600.0,
+        description="how often a replica catches up with catalog changes even without a "
+        "notification (a missed one costs at most this long)",
+    )
+    batch_lease_s: float = Field(
+        30.0,
+        ge=3.0,
+        le=3600.0,
+        description="a replica holds a batch chunk this long between heartbeats (every third of "
+        "it); a replica killed mid-chunk leaves it to another after at most this long",
     )
     batch_chunk: int = Field(
         512, ge=1, le=100_000, description="requests the batch worker scores per model call"
@@ -190,6 +211,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="origins allowed by CORS (JSON list; empty = CORS off, '*' = any)",
     )
+
+    @property
+    def database_dsn(self) -> str | None:
+        """XC_DATABASE_URL's value (None: the SQLite files in XC_DATA_DIR)."""
+        return self.database_url.get_secret_value() if self.database_url else None
 
     @property
     def model_threads(self) -> int:

@@ -22,6 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("XC_DATA_DIR", tempfile.mkdtemp(prefix="xc-test-data-"))
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# The PostgreSQL server and databases (`postgres_url`, `database_url`) live in their own module.
+pytest_plugins = ["tests.support.postgres"]
+
 DEMO_PRODUCTS = 400
 # Fixtures that train (or export) a model: a test that uses one, directly or through another
 # fixture, is slow. The first three are below; the others are their modules' own.

@@ -23,7 +23,17 @@ MODULE_LINES = 400
 FUNCTION_LINES = 80
 # The service's layers, lowest first: a module may import its own layer and those below.
 LAYERS = (
-    {"settings", "logs", "metrics", "device", "bundle", "ranking", "validation", "storage"},
+    {
+        "settings",
+        "logs",
+        "metrics",
+        "device",
+        "bundle",
+        "ranking",
+        "validation",
+        "storage",
+        "database",
+    },
     {"astra", "mach"},
     {"search"},
     {"catalog", "batch", "registry"},

@@ -150,6 +150,21 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# Seconds a client is asked to wait when the job or catalog store cannot be reached.
+STORE_RETRY_AFTER_S = 5
+
+
+async def store_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    """503 when a durable store could not be read or written (PostgreSQL down, a full disk):
+    what failed, never where; searches are unaffected."""
+    msg = f"{exc}; nothing was changed, retry later"
+    return JSONResponse(
+        error_response([], msg, "store_unavailable"),
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
 def internal_error_body(request_id: str) -> bytes:
     """The 500 body: no internals, just the id the client can quote."""
     msg = f"internal server error: quote request id {request_id} when reporting it"

@@ -18,7 +18,7 @@ from pathlib import Path as FilePath
 from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -65,8 +65,10 @@ def _store(request: Request) -> JobStore:
     return store
 
 
-def _job(store: JobStore, batch_id: str) -> BatchJobRecord:
-    job = store.get(batch_id)
+async def _job(store: JobStore, batch_id: str) -> BatchJobRecord:
+    """The job `batch_id` (404 when there is none), read in a worker thread: the database may
+    be a network away."""
+    job = await asyncio.to_thread(store.get, batch_id)
     if job is None:
         msg = f"batch_id: there is no batch job {batch_id}"
         raise api_error(status.HTTP_404_NOT_FOUND, ["path", "batch_id"], msg, "batch_not_found")
@@ -166,11 +168,10 @@ async def _create_job(request: Request, store: JobStore) -> BatchJobRecord:
         raise refusal from exc
 
 
-def _error_lines(path: FilePath) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        for line in handle:
-            if json.loads(line)["error"] is not None:
-                yield line
+def _error_lines(lines: Iterator[bytes]) -> Iterator[bytes]:
+    for line in lines:
+        if json.loads(line)["error"] is not None:
+            yield line
 
 
 UPLOAD_SCHEMA = {
@@ -245,7 +246,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BatchList:
     """A page of jobs; pass the last id as `after` for the next page."""
-    jobs, more = _store(request).page(after, limit)
+    jobs, more = await asyncio.to_thread(_store(request).page, after, limit)
     return BatchList(
         data=[job_model(job) for job in jobs],
         has_more=more,
@@ -255,32 +256,32 @@ async def list_batches(
 
 async def get_batch(request: Request, batch_id: BatchId) -> BatchJob:
     """Status and request counts of one job."""
-    return job_model(_job(_store(request), batch_id))
+    return job_model(await _job(_store(request), batch_id))
 
 
 async def cancel_batch(request: Request, batch_id: BatchId) -> BatchJob:
     """A waiting job is cancelled at once; a running one after its current chunk."""
     store = _store(request)
-    _job(store, batch_id)
+    await _job(store, batch_id)
     job = await asyncio.to_thread(store.cancel, batch_id)
     assert job is not None
     return job_model(job)
 
 
-def _finished_output(request: Request, batch_id: str) -> FilePath:
-    """The output file of a finished job (409 while it runs); it may not exist."""
+async def _finished_output(request: Request, batch_id: str) -> Iterator[bytes]:
+    """The output lines of a finished job (409 while it runs), read as they are sent."""
     store = _store(request)
-    job = _job(store, batch_id)
+    job = await _job(store, batch_id)
     if job.status not in TERMINAL:
         msg = f"status: the job is {job.status}; its output is ready once it has finished"
         raise api_error(status.HTTP_409_CONFLICT, ["path", "batch_id"], msg, "not_finished")
-    return store.output_path(job.id)
+    return store.output_lines(job.id)
 
 
 async def delete_batch(request: Request, batch_id: BatchId) -> BatchDeleted:
     """Delete a finished job and its files (409 while it runs: cancel it first)."""
     store = _store(request)
-    job = _job(store, batch_id)
+    job = await _job(store, batch_id)
     if not await asyncio.to_thread(store.delete, batch_id):
         msg = f"status: the job is {job.status}; cancel it, then delete it once it has finished"
         raise api_error(status.HTTP_409_CONFLICT, ["path", "batch_id"], msg, "not_finished")
@@ -289,17 +290,13 @@ async def delete_batch(request: Request, batch_id: BatchId) -> BatchDeleted:
 
 async def batch_output(request: Request, batch_id: BatchId) -> Any:
     """`{"custom_id", "response", "error"}` per request."""
-    path = _finished_output(request, batch_id)
-    if not path.exists():  # cancelled before it started
-        return StreamingResponse(iter(()), media_type=JSONL)
-    return FileResponse(path, media_type=JSONL)
+    return StreamingResponse(await _finished_output(request, batch_id), media_type=JSONL)
 
 
 async def batch_errors(request: Request, batch_id: BatchId) -> Any:
     """The output lines whose `error` is set."""
-    path = _finished_output(request, batch_id)
-    lines = _error_lines(path) if path.exists() else iter(())
-    return StreamingResponse(lines, media_type=JSONL)
+    lines = await _finished_output(request, batch_id)
+    return StreamingResponse(_error_lines(lines), media_type=JSONL)
 
 
 def make_batch_router(settings: Settings) -> APIRouter:
@@ -336,7 +333,7 @@ def make_batch_router(settings: Settings) -> APIRouter:
             "GET",
             "A finished job's answers (JSONL, one line per request, in input order)",
             FINISHED,
-            {"response_class": FileResponse},
+            {"response_class": StreamingResponse},
         ),
         (
             "/batches/{batch_id}/errors",

@@ -1,29 +1,37 @@
-"""The background worker of the batch API: runs stored jobs one at a time, resumably.
+"""The background worker of the batch API: claims chunks of stored jobs and scores them.
 
-It scores in chunks of its own size (`XC_BATCH_CHUNK`) with the engine being served, records
-progress in the job store after every chunk, and checks for cancellation there. Searches come
-first: before each model call (`YIELD_EVERY` requests) it waits while the micro-batcher has
-searches queued or running. Stopped by a shutdown, it leaves the job `in_progress`; the next
-start resumes it from its output file. It changes a job's status only by compare-and-set
-(`JobStore.transition`): a cancel that lands after the worker read the job is never undone,
-and `completed` never overwrites `cancelled`. Between jobs it deletes the finished ones older
-than the retention (`XC_BATCH_RETENTION_DAYS`).
+Every replica runs one. It claims a chunk (`service.batch.chunks`: the oldest job's next chunk
+nobody holds, planning new jobs on the way), scores it with the engine being served, writes its
+answers and marks it done; a heartbeat thread renews its lease meanwhile. Searches come first:
+before each model call (`YIELD_EVERY` requests) it waits while the micro-batcher has searches
+queued or running. A chunk whose lease was lost is dropped (another replica has it); one being
+scored at shutdown is given back, for this or another replica to claim. A cancelled job's chunks
+are no longer claimed, and it ends once the chunks being scored are finished. A job whose
+scoring raises fails, by compare-and-set (`JobStore.transition`): `failed` never overwrites
+`cancelled`. Between chunks it deletes the finished jobs older than the retention
+(`XC_BATCH_RETENTION_DAYS`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from service.batch.requests import parse_requests
-from service.batch.scoring import Counts, score_to_file
-from service.batch.store import RUNNABLE, BatchJobRecord, JobStore
+from service.batch import chunks
+from service.batch.chunks import Claim
+from service.batch.requests import BatchRequest, parse_requests
+from service.batch.scoring import score_chunk
+from service.batch.store import JobStore
 from service.search.engine import SearchEngine
-from service.storage import reason
+from service.storage import StoreUnavailable, reason
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +54,40 @@ def client_error(exc: Exception) -> str:
     return f"scoring failed ({type(exc).__name__}); the server log has the details under the job id"
 
 
+def worker_name() -> str:
+    """This worker's name in chunk leases: host, process and a random part (unique per start)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Heartbeat:
+    """Renews a held chunk's lease every third of it, in a thread; `lost` once it could not."""
+
+    def __init__(self, store: JobStore, held: Claim, lease_s: float) -> None:
+        self.store, self.held, self.lease_s = store, held, lease_s
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="batch-lease", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.lease_s / 3):
+            try:
+                if not chunks.renew(self.store, self.held, self.lease_s):
+                    self.lost.set()
+                    return
+            except StoreUnavailable as exc:  # it may come back before the lease runs out
+                log.warning("batch lease not renewed: %s", exc, extra={"job": self.held.job_id})
+
+
 class BatchWorker:
-    """One thread that takes runnable jobs from the store and scores them."""
+    """One thread that claims chunks of stored jobs and scores them."""
 
     def __init__(
         self,
@@ -56,15 +96,18 @@ class BatchWorker:
         engine: Callable[[], SearchEngine | None],
         chunk_size: int,
         max_query_tokens: int,
+        lease_s: float = 30.0,
         retention: timedelta | None = None,
         searches_idle: Callable[[float], object] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
         self.chunk_size = chunk_size
+        self.lease_s = lease_s
         self.searches_idle = searches_idle
         self.max_query_tokens = max_query_tokens
         self.retention = retention
+        self.name = worker_name()
         self._next_expiry = 0.0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="batch-jobs", daemon=True)
@@ -74,10 +117,9 @@ class BatchWorker:
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop after the chunk being scored (the job resumes at the next start)."""
+        """Stop within one model call; the chunk being scored is given back."""
         self._stopping.set()
-        with self.store.changed:
-            self.store.changed.notify_all()
+        self.store.notify_workers()
         self._thread.join(timeout_s)
 
     def _expire(self) -> None:
@@ -89,65 +131,79 @@ class BatchWorker:
         if expired:
             log.info("batch jobs expired", extra={"jobs": len(expired)})
 
+    def _idle(self) -> None:
+        with self.store.changed:
+            self.store.changed.wait(IDLE_POLL_S)
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self._expire()
-            job = self.store.next_runnable()
             engine = self.engine()
-            if job is None or engine is None:
-                with self.store.changed:
-                    self.store.changed.wait(IDLE_POLL_S)
+            try:
+                self._expire()
+                chunks.settle(self.store)
+                held = None if engine is None else self.claim()
+            except StoreUnavailable as exc:
+                log.warning("batch jobs: %s", exc)
+                held = None
+            if held is None or engine is None:
+                self._idle()
                 continue
             try:
-                self._run(job, engine)
+                self.run(held, engine)
+            except StoreUnavailable as exc:  # not the job's fault: its lease runs out, and the
+                log.warning("batch chunk not recorded: %s", exc)  # chunk is claimed again
+                self._idle()
             except Exception as exc:  # a broken job must not stop the worker
-                log.exception("batch job failed: %s", exc, extra={"job": job.id})
-                error = client_error(exc)
-                self.store.transition(job.id, "failed", allowed_from=LIVE, error=error)
+                self._fail(held, exc)
 
-    def _yield_to_searches(self) -> None:
-        """Wait while searches are queued or running (at most YIELD_MAX_WAIT_S, so a server
-        that is never idle still scores a slice now and then)."""
-        if self.searches_idle is not None:
-            self.searches_idle(YIELD_MAX_WAIT_S)
+    def claim(self) -> Claim | None:
+        """The next chunk this worker should score (None when there is none)."""
+        return chunks.claim(self.store, self.name, self.lease_s, self.chunk_size)
 
-    def _cancel_if_asked(self, job_id: str) -> bool:
-        """End a job whose cancel was asked for (`cancelling`); True if it was."""
-        return self.store.transition(job_id, "cancelled", allowed_from=("cancelling",))
+    def _fail(self, held: Claim, exc: Exception) -> None:
+        log.exception("batch job failed: %s", exc, extra={"job": held.job_id})
+        try:
+            self.store.transition(held.job_id, "failed", allowed_from=LIVE, error=client_error(exc))
+        except StoreUnavailable as stored:
+            log.warning("batch job failure not recorded: %s", stored, extra={"job": held.job_id})
 
-    def _run(self, job: BatchJobRecord, engine: SearchEngine) -> None:
-        if not self.store.transition(job.id, "in_progress", allowed_from=RUNNABLE):
-            self._cancel_if_asked(job.id)  # cancelled or asked to stop since it was read
-            return
-        with self.store.input_path(job.id).open(encoding="utf-8") as lines:
-            requests = parse_requests(lines, max_k=1_000_000, max_query_chars=1_000_000)
+    def _requests(self, held: Claim) -> list[BatchRequest]:
+        """The chunk's requests, read from its byte range of the input."""
+        with self.store.input_path(held.job_id).open("rb") as handle:
+            handle.seek(held.start)
+            lines = handle.read(held.stop - held.start).decode("utf-8").splitlines()
+        return parse_requests(lines, max_k=1_000_000, max_query_chars=1_000_000)
 
-        def record(counts: Counts) -> bool:
-            self.store.record_progress(job.id, counts.completed, counts.failed)
-            current = self.store.get(job.id)
-            return self._stopping.is_set() or (
-                current is not None and current.status == "cancelling"
-            )
+    def _score(self, requests: list[BatchRequest], engine: SearchEngine, beat: Heartbeat) -> Any:
+        """The chunk's answers, a slice per model call; None if the worker stopped or lost the
+        lease on the way."""
+        records: list[dict[str, Any]] = []
+        for first in range(0, len(requests), YIELD_EVERY):
+            if self._stopping.is_set() or beat.lost.is_set():
+                return None
+            if self.searches_idle is not None:
+                self.searches_idle(YIELD_MAX_WAIT_S)
+            piece = requests[first : first + YIELD_EVERY]
+            records += score_chunk(engine, piece, self.max_query_tokens)
+        return records
 
-        log.info("batch job started", extra={"job": job.id, "requests": len(requests)})
-        counts = score_to_file(
-            engine,
-            requests,
-            self.store.output_path(job.id),
-            max_query_tokens=self.max_query_tokens,
-            chunk_size=self.chunk_size,
-            progress=False,
-            stop_after_chunk=record,
-            pace=self._yield_to_searches,
-            slice_size=YIELD_EVERY,
-        )
-        if self._cancel_if_asked(job.id):
-            return
-        if counts.completed + counts.failed == counts.total and self.store.transition(
-            job.id,
-            "completed",
-            allowed_from=("in_progress",),
-            completed=counts.completed,
-            failed=counts.failed,
-        ):
-            log.info("batch job completed", extra={"job": job.id, "failed": counts.failed})
+    def run(self, held: Claim, engine: SearchEngine) -> bool:
+        """Score a held chunk, write its answers and mark it done; False when it was given back
+        (stopping) or lost to another worker."""
+        requests = self._requests(held)
+        with Heartbeat(self.store, held, self.lease_s) as beat:
+            records = self._score(requests, engine, beat)
+            if records is not None and not beat.lost.is_set():
+                path = chunks.chunk_path(self.store, held.job_id, held.index)
+                chunks.write_answers(path, records, self.name.replace(":", "-"))
+        if records is None:
+            if not beat.lost.is_set():
+                chunks.release(self.store, held)
+            return False
+        failed = sum(record["error"] is not None for record in records)
+        if not chunks.finish(self.store, held, len(records) - failed, failed):
+            log.info("batch chunk lost to another worker", extra={"job": held.job_id})
+            return False
+        chunks.settle(self.store)
+        log.debug("batch chunk done", extra={"job": held.job_id, "chunk": held.index})
+        return True

@@ -1,13 +1,17 @@
 """Catalog changes as the API makes them: ordered, stored, then applied to every loaded engine.
 
 `Catalogs` holds the store (`service.catalog.store`), the overlay of every loaded engine
-(`service.catalog.overlay`) and the lock that orders all changes. A change is written to the
-store before it is applied, and the stored changes of a bundle name are re-applied when a bundle
-of that name is loaded (restart or hot reload), from the stored vectors when the encoder is the
-same. A change the store refuses (`StoreUnavailable`: a full disk, a busy database) is applied
-to no overlay, so the catalog in memory is what is on disk. The registry then swaps in a
-shallow copy of the engine bound to the new snapshot (`SearchEngine.with_catalog`), so requests
-in flight keep the snapshot they were admitted with.
+(`service.catalog.overlay`) and the lock that orders this process's changes. A change is
+planned against the latest stored version (the overlay first catches up with what other
+replicas committed), written to the store with a compare-and-set on that version (another
+replica that got there first makes it catch up and plan again), and only then applied. The
+stored changes of a bundle name are re-applied when a bundle of that name is loaded (restart or
+hot reload), and `sync` applies what other replicas committed since (`service.catalog.follower`
+calls it when notified), from the stored vectors when the encoder is the same. A change the
+store refuses (`StoreUnavailable`: a full disk, a database that is down) is applied to no
+overlay, so the catalog in memory is what is stored. The registry then swaps in a shallow copy
+of the engine bound to the new snapshot (`SearchEngine.with_catalog`), so requests in flight
+keep the snapshot they were admitted with.
 """
 
 from __future__ import annotations
@@ -15,15 +19,22 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from service.catalog.overlay import CatalogOverlay
-from service.catalog.store import CatalogStore, ProductState
+from service.catalog.store import CatalogStore, ProductState, VersionConflict
 from service.search.engine import SearchEngine
 from service.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Compare-and-set attempts of one change before the store is called busy (each loses only to a
+# change another replica committed meanwhile, so this many in a row means a storm of writers).
+COMMIT_ATTEMPTS = 20
 
 
 class UnknownProduct(Exception):
@@ -58,8 +69,11 @@ class Catalogs:
     in every overlay); a PUT beyond is refused (`CatalogFull`), a DELETE never is.
     """
 
-    def __init__(self, data_dir: Path, max_changes: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, max_changes: int | None = None, database_url: str | None = None
+    ) -> None:
         self.data_dir = data_dir
+        self.database_url = database_url
         self.max_changes = max_changes
         self.store: CatalogStore | None = None
         self._lock = threading.Lock()
@@ -67,7 +81,7 @@ class Catalogs:
 
     def open(self) -> None:
         """Open the store (blocking: the app's lifespan runs it in a thread)."""
-        self.store = CatalogStore(self.data_dir)
+        self.store = CatalogStore(self.data_dir, self.database_url)
 
     def close(self) -> None:
         """Close the store."""
@@ -83,7 +97,7 @@ class Catalogs:
         """Apply the stored changes of the engine's bundle name to it (blocking)."""
         store, name = self._store(), engine.manifest.name
         with self._lock:
-            version, states = store.load(name)
+            version, states = store.changes(name)
             overlay = CatalogOverlay(engine)
             states, embedded = overlay.with_vectors(states)
             if embedded:
@@ -123,18 +137,54 @@ class Catalogs:
             return engine
         return engine.with_catalog(overlay.view)
 
+    def _catch_up(self, name: str) -> bool:
+        """Apply to every overlay of bundle `name` the changes stored after its version (other
+        replicas' changes); True if there were any. Called under the lock."""
+        overlays = [overlay for overlay in self._overlays.values() if overlay.name == name]
+        if not overlays:
+            return False
+        after = min(overlay.version for overlay in overlays)
+        version, states = self._store().changes(name, after)
+        if version == after:
+            return False
+        states = overlays[0].with_vectors(states)[0]
+        for overlay in overlays:
+            overlay.apply(states, version)
+        return True
+
+    def sync(self) -> bool:
+        """Catch every loaded bundle up with the changes other replicas stored (blocking);
+        True if any was applied. `StoreUnavailable` when the store cannot be read."""
+        with self._lock:
+            names = {overlay.name for overlay in self._overlays.values()}
+            return any([self._catch_up(name) for name in sorted(names)])
+
     def _record(self, overlay: CatalogOverlay, states: list[ProductState]) -> int:
-        """Store `states` as a new version and apply them to every overlay of the bundle name."""
-        version = self._store().commit(overlay.name, states)
+        """Store `states` as the version after the overlay's and apply them to every overlay of
+        the bundle name. `VersionConflict` when another replica committed first."""
+        version = self._store().commit(overlay.name, states, expected=overlay.version)
         for other in list(self._overlays.values()):
             if other.name == overlay.name:
                 other.apply(other.with_vectors(states)[0], version)
         return version
 
-    def upsert(self, engine: SearchEngine, products: list[tuple[str, str]]) -> UpsertResult:
-        """Create or retitle products (id, title) of the engine's catalog (blocking)."""
+    def _change(self, engine: SearchEngine, change: Callable[[CatalogOverlay], T]) -> T:
+        """Run `change(overlay)` under the lock on an overlay caught up with the store, again
+        after each `VersionConflict` (another replica's change landed first)."""
         overlay = self._overlay(engine)
         with self._lock:
+            for _ in range(COMMIT_ATTEMPTS):
+                self._catch_up(overlay.name)
+                try:
+                    return change(overlay)
+                except VersionConflict:
+                    continue
+        raise StoreUnavailable(f"{COMMIT_ATTEMPTS} changes by other replicas landed first")
+
+    def upsert(self, engine: SearchEngine, products: list[tuple[str, str]]) -> UpsertResult:
+        """Create or retitle products (id, title) of the engine's catalog (blocking)."""
+
+        def change(overlay: CatalogOverlay) -> UpsertResult:
             states, created, updated = overlay.plan(products)
             unchanged = len(products) - len(states)
             if not states:
@@ -146,12 +196,18 @@ class Catalogs:
                 raise CatalogFull(changes, self.max_changes)
             states, _ = overlay.with_vectors(states)
             version = self._record(overlay, states)
-        return UpsertResult(created=created, updated=updated, unchanged=unchanged, version=version)
+            return UpsertResult(
+                created=created, updated=updated, unchanged=unchanged, version=version
+            )
+
+        return self._change(engine, change)
 
     def delete(self, engine: SearchEngine, product: str) -> int:
         """Delete a product; returns the new catalog version. `UnknownProduct` if absent."""
-        overlay = self._overlay(engine)
-        with self._lock:
+
+        def change(overlay: CatalogOverlay) -> int:
             if overlay.title_of(product) is None:
                 raise UnknownProduct(product)
             return self._record(overlay, [ProductState(id=product, title=None)])
+
+        return self._change(engine, change)

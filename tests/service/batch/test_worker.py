@@ -1,26 +1,49 @@
-"""Job status changes are compare-and-set: a cancel is never undone by the worker."""
+"""The batch worker and the job store, on SQLite and on PostgreSQL: status changes are
+compare-and-set, chunks are claimed once under a lease, and each answer is written once."""
 
 from __future__ import annotations
 
 import json
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from service.batch import chunks
 from service.batch.requests import parse_requests
 from service.batch.store import JobStore
-from service.batch.worker import BatchWorker
+from service.batch.worker import YIELD_EVERY, YIELD_MAX_WAIT_S, BatchWorker
 from service.search.engine import SearchEngine
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    return JobStore(tmp_path)
+def store(tmp_path: Path, database_url: str | None) -> JobStore:
+    opened = JobStore(tmp_path, database_url)
+    yield opened
+    opened.close()
 
 
 def requests(count: int) -> list:
     lines = [json.dumps({"custom_id": f"q{i}", "query": "cordless drill"}) for i in range(count)]
     return parse_requests(lines)
+
+
+def answer(held: chunks.Claim, store: JobStore, token: str = "t") -> list[dict]:
+    """Write the held chunk's 'answers' (its custom_ids) as a worker would."""
+    with store.input_path(held.job_id).open("rb") as handle:
+        handle.seek(held.start)
+        lines = handle.read(held.stop - held.start).splitlines()
+    records = [
+        {"custom_id": json.loads(line)["custom_id"], "response": {}, "error": None}
+        for line in lines
+    ]
+    chunks.write_answers(chunks.chunk_path(store, held.job_id, held.index), records, token)
+    return records
+
+
+def output_ids(store: JobStore, job_id: str) -> list[str]:
+    return [json.loads(line)["custom_id"] for line in store.output_lines(job_id)]
 
 
 def test_transition_is_compare_and_set(store: JobStore) -> None:
@@ -36,24 +59,63 @@ def test_transition_is_compare_and_set(store: JobStore) -> None:
     assert store.get(job.id).status == "cancelled"
 
 
-def test_a_cancel_after_the_worker_read_the_job_is_not_undone(
-    demo_bundle: Path, store: JobStore
-) -> None:
-    engine = SearchEngine.load(demo_bundle)
-    worker = BatchWorker(store=store, engine=lambda: engine, chunk_size=4, max_query_tokens=128)
+def test_chunks_are_claimed_once_and_a_lost_lease_is_fenced(store: JobStore) -> None:
     job = store.create(requests(10))
-    read = store.next_runnable()  # the worker reads the job (validating) ...
-    assert read is not None and read.id == job.id and read.status == "validating"
-    assert store.cancel(job.id).status == "cancelled"  # ... and the cancel lands now
-    worker._run(read, engine)
-    after = store.get(job.id)
-    assert after.status == "cancelled" and after.completed == 0
-    assert not store.output_path(job.id).exists()
+    first = chunks.claim(store, "a", lease_s=30, chunk_size=4)
+    second = chunks.claim(store, "b", lease_s=30, chunk_size=4)
+    assert (first.index, second.index) == (0, 1)  # planned into 3 chunks: 4, 4, 2 lines
+    assert store.get(job.id).status == "in_progress"
+    stale = chunks.claim(store, "c", lease_s=-1, chunk_size=4)  # a lease already run out
+    assert stale.index == 2
+    taken = chunks.claim(store, "d", lease_s=30, chunk_size=4)
+    assert taken.index == 2 and taken.owner == "d"  # "c" died: "d" takes its chunk over
+    assert chunks.claim(store, "e", lease_s=30, chunk_size=4) is None
+    assert not chunks.renew(store, stale, 30)
+    answer(stale, store, "c")  # the stale holder still writes: the same lines, same place
+    assert not chunks.finish(store, stale, 2, 0)  # ... but may not mark the chunk done
+    for held in (first, second, taken):
+        assert chunks.finish(store, held, len(answer(held, store, held.owner)), 0)
+    finished = store.get(job.id)
+    assert finished.status == "completed" and finished.completed == 10
+    assert output_ids(store, job.id) == [f"q{i}" for i in range(10)]
+
+
+def test_replicas_claiming_at_once_get_different_chunks(store: JobStore) -> None:
+    store.create(requests(64))
+    claimed: list[int] = []
+    start = threading.Barrier(8)
+
+    def replica(name: str) -> None:
+        start.wait()
+        while (held := chunks.claim(store, name, lease_s=30, chunk_size=4)) is not None:
+            claimed.append(held.index)
+
+    threads = [threading.Thread(target=replica, args=(f"r{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == list(range(16))
+
+
+def test_a_cancel_ends_the_job_once_its_chunks_in_flight_are_done(store: JobStore) -> None:
+    waiting = store.create(requests(4))
+    assert store.cancel(waiting.id).status == "cancelled"  # never planned: ends at once
+    job = store.create(requests(8))
+    held = chunks.claim(store, "a", lease_s=30, chunk_size=4)
+    assert held.job_id == job.id
+    assert store.cancel(job.id).status == "cancelling"
+    assert chunks.settle(store) == 0  # chunk 0 is still being scored
+    assert chunks.claim(store, "b", lease_s=30, chunk_size=4) is None  # chunk 1 is not handed out
+    answer(held, store)
+    assert chunks.finish(store, held, 4, 0)
+    assert chunks.settle(store) == 1
+    ended = store.get(job.id)
+    assert ended.status == "cancelled" and ended.completed == 4
+    assert output_ids(store, job.id) == [f"q{i}" for i in range(4)]
 
 
 def test_finished_jobs_past_their_retention_are_deleted_with_their_files(store: JobStore) -> None:
-    from datetime import UTC, datetime, timedelta
-
     done, running = store.create(requests(2)), store.create(requests(2))
     assert store.transition(done.id, "in_progress", allowed_from=("validating",))
     assert store.transition(done.id, "completed", allowed_from=("in_progress",))
@@ -65,11 +127,16 @@ def test_finished_jobs_past_their_retention_are_deleted_with_their_files(store: 
     assert not store.delete(running.id)  # a running job is never deleted
 
 
+def test_a_job_finished_by_an_older_version_keeps_its_output_file(store: JobStore) -> None:
+    job = store.create(requests(1))
+    legacy = store.job_dir(job.id) / "output.jsonl"
+    legacy.write_text('{"custom_id": "q0", "response": null, "error": null}\n')
+    assert output_ids(store, job.id) == ["q0"]
+
+
 def test_the_worker_waits_for_searches_before_each_model_call(
     demo_bundle: Path, store: JobStore
 ) -> None:
-    from service.batch.worker import YIELD_EVERY, YIELD_MAX_WAIT_S
-
     engine = SearchEngine.load(demo_bundle)
     waits: list[float] = []
     worker = BatchWorker(
@@ -81,7 +148,19 @@ def test_the_worker_waits_for_searches_before_each_model_call(
     )
     total = 2 * YIELD_EVERY + 6
     job = store.create(requests(total))
-    worker._run(store.next_runnable(), engine)
+    assert worker.run(worker.claim(), engine)
     assert store.get(job.id).status == "completed"
     assert waits == [YIELD_MAX_WAIT_S] * 3  # before each of the three model calls
-    assert len(store.output_path(job.id).read_bytes().splitlines()) == total
+    assert output_ids(store, job.id) == [f"q{i}" for i in range(total)]
+
+
+def test_a_stopping_worker_gives_its_chunk_back(demo_bundle: Path, store: JobStore) -> None:
+    engine = SearchEngine.load(demo_bundle)
+    worker = BatchWorker(store=store, engine=lambda: engine, chunk_size=4, max_query_tokens=128)
+    job = store.create(requests(8))
+    held = worker.claim()
+    worker._stopping.set()
+    assert not worker.run(held, engine)
+    again = chunks.claim(store, "other", lease_s=30, chunk_size=4)
+    assert (again.job_id, again.index) == (job.id, held.index)  # at once, not after the lease
+    assert not chunks.chunk_path(store, job.id, held.index).exists()

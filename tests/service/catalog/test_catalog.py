@@ -335,7 +335,7 @@ def test_side_index_compaction_keeps_answers(
         [hits] = engine.search([f"{NEW_TITLE} mark 11"], k=2, model="astra")
         assert (hits[0].id, hits[0].title) == ("NEW-1", f"{NEW_TITLE} mark 11")
         assert catalogs.store is not None
-        _, stored = catalogs.store.load(name)
+        _, stored = catalogs.store.changes(name)
         assert {state.id for state in stored} == {"NEW-1", "NEW-2"}
         assert all(np.linalg.norm(state.vector) == pytest.approx(1, abs=1e-4) for state in stored)
     finally:

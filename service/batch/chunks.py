@@ -76,7 +76,8 @@ def _plan_next(store: JobStore, tx: Transaction, chunk_size: int) -> bool:
         [(job_id, index, start, stop) for index, (start, stop) in enumerate(ranges)],
     )
     tx.execute(
-        "UPDATE jobs SET chunks = ?, status = ?, updated_at = ? WHERE id = ?",
+        "UPDATE jobs SET chunks = ?, status = ?, completed = 0, failed = 0, updated_at = ? "
+        "WHERE id = ?",
         (len(ranges), "in_progress" if ranges else "completed", now_text(), job_id),
     )
     return True

@@ -164,3 +164,43 @@ def test_a_stopping_worker_gives_its_chunk_back(demo_bundle: Path, store: JobSto
     again = chunks.claim(store, "other", lease_s=30, chunk_size=4)
     assert (again.job_id, again.index) == (job.id, held.index)  # at once, not after the lease
     assert not chunks.chunk_path(store, job.id, held.index).exists()
+
+
+def test_a_job_left_running_by_a_version_without_chunks_is_planned_and_finished(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "jobs.sqlite3")  # the schema before chunks, as it was
+    old.execute(
+        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, "
+        "status TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, "
+        "total INTEGER NOT NULL, completed INTEGER NOT NULL DEFAULT 0, "
+        "failed INTEGER NOT NULL DEFAULT 0, error TEXT)"
+    )
+    job_id = "batch_" + "0" * 32
+    job_dir = tmp_path / "jobs" / job_id
+    job_dir.mkdir(parents=True)
+    lines = [json.dumps({"custom_id": f"q{i}", "query": "drill"}) for i in range(6)]
+    (job_dir / "input.jsonl").write_text("".join(line + "\n" for line in lines))
+    (job_dir / "output.jsonl").write_text(lines[0] + "\n")  # its partial output, to be redone
+    old.execute(
+        "INSERT INTO jobs (id, status, created_at, updated_at, total, completed) "
+        "VALUES (?, 'in_progress', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 6, 1)",
+        (job_id,),
+    )
+    old.commit()
+    old.close()
+    store = JobStore(tmp_path)  # migrates the schema
+    try:
+        held = chunks.claim(store, "a", lease_s=30, chunk_size=4)
+        assert (held.job_id, held.index) == (job_id, 0)
+        assert not (job_dir / "output.jsonl").exists()
+        second = chunks.claim(store, "a", lease_s=30, chunk_size=4)
+        for claimed in (held, second):
+            assert chunks.finish(store, claimed, len(answer(claimed, store)), 0)
+        done = store.get(job_id)
+        assert done.status == "completed" and done.completed == 6  # counted afresh
+        assert output_ids(store, job_id) == [f"q{i}" for i in range(6)]
+    finally:
+        store.close()

@@ -49,6 +49,7 @@ $(BUNDLE)/manifest.json: | $(STAMP) $(if $(DATA),,$(DEMO_DATA)/lbl_X.txt)
 	$(PY) -m training train --data $(if $(DATA),$(DATA),$(DEMO_DATA)) --out $(BUNDLE) $(TRAIN_ARGS)
 	$(if $(filter none,$(MACH_ARGS)),,$(PY) -m training train --model mach \
 	    --data $(if $(DATA),$(DATA),$(DEMO_DATA)) --encoder-from $(BUNDLE) --out $(BUNDLE) $(MACH_ARGS))
+	$(PY) -m training quantize --bundle $(BUNDLE) --data $(if $(DATA),$(DATA),$(DEMO_DATA))
 
 bundle: $(BUNDLE)/manifest.json
 
@@ -154,7 +155,7 @@ bench-quality: $(STAMP) $(PEERS_STAMP)
 
 bench-serving: $(STAMP)
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-fp32 \
-	    --duration 15 --overload-duration 15 --requests 2000
+	    --server-env XC_ENCODER_PRECISION=fp32 --duration 15 --overload-duration 15 --requests 2000
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-int8 \
 	    --server-env XC_ENCODER_PRECISION=int8 --duration 15 --overload-duration 15 --requests 2000
 	$(PY) -m bench.batch --bundle models/homedepot --data $(HOMEDEPOT) --requests 100000 \

@@ -336,6 +336,20 @@ def phase_metrics(before_text: str, after_text: str) -> dict[str, Any]:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
+ZIPF_LENGTH = 200_000
+
+
+def zipf_stream(bodies: Sequence[bytes], exponent: float, seed: int) -> list[bytes]:
+    """ZIPF_LENGTH bodies drawn with P(rank r) proportional to 1/r^exponent, the ranks given to
+    the queries by a seeded shuffle: a few queries very often, most rarely (a query log's
+    head and tail)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(bodies))
+    weights = 1.0 / np.arange(1, len(bodies) + 1) ** exponent
+    picks = rng.choice(len(bodies), size=ZIPF_LENGTH, p=weights / weights.sum())
+    return [bodies[order[pick]] for pick in picks]
+
+
 def encode_bodies(queries: Sequence[str], k: int, model: str | None = None) -> list[bytes]:
     """The POST /search bodies, JSON-encoded once."""
     extra = {"model": model} if model else {}
@@ -1102,6 +1116,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", help="ask this model (astra, mach, hybrid); None: the server's default"
     )
+    parser.add_argument(
+        "--stream",
+        choices=("distinct", "zipf"),
+        default="distinct",
+        help="the queries in order (distinct), or a seeded Zipf sample of them (repeats, as a "
+        "real query log has: what the result cache is for)",
+    )
+    parser.add_argument(
+        "--zipf-exponent", type=float, default=1.0, help="s of P(rank r) ~ 1/r^s (--stream zipf)"
+    )
     parser.add_argument("--phases", type=parse_phases, default=list(PHASES), help="comma list")
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests")
     parser.add_argument("--warmup", type=int, default=50, help="sequential warm-up requests")
@@ -1204,6 +1228,8 @@ def main(argv: list[str] | None = None) -> int:
     if not queries:
         raise SystemExit(f"no queries in the {args.split} split of {args.data}")
     bodies = encode_bodies(queries, args.k, args.model)
+    if args.stream == "zipf":
+        bodies = zipf_stream(bodies, args.zipf_exponent, args.seed)
     started = datetime.now(UTC)
     machine = machine_info()
     with contextlib.ExitStack() as stack:
@@ -1245,6 +1271,8 @@ def main(argv: list[str] | None = None) -> int:
             "data": str(args.data),
             "split": args.split,
             "queries": len(queries),
+            "stream": args.stream,
+            "zipf_exponent": args.zipf_exponent if args.stream == "zipf" else None,
             "k": args.k,
             "model": args.model,
             "phases": args.phases,

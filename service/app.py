@@ -54,6 +54,7 @@ from service.logs import RequestContextMiddleware
 from service.metrics import ServiceMetrics
 from service.registry import EngineRegistry
 from service.search.batcher import MicroBatcher
+from service.search.cache import ResultCache
 from service.settings import Settings, get_settings
 from service.storage import StoreUnavailable
 
@@ -240,6 +241,18 @@ def _add_middleware(app: FastAPI, state: AppState) -> None:
     )
 
 
+def make_cache(settings: Settings, metrics: ServiceMetrics) -> ResultCache | None:
+    """The result cache the settings ask for (None when XC_CACHE_ENTRIES or _BYTES is 0)."""
+    if settings.cache_entries == 0 or settings.cache_bytes == 0:
+        return None
+    return ResultCache(
+        settings.cache_entries,
+        settings.cache_bytes,
+        lookups=metrics.cache_lookups,
+        size=metrics.cache_size,
+    )
+
+
 def create_app(
     settings: Settings | None = None, *, on_fatal: Callable[[], None] | None = None
 ) -> FastAPI:
@@ -251,11 +264,13 @@ def create_app(
     settings = settings or get_settings()
     metrics = ServiceMetrics()
     catalogs = Catalogs(settings.data_dir, settings.max_catalog_changes, settings.database_dsn)
+    cache = make_cache(settings, metrics)
     state = AppState(
         settings=settings,
         metrics=metrics,
-        registry=EngineRegistry(settings, metrics, catalogs),
+        registry=EngineRegistry(settings, metrics, catalogs, cache),
         catalogs=catalogs,
+        cache=cache,
         upload_slots=asyncio.Semaphore(settings.max_concurrent_uploads),
         input_checker=InputChecker(settings.max_concurrent_uploads),
         batcher=MicroBatcher(

@@ -48,6 +48,28 @@ class FileEntry(BaseModel):
     bytes: int = Field(ge=0)
 
 
+# How far int8's dev nDCG@10 may fall from fp32's for int8 to be the encoder a bundle serves
+# by default (`Int8Check`, written by `python -m training quantize --data`).
+INT8_TOLERANCE = 0.003
+
+
+class Int8Check(BaseModel):
+    """The int8 encoder's cost, measured when it was made: dev nDCG@10 of both precisions."""
+
+    model_config = ConfigDict(extra="forbid")
+    split: str = "dev"
+    model: str
+    ndcg_at_10_fp32: float
+    ndcg_at_10_int8: float
+    tolerance: float = INT8_TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        """int8 costs at most `tolerance` nDCG@10 (so it is the default: `XC_ENCODER_PRECISION`
+        auto)."""
+        return self.ndcg_at_10_int8 >= self.ndcg_at_10_fp32 - self.tolerance
+
+
 class EncoderSpec(BaseModel):
     """How queries are turned into vectors: an ONNX model plus its HF tokenizer."""
 
@@ -64,6 +86,15 @@ class EncoderSpec(BaseModel):
     int8_file: str | None = Field(
         None, description="optional int8-quantised copy of the encoder (same inputs/output)"
     )
+    int8_check: Int8Check | None = Field(
+        None, description="what int8 cost on the dev split when it was made (None: not measured)"
+    )
+
+    @property
+    def default_precision(self) -> str:
+        """The precision `auto` serves: int8 when the bundle has it and its check passed."""
+        passed = self.int8_file is not None and self.int8_check is not None
+        return "int8" if passed and self.int8_check.passed else "fp32"  # type: ignore[union-attr]
 
 
 class IndexSpec(BaseModel):
@@ -274,7 +305,7 @@ def precision_file(fp32: str, int8: str | None, precision: str, what: str, setti
     """The bundle file of `what` (the encoder, the MACH heads) at `precision`: the fp32 file,
     or the bundle's int8 copy; a bundle without one is refused, naming the `setting` to change."""
     if precision not in ("fp32", "int8"):
-        raise ValueError(f"precision {precision!r}: expected fp32 or int8")
+        raise ValueError(f"precision {precision!r}: expected fp32 or int8 (auto is resolved first)")
     if precision == "fp32":
         return fp32
     if int8:

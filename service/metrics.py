@@ -49,6 +49,18 @@ class ServiceMetrics:
             ["route", "status"],
             registry=self.registry,
         )
+        self.cache_lookups = Counter(
+            "xc_cache_lookups",
+            "Result-cache lookups of a query's answer, by result (hit, miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.cache_size = Gauge(
+            "xc_cache_size",
+            "What the result cache holds: entries, and bytes (estimated).",
+            ["unit"],
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "xc_rejected",
             "Search requests refused at admission (429), by reason.",

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from service.bundle import MANIFEST_NAME, BundleError, read_manifest
 from service.catalog.changes import Catalogs
 from service.metrics import ServiceMetrics
+from service.search.cache import ResultCache
 from service.search.engine import SearchEngine
 from service.settings import Settings
 
@@ -99,11 +100,16 @@ class EngineRegistry:
     """Holds the served engine; loads the first one and swaps in new versions."""
 
     def __init__(
-        self, settings: Settings, metrics: ServiceMetrics, catalogs: Catalogs | None = None
+        self,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        catalogs: Catalogs | None = None,
+        cache: ResultCache | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.catalogs = catalogs
+        self.cache = cache
         self.served: Served | None = None
         self.load_error: str | None = None
         self._lock = asyncio.Lock()
@@ -130,6 +136,8 @@ class EngineRegistry:
             engine = self.catalogs.latest(engine)
         self.served = Served(engine, path, datetime.now(UTC))
         self.load_error = None
+        if self.cache is not None:  # answers of the engine served before
+            self.cache.clear()
         self.metrics.serving(engine.manifest.name, engine.manifest.version, engine.models)
         return self.served
 

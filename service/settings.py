@@ -46,8 +46,10 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the encoder and index run ('auto' = CUDA when available)"
     )
-    encoder_precision: Literal["fp32", "int8"] = Field(
-        "fp32", description="query encoder: fp32, or the bundle's optional int8 copy (faster)"
+    encoder_precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="query encoder: auto (the bundle's int8 copy where its dev nDCG@10 was "
+        "within 0.003 of fp32's when it was made, else fp32), fp32, or int8 (faster)",
     )
     mach_precision: Literal["fp32", "int8"] = Field(
         "fp32", description="MACH heads: fp32, or the bundle's optional int8 copy (faster)"
@@ -86,6 +88,19 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="most results one /search request may ask for (queries × k): an answer of "
         "256 × 1,000 results takes the server a second of work to build and send",
+    )
+    cache_entries: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="answers to repeated queries kept in memory (least recently used out "
+        "first; 0 turns the result cache off)",
+    )
+    cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        le=1 << 40,
+        description="most memory the result cache may hold, in bytes (estimated)",
     )
     max_batch: int = Field(
         64, ge=1, le=4096, description="most queries the batcher gathers into one model call"

@@ -1,7 +1,8 @@
 """`POST /search`: admit the request into the micro-batcher, await its answer, shape the reply.
 
-The route never runs a model on the event loop: it admits the request's queries into the
-batcher (`service.search.batcher`) as one `SearchJob` and awaits the answer, watching for the
+The route never runs a model on the event loop: it takes what it can from the result cache
+(`service.search.cache`), admits the other queries into the batcher (`service.search.batcher`)
+as one `SearchJob` and awaits the answer (then cached), watching for the
 client to go away meanwhile (the job is then abandoned, never run). Refusals (queue full,
 deadline passed, shutting down, a query over the token limit) are answered in the one error
 shape, with `Retry-After` where retrying helps.
@@ -28,6 +29,7 @@ from service.api.state import RETRY_AFTER_S, EngineDep, state_of
 from service.metrics import ServiceMetrics
 from service.ranking import Hit, result_records
 from service.search.batcher import Answer, Dropped, Overloaded, SearchJob
+from service.search.cache import CacheKey, ResultCache
 from service.search.engine import SearchEngine
 from service.search.pipeline import QueryTooLong
 from service.settings import Settings
@@ -129,6 +131,65 @@ def shed_response(metrics: ServiceMetrics) -> Callable[[Overloaded], JSONRespons
     return shed
 
 
+async def _run_model(
+    request: Request, engine: SearchEngine, *, texts: list[str], k: int, model: str
+) -> Answer:
+    """Admit `texts` into the batcher as one job and await its answer."""
+    state = state_of(request)
+    loop = asyncio.get_running_loop()
+    job = SearchJob(
+        engine=engine,
+        queries=texts,
+        k=k,
+        model=model,
+        deadline=time.monotonic() + state.settings.request_timeout_ms / 1000,
+        future=loop.create_future(),
+        loop=loop,
+    )
+    state.batcher.submit(job)
+    return await wait_for_answer(job, request, state.settings.answer_timeout_s)
+
+
+async def _hits(
+    request: Request,
+    engine: SearchEngine,
+    *,
+    texts: list[str],
+    k: int,
+    model: str,
+    batched: bool,
+) -> tuple[list[list[Hit]], dict[str, float]]:
+    """Each query's hits, from the result cache where it has them and from the model for the
+    rest (which are then cached); and the model call's stage times (none if all were cached)."""
+    state = state_of(request)
+    cache = state.cache
+    name, version = engine.manifest.name, engine.version
+    keys: list[CacheKey] = []
+    found: list[list[Hit] | None] = [None] * len(texts)
+    if cache is not None:
+        keys = [ResultCache.key(text, k, model, name, version) for text in texts]
+        found = [cache.get(key) for key in keys]
+    missing = [position for position, hits in enumerate(found) if hits is None]
+    stages: dict[str, float] = {}
+    if missing:
+        try:
+            answer = await _run_model(
+                request, engine, texts=[texts[p] for p in missing], k=k, model=model
+            )
+        except (Overloaded, Dropped, QueryTooLong) as exc:
+            if isinstance(exc, Overloaded):
+                state.metrics.rejected.labels("queue_full").inc()
+            if isinstance(exc, QueryTooLong):
+                exc.position = missing[exc.position]  # its place in the request, not the job
+            raise refusal(exc, batched) from exc
+        for position, hits in zip(missing, answer.hits, strict=True):
+            found[position] = hits
+            if cache is not None:
+                cache.put(keys[position], hits)
+        stages = answer.stages
+    return [hits or [] for hits in found], stages
+
+
 async def answer_search(
     request: Request,
     engine: SearchEngine,
@@ -155,25 +216,9 @@ async def answer_search(
         raise api_error(
             status.HTTP_404_NOT_FOUND, ["body", "model"], str(exc), "model_not_found"
         ) from exc
-    loop = asyncio.get_running_loop()
-    job = SearchJob(
-        engine=engine,
-        queries=texts,
-        k=k,
-        model=chosen,
-        deadline=time.monotonic() + state.settings.request_timeout_ms / 1000,
-        future=loop.create_future(),
-        loop=loop,
-    )
-    try:
-        state.batcher.submit(job)
-        answer = await wait_for_answer(job, request, state.settings.answer_timeout_s)
-    except (Overloaded, Dropped, QueryTooLong) as exc:
-        if isinstance(exc, Overloaded):
-            state.metrics.rejected.labels("queue_full").inc()
-        raise refusal(exc, batched) from exc
+    hits, stages = await _hits(request, engine, texts=texts, k=k, model=chosen, batched=batched)
     took = time.perf_counter() - start
-    for stage, seconds in (*answer.stages.items(), ("total", took)):
+    for stage, seconds in (*stages.items(), ("total", took)):
         state.metrics.stage_seconds.labels(stage, chosen, engine.manifest.version).observe(seconds)
     answered_by = {
         "model": chosen,
@@ -185,8 +230,8 @@ async def answer_search(
         del answered_by["notice"]  # `notice` only when there is one
     queries = texts if batched else None
     if len(texts) * k < RENDER_ON_LOOP_RESULTS:
-        return render(queries, answer.hits, answered_by)
-    return await asyncio.to_thread(render, queries, answer.hits, answered_by)
+        return render(queries, hits, answered_by)
+    return await asyncio.to_thread(render, queries, hits, answered_by)
 
 
 def render(

@@ -22,6 +22,7 @@ from service.catalog.changes import Catalogs
 from service.metrics import ServiceMetrics
 from service.registry import EngineRegistry
 from service.search.batcher import MicroBatcher
+from service.search.cache import ResultCache
 from service.search.engine import SearchEngine
 from service.settings import Settings
 
@@ -40,6 +41,7 @@ class AppState:
     batcher: MicroBatcher
     upload_slots: asyncio.Semaphore  # batch uploads received at once
     input_checker: InputChecker  # checks them in processes of its own
+    cache: ResultCache | None = None  # answers to repeated queries (None: XC_CACHE_ENTRIES=0)
     job_store: JobStore | None = None  # opened by the lifespan, in a worker thread
     # One catalog change at a time, holding at most one worker thread.
     catalog_writes: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -107,12 +107,14 @@ class SearchEngine:
         """Verify and load a bundle; raises `BundleError` naming the bad file.
 
         `device` (auto | cpu | cuda) places each part (see `service.device`); `precision` picks
-        the query encoder: fp32, or the bundle's optional int8 copy (`mach_precision` the same
-        for the MACH heads). The weights default to the
-        bundle's; `lexical_weight=0` serves ASTRA from its index alone.
+        the query encoder: fp32, the bundle's optional int8 copy, or auto (int8 where the
+        bundle's check says it costs nothing; `mach_precision` picks fp32 or int8 heads). The
+        weights default to the bundle's; `lexical_weight=0` serves ASTRA from its index alone.
         """
         bundle = load_bundle(bundle_dir)
         manifest = bundle.manifest
+        if precision == "auto":  # int8 where the bundle measured it costs nothing (`Int8Check`)
+            precision = manifest.encoder.default_precision
         plan = resolve_device(device)
         providers = plan.encoder_providers
         encoder = QueryEncoder(

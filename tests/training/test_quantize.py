@@ -82,3 +82,30 @@ def test_bench_int8_quantises_the_bundle_and_records_what_int8_costs(
     assert abs(record["dev_fp32"]["P@1"] - record["dev_int8"]["P@1"]) <= 0.1
     assert record["command"].startswith("python -m bench.int8 --bundle")
     assert f"{record['dev_int8']['nDCG@10']:.4f}" in render_int8(record)
+
+
+def test_auto_serves_int8_only_where_its_dev_check_passed(
+    demo_bundle: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    from service.bundle import read_manifest
+    from training.quantize import quantize_and_report, record_int8_check
+
+    bundle = tmp_path / "demo"
+    shutil.copytree(demo_bundle, bundle)
+    assert SearchEngine.load(bundle, precision="auto").encoder.precision == "fp32"  # no int8 copy
+    quantize_encoder(bundle)
+    assert SearchEngine.load(bundle, precision="auto").encoder.precision == "fp32"  # not checked
+    report = quantize_and_report(bundle, demo_data)
+    check = read_manifest(bundle).encoder.int8_check
+    assert check is not None and check.split == "dev"
+    assert check.ndcg_at_10_fp32 == pytest.approx(report["dev_fp32"]["nDCG@10"], abs=1e-6)
+    assert check.ndcg_at_10_int8 == pytest.approx(report["dev_int8"]["nDCG@10"], abs=1e-6)
+    expected = "int8" if check.passed else "fp32"
+    assert SearchEngine.load(bundle, precision="auto").encoder.precision == expected
+    record_int8_check(bundle, fp32_ndcg=0.50, int8_ndcg=0.4975)  # 0.0025 worse: within 0.003
+    assert SearchEngine.load(bundle, precision="auto").encoder.precision == "int8"
+    record_int8_check(bundle, fp32_ndcg=0.50, int8_ndcg=0.4965)  # 0.0035 worse: fp32
+    assert SearchEngine.load(bundle, precision="auto").encoder.precision == "fp32"
+    assert SearchEngine.load(bundle, precision="int8").encoder.precision == "int8"  # as asked
+    quantize_encoder(bundle)  # a new copy is unmeasured again
+    assert read_manifest(bundle).encoder.int8_check is None

@@ -58,6 +58,10 @@ class CatalogFollower:
                 log.warning("catalog: cannot catch up with other replicas (retrying): %s", exc)
             self._failing = True
             return False
+        except Exception:  # the follower must outlive any one failure; it retries
+            log.exception("catalog: catching up with other replicas failed (retrying)")
+            self._failing = True
+            return False
         if self._failing:
             log.info("catalog: caught up with other replicas again")
         self._failing = False

@@ -1210,6 +1210,17 @@ def run_loop(coro: Coroutine[Any, Any, T], use_uvloop: bool = True) -> tuple[T, 
     return asyncio.run(coro), "asyncio"
 
 
+def _served_model(base: str, api_key: str | None) -> dict[str, Any]:
+    """What the server says it serves (`GET /v1/models`: encoder precision, catalog, ...);
+    empty if it does not answer."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{base}/v1/models", timeout=10.0, headers=headers, trust_env=False)
+        return dict(response.json()["data"][0])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError):
+        return {}
+
+
 def _server_bundle_name(base: str) -> str:
     try:
         response = httpx.get(f"{base}/readyz", timeout=10.0, trust_env=False)
@@ -1248,6 +1259,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             base, pid = server.base, server.process.pid
             name = args.name or args.bundle.resolve().name
+        served = _served_model(base, args.api_key)
         phases, loop_name = run_loop(
             run_benchmark(base, args, bodies, pid), use_uvloop=not args.no_uvloop
         )
@@ -1267,6 +1279,10 @@ def main(argv: list[str] | None = None) -> int:
             "env": {k: "***" if k == "XC_API_KEY" else v for k, v in server_env.items()},
         },
         "client": {"httpx": httpx.__version__, "event_loop": loop_name},
+        "served": {
+            "encoder_precision": served.get("encoder", {}).get("precision"),
+            "version": served.get("version"),
+        },
         "settings": {
             "data": str(args.data),
             "split": args.split,

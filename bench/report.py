@@ -398,8 +398,26 @@ TARGET_CLIENTS = 32
 
 
 def _encoder_precision(record: Mapping[str, Any]) -> str:
-    """The encoder precision the load test's server ran with (fp32 unless set)."""
-    return record["server"]["env"].get("XC_ENCODER_PRECISION", "fp32")
+    """The encoder a load run's server served: as it said (`/v1/models`), else as it was told
+    (runs from before the default became auto were fp32 unless told)."""
+    served = (record.get("served") or {}).get("encoder_precision")
+    told = record["server"]["env"].get("XC_ENCODER_PRECISION", "fp32")
+    return served or told
+
+
+def _load_label(record: Mapping[str, Any]) -> str:
+    """A load run's row label: the encoder, and the query stream and cache where they were set."""
+    label = _encoder_precision(record)
+    stream = record["settings"].get("stream")
+    if stream == "zipf":
+        label += f", Zipf stream (s = {record['settings']['zipf_exponent']})"
+    elif stream:
+        label += ", distinct stream"
+    if record["server"]["env"].get("XC_CACHE_ENTRIES") == "0":
+        label += ", cache off"
+    elif stream:
+        label += ", cache on"
+    return label
 
 
 def render_load(records: dict[str, Any]) -> str:
@@ -412,7 +430,7 @@ def render_load(records: dict[str, Any]) -> str:
         lean_levels = record.get("throughput_lean") or []
         rows.append(
             [
-                _encoder_precision(record),
+                _load_label(record),
                 _p50_p99(single["client_ms"]),
                 _p50_p99(lean["client_ms"]) if lean else "-",
                 f"{single['server_took_ms']['p50']:.1f}",
@@ -891,6 +909,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "int8": ("int8_homedepot.json", render_int8),
     "load": (("load_homedepot-int8.json", "load_homedepot-fp32.json"), render_load),
     "load:stages": ("load_homedepot-int8.json", render_load_stages),
+    "load:streams": (("load_homedepot-distinct.json", "load_homedepot-zipf.json"), render_load),
     "mach_decode": ("mach_decode.json", render_mach_decode),
     "mach_decode:memory": (("mach_decode.json", "scale.json"), render_mach_memory),
     "mach_heads": ("mach_heads.json", render_mach_heads),

@@ -107,15 +107,17 @@ test-docker:
 test-fast: lint $(PG_STAMP)
 	XC_TESTS_NEED_POSTGRES=1 $(PY) -m pytest -m "not slow"
 
-# `make bench` reproduces every table of BENCHMARKS.md (85 min on 2 cores; keep the machine
+# `make bench` reproduces every table of BENCHMARKS.md (95 min on 2 cores; keep the machine
 # otherwise idle: most tables are timings). Its parts, run in this order:
 #   bench-quality  ours vs BM25, the untrained encoder and the XMC peers on Home Depot and
 #                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder;
 #   bench-serving  HTTP load (fp32, int8), offline batch scoring, catalog upserts, the in-process
 #                  CPU baseline of the GPU benchmark, MACH decoding at 1M, 10M and 50M labels,
 #                  20 SIGKILL cycles during batch jobs and upserts (bench.faults), three
-#                  replicas on PostgreSQL (bench-fleet: propagation, failover), and a
-#                  single-query probe beside hostile clients (bench.hostile);
+#                  replicas on PostgreSQL (bench-fleet: propagation, failover), a
+#                  single-query probe beside hostile clients (bench.hostile), and the serving
+#                  peers side by side (bench-peers: this service, Infinity + FAISS, FastAPI +
+#                  sentence-transformers + FAISS, tantivy BM25; about 10 min);
 #   bench-scale    index choice by catalog size, K = 20K, 100K and 1M (about 40 min), checked
 #                  against the Home Depot bundle's real vectors;
 #   bench-train-scale  whole ASTRA training steps over Home Depot plus up to 4M distractor
@@ -140,7 +142,7 @@ COOKING   := ../shared/data/cooking/xc
 SCALE_CALIBRATE := $(if $(wildcard models/homedepot/manifest.json),--calibrate models/homedepot)
 
 .PHONY: bench bench-quality bench-serving bench-scale bench-10m bench-scale-sq8 bench-train-scale \
-	bench-fleet
+	bench-fleet bench-peers
 bench:
 	$(MAKE) bench-quality
 	$(MAKE) bench-serving
@@ -171,6 +173,26 @@ bench-serving: $(STAMP)
 	$(PY) -m bench.faults --bundle models/homedepot --cycles 20
 	$(MAKE) bench-fleet
 	$(PY) -m bench.hostile --bundle models/homedepot
+	$(MAKE) bench-peers
+
+# Serving peers side by side, one after another on this machine, same catalog, queries and load
+# generator (bench.peers_serving, about 10 min; the title embeddings of the two encoder peers
+# are computed once, about 3 min, and cached in models/.cache): this service, Infinity with
+# FAISS in the client, a FastAPI + sentence-transformers + FAISS app and a tantivy BM25 app.
+# Infinity gets its own venv (it pins numpy<2 and sentence-transformers<4); tantivy is in the
+# bench extra of .venv.
+INFINITY_VENV  := .venv-infinity
+INFINITY_STAMP := $(INFINITY_VENV)/.installed-stamp
+$(INFINITY_STAMP): bench/requirements-infinity.txt
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install --quiet --upgrade pip
+	$(INFINITY_VENV)/bin/pip install --quiet torch==2.13.0
+	$(INFINITY_VENV)/bin/pip install --quiet -r bench/requirements-infinity.txt
+	touch $@
+
+bench-peers: $(STAMP) $(INFINITY_STAMP)
+	$(PY) -m bench.peers_serving --bundle models/homedepot --data $(HOMEDEPOT) \
+	    --duration 15 --requests 2000
 
 # Three replicas on one throwaway PostgreSQL (the installed server): catalog propagation and
 # batch failover under SIGKILL (about 2 minutes).
@@ -194,4 +216,4 @@ bench-scale-sq8: $(STAMP)
 	$(PY) -m bench.report
 
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) $(DEMO_DATA) models/demo models/.checkpoints models/.cache
+	rm -rf $(VENV) $(PEERS_VENV) $(INFINITY_VENV) $(DEMO_DATA) models/demo models/.checkpoints models/.cache

@@ -408,9 +408,10 @@ def _encoder_precision(record: Mapping[str, Any]) -> str:
 def _load_label(record: Mapping[str, Any]) -> str:
     """A load run's row label: the encoder, and the query stream and cache where they were set."""
     label = _encoder_precision(record)
-    stream = record["settings"].get("stream")
+    settings = record.get("settings", {})
+    stream = settings.get("stream")
     if stream == "zipf":
-        label += f", Zipf stream (s = {record['settings']['zipf_exponent']})"
+        label += f", Zipf stream (s = {settings['zipf_exponent']})"
     elif stream:
         label += ", distinct stream"
     if record["server"]["env"].get("XC_CACHE_ENTRIES") == "0":
@@ -899,6 +900,106 @@ def render_hostile(record: dict[str, Any]) -> str:
     )
 
 
+PEER_ORDER = ("ours", "infinity", "afternoon", "tantivy")
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    """Free text (a skip reason) made safe for one Markdown table cell."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def _peer_notes(system: Mapping[str, Any]) -> str:
+    """One line per system: what ran, with which versions, and the load around it."""
+    found = ", ".join(f"{name} {v}" for name, v in system.get("versions", {}).items() if v)
+    before, after = system["load_average_before"][0], system["load_average_after"][0]
+    label = system["label"]
+    line = f"- **{label}**: `{system['command']}`" if system.get("command") else f"- **{label}**"
+    if system.get("env"):
+        line += " with " + ", ".join(f"`{k}={v}`" for k, v in system["env"].items())
+    line += f"; {found}" if found else ""
+    precision = ((system.get("served") or {}).get("encoder") or {}).get("precision")
+    line += f"; encoder served in {precision}" if precision else ""
+    parity = system.get("parity_with_sentence_transformers")
+    if parity:
+        line += (
+            f"; its embeddings of {parity['titles']} titles against sentence-transformers': "
+            f"cosine ≥ {parity['min_cosine']:.6f}"
+        )
+    searches = [
+        level["client_search"]["mean_ms"]
+        for level in system.get("throughput", [])
+        if level.get("client_search", {}).get("mean_ms") is not None
+    ]
+    if searches:
+        line += f"; the client's FAISS search took {min(searches):.2f}–{max(searches):.2f} ms"
+    return line + f"; load average {before} before, {after} after."
+
+
+def render_peers_serving(record: dict[str, Any]) -> str:
+    """bench.peers_serving's JSON: each system's nDCG@10 on dev, single-client p50 / p99,
+    q/s per closed-loop level, errors, and our ratio to each peer."""
+    systems = record["systems"]
+    ratios = record.get("ratios", {})
+    levels = record["settings"]["concurrency"]
+    at = next(iter(ratios.values()), {}).get("clients", TARGET_CLIENTS)
+    rows = []
+    keys = [key for key in PEER_ORDER if key in systems]
+    keys += [key for key in systems if key not in keys]
+    for key in keys:
+        system = systems[key]
+        if "skipped" in system:
+            rows.append([system["label"], f"skipped: {_cell(system['skipped'])}", *["-"] * 5])
+            continue
+        ratio = ratios.get(key, {})
+        rows.append(
+            [
+                f"**{system['label']}**" if key == "ours" else system["label"],
+                f"{system['quality']['nDCG@10']:.4f}",
+                _p50_p99(system["sequential"]["client_ms"]),
+                " / ".join(f"{level['qps_200']:,.0f}" for level in system["throughput"]),
+                f"{system['errors']['total']:,}",
+                "-" if key == "ours" else _ratio(ratio.get("qps")),
+                "-" if key == "ours" else _ratio(ratio.get("single_p50")),
+            ]
+        )
+    clients = " / ".join(str(c) for c in levels)
+    table = markdown_table(
+        [
+            "system",
+            "nDCG@10 (dev)",
+            "single client p50 / p99 (ms)",
+            f"q/s at {clients} clients",
+            "errors",
+            f"ours ÷ peer, q/s at {at}",
+            "ours ÷ peer, p50",
+        ],
+        rows,
+    )
+    settings, machine = record["settings"], record["machine"]
+    notes = "\n".join(_peer_notes(systems[key]) for key in keys)
+    return (
+        f"{table}\n\n"
+        f"{settings['products']:,} products; {settings['queries']:,} `{settings['split']}` "
+        f"queries in turn for the timed phases ({settings['requests']:,} single-client requests "
+        f"after {settings['warmup']}, {settings['duration_s']:g} s per level after "
+        f"{settings['warmup_s']:g} s of warm-up), nDCG@10 over the "
+        f"{settings['scored_points']:,} of them with a relevant product; k = {settings['k']}. "
+        "One system at a time, all on the same machine as the client (lean keep-alive HTTP "
+        "client). Above 1× in the q/s column and below 1× in the p50 column, ours is ahead.\n\n"
+        f"{notes}\n\n"
+        f"{_generated_from('peers_serving.json')} Written by `{record['command']}` on "
+        f"{record['date']} ({record['seconds']:,.0f} s); machine: {machine['platform']}, "
+        f"{machine['cpu_count']} CPUs, Python {machine['python']}, load average "
+        f"{machine['load_average'][0]} at the start and {record['load_average_at_end'][0]} at "
+        "the end.\n"
+    )
+
+
 SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "quality:homedepot": ("quality_homedepot.json", render_quality),
     "quality:cooking": ("quality_cooking.json", render_quality),
@@ -920,6 +1021,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "faults": ("faults.json", render_faults),
     "fleet": ("fleet.json", render_fleet),
     "hostile": ("hostile.json", render_hostile),
+    "peers_serving": ("peers_serving.json", render_peers_serving),
 }
 
 

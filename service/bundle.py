@@ -21,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.precision import Int8Check
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -46,28 +48,6 @@ class FileEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
-
-
-# How far int8's dev nDCG@10 may fall from fp32's for int8 to be the encoder a bundle serves
-# by default (`Int8Check`, written by `python -m training quantize --data`).
-INT8_TOLERANCE = 0.003
-
-
-class Int8Check(BaseModel):
-    """The int8 encoder's cost, measured when it was made: dev nDCG@10 of both precisions."""
-
-    model_config = ConfigDict(extra="forbid")
-    split: str = "dev"
-    model: str
-    ndcg_at_10_fp32: float
-    ndcg_at_10_int8: float
-    tolerance: float = INT8_TOLERANCE
-
-    @property
-    def passed(self) -> bool:
-        """int8 costs at most `tolerance` nDCG@10 (so it is the default: `XC_ENCODER_PRECISION`
-        auto)."""
-        return self.ndcg_at_10_int8 >= self.ndcg_at_10_fp32 - self.tolerance
 
 
 class EncoderSpec(BaseModel):

@@ -33,6 +33,7 @@ LAYERS = (
         "validation",
         "storage",
         "database",
+        "precision",
     },
     {"astra", "mach"},
     {"search"},

@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from service.bundle import Int8Check, Manifest, load_bundle, read_manifest, write_manifest
+from service.bundle import Manifest, load_bundle, read_manifest, write_manifest
+from service.precision import Int8Check
 from service.search.encoder import QueryEncoder
 from service.search.engine import SearchEngine
 from training.data import load_dataset

@@ -157,9 +157,17 @@ bench-quality: $(STAMP) $(PEERS_STAMP)
 
 bench-serving: $(STAMP)
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-fp32 \
-	    --server-env XC_ENCODER_PRECISION=fp32 --duration 15 --overload-duration 15 --requests 2000
+	    --server-env XC_ENCODER_PRECISION=fp32 --server-env XC_CACHE_ENTRIES=0 \
+	    --duration 15 --overload-duration 15 --requests 2000
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-int8 \
-	    --server-env XC_ENCODER_PRECISION=int8 --duration 15 --overload-duration 15 --requests 2000
+	    --server-env XC_ENCODER_PRECISION=int8 --server-env XC_CACHE_ENTRIES=0 \
+	    --duration 15 --overload-duration 15 --requests 2000
+	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --split train \
+	    --name homedepot-distinct --server-env XC_CACHE_ENTRIES=0 --stream distinct \
+	    --phases sequential,sequential_lean,throughput,throughput_lean --duration 15 --requests 2000
+	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --split train \
+	    --name homedepot-zipf --stream zipf --zipf-exponent 1.0 \
+	    --phases sequential,sequential_lean,throughput,throughput_lean --duration 15 --requests 2000
 	$(PY) -m bench.batch --bundle models/homedepot --data $(HOMEDEPOT) --requests 100000 \
 	    --paths cli,worker,ray --env XC_ENCODER_PRECISION=int8
 	$(PY) -m bench.catalog --bundle models/homedepot --data $(HOMEDEPOT)

@@ -215,6 +215,9 @@ def measure(bundle: Path, kind: str, probes: int, work: Path, env: dict[str, str
         "XC_DATA_DIR": str(work / f"data-{kind}"),
         "XC_LOG_LEVEL": "warning",
         "XC_REQUEST_TIMEOUT_MS": "5000",
+        # The probe repeats six queries, which the result cache would answer from memory: what
+        # is measured is the model's path under attack, so the cache is off.
+        "XC_CACHE_ENTRIES": "0",
         **env,
     }
     command = [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)]

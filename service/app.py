@@ -60,8 +60,10 @@ from service.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# How long a starting replica waits for its database (PostgreSQL may start after it).
-DATABASE_WAIT_S = 120.0
+# How long a starting replica waits for its database (PostgreSQL may start after it). Its
+# supervisor restarts it after that; shorter than compose's stop grace period (45 s), since a
+# SIGTERM is only acted on once startup ends.
+DATABASE_WAIT_S = 30.0
 
 # Routes counted by their own path in `xc_requests`; the rest by prefix, or as "other".
 COUNTED_PATHS = frozenset(

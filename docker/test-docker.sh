@@ -34,8 +34,9 @@ API_PORT=8000
 LB_PORT=${XC_LB_PORT:-8080}
 SEARCH_BODY='{"query": "cordless drill 20v", "k": 5}'
 
-# The test's own settings, whatever the caller's environment says: loopback only, no keys.
-export XC_PUBLISH_ADDRESS=127.0.0.1 XC_SEARCH_KEY='' XC_ADMIN_KEY='' XC_LB_PORT=$LB_PORT
+# The test's own settings, whatever the caller's environment says: loopback only, no search key,
+# an admin key of its own (the fleet check PUTs a product through the balancer).
+export XC_PUBLISH_ADDRESS=127.0.0.1 XC_SEARCH_KEY='' XC_ADMIN_KEY=xc-test-admin XC_LB_PORT=$LB_PORT
 # Creating a container copies its image's layers on the vfs storage driver: minutes for the
 # trainer's 2 GB, beyond docker-compose v1's 60 s.
 export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-600} DOCKER_CLIENT_TIMEOUT=${DOCKER_CLIENT_TIMEOUT:-600}
@@ -326,6 +327,29 @@ elif [[ "$REQUIRE_POSTGRES" == 1 ]]; then
 else
   xc_info "WARN: no replica is connected to PostgreSQL ('$sessions'; XC_DATABASE_URL not used by this build yet?)"
 fi
+
+# A catalog change through the balancer reaches every replica (through PostgreSQL's log and
+# LISTEN/NOTIFY): each replica is asked directly, inside its container.
+put_code=$(curl -s -o "$LOGS/put.json" -w '%{http_code}' -X PUT "$lb_url/products" \
+  -H "authorization: Bearer $XC_ADMIN_KEY" -H 'content-type: application/json' \
+  -d '{"products": [{"id": "FLEET-1", "title": "Quillwort fleet probe lantern"}]}')
+[[ "$put_code" == 200 ]] || xc_fail "PUT /products through the load balancer gave $put_code: $(cat "$LOGS/put.json")"
+probe='import json, time, urllib.request
+body = json.dumps({"query": "Quillwort fleet probe lantern", "k": 5}).encode()
+for _ in range(50):
+    request = urllib.request.Request("http://127.0.0.1:8000/search", body, {"content-type": "application/json"})
+    answer = json.load(urllib.request.urlopen(request, timeout=5))
+    if "FLEET-1" in [hit["id"] for hit in answer["results"]]:
+        print(answer["version"])
+        break
+    time.sleep(0.1)
+else:
+    print("missing")'
+for replica in api-1 api-2 api-3; do
+  version=$("${compose[@]}" "${profile[@]}" exec -T "$replica" python -c "$probe" | tr -d '\r')
+  [[ "$version" == *+c1 ]] || xc_fail "$replica does not answer with the product PUT through the balancer ('$version')"
+done
+xc_info "a product PUT through the balancer is answered by api-1, api-2 and api-3 (catalog version 1)"
 
 stage "fleet profile: one replica killed"
 "${compose[@]}" "${profile[@]}" kill api-2 >"$LOGS/kill.log" 2>&1

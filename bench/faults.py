@@ -24,9 +24,7 @@ import argparse
 import json
 import os
 import random
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,10 +38,9 @@ from typing import Any
 import httpx
 
 from bench.provenance import command_line, machine
-from bench.server import free_port, wait_until_ready
+from bench.server import RestartableServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-READY_TIMEOUT_S = 180.0
 
 
 @dataclass
@@ -74,42 +71,9 @@ class Tally:
         self.server_errors += response.status_code >= 500
 
 
-class Server:
-    """`python -m service` on a fixed port and data directory, killed and started at will."""
-
-    def __init__(self, bundle: Path, data_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "service", "--bundle", str(bundle)]
-        self.command += ["--port", str(self.port)]
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("XC_")},
-            "XC_DATA_DIR": str(data_dir),
-            "XC_BATCH_CHUNK": "25",
-            "XC_LOG_LEVEL": "warning",
-        }
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=stderr
-            )
-        wait_until_ready(self.process, self.base, self.log, READY_TIMEOUT_S, poll_s=0.05)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-
-
-def _upserts(server: Server, stop: threading.Event, tally: Tally, acked: dict, puts: list) -> None:
+def _upserts(
+    server: RestartableServer, stop: threading.Event, tally: Tally, acked: dict, puts: list
+) -> None:
     """PUT two products per request until stopped; record the acknowledged ones."""
     n = len(puts)
     with httpx.Client(base_url=server.base, timeout=10) as client:
@@ -129,7 +93,7 @@ def _upserts(server: Server, stop: threading.Event, tally: Tally, acked: dict, p
                     acked[product["id"]] = product["title"]
 
 
-def _submit(server: Server, requests: int, cycle: int, tally: Tally) -> str | None:
+def _submit(server: RestartableServer, requests: int, cycle: int, tally: Tally) -> str | None:
     lines = [
         {"custom_id": f"c{cycle}-{i}", "query": f"cordless drill {i % 97}"} for i in range(requests)
     ]
@@ -182,7 +146,13 @@ def run(bundle: Path, cycles: int, seed: int, requests: int, work_dir: Path) -> 
     """The scenario of the module docstring; returns what it counted."""
     rng = random.Random(seed)
     data_dir = work_dir / "data"
-    server = Server(bundle, data_dir, work_dir / "server.log")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("XC_")},
+        "XC_DATA_DIR": str(data_dir),
+        "XC_BATCH_CHUNK": "25",
+        "XC_LOG_LEVEL": "warning",
+    }
+    server = RestartableServer(name="server", bundle=bundle, env=env, log=work_dir / "server.log")
     tally, acked, puts, jobs = Tally(), {}, [], {}
     try:
         server.start()
@@ -202,7 +172,7 @@ def run(bundle: Path, cycles: int, seed: int, requests: int, work_dir: Path) -> 
             tally.cycles += 1
         check_outputs(server.base, jobs, tally)
     finally:
-        server.stop()
+        server.kill()
     _check_catalog(data_dir, acked, puts, tally)
     return tally
 

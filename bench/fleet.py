@@ -28,9 +28,6 @@ import argparse
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -45,58 +42,13 @@ import psycopg
 from bench.faults import check_outputs
 from bench.postgres import new_database, running_server
 from bench.provenance import command_line, machine
-from bench.server import free_port, wait_until_ready
+from bench.server import RestartableServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-READY_TIMEOUT_S = 180.0
 # A change not visible on a replica after this long counts as not propagated.
 VISIBLE_TIMEOUT_S = 10.0
 # Short leases, so a killed replica's chunk is taken over within seconds.
 LEASE_S = 3
-
-
-@dataclass
-class Replica:
-    """`python -m service` on its own port, on the shared database and data directory."""
-
-    name: str
-    bundle: Path
-    env: dict[str, str]
-    log: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait: bool = True) -> None:
-        command = [sys.executable, "-m", "service", "--bundle", str(self.bundle)]
-        with self.log.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [*command, "--port", str(self.port)],
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self) -> None:
-        assert self.process is not None
-        wait_until_ready(self.process, self.base, self.log, READY_TIMEOUT_S, poll_s=0.05)
-
-    def ready(self) -> bool:
-        """Whether it answers /readyz with 200 now."""
-        try:
-            return httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
 
 
 @dataclass
@@ -148,7 +100,7 @@ def _visible_after(client: httpx.Client, title: str, product: str, version: int)
     return None
 
 
-def propagation(replicas: list[Replica], changes: int, tally: FleetTally) -> None:
+def propagation(replicas: list[RestartableServer], changes: int, tally: FleetTally) -> None:
     """PUT `changes` new products in turn through each replica; time their arrival elsewhere."""
     clients = [httpx.Client(base_url=r.base, timeout=10) for r in replicas]
     try:
@@ -175,7 +127,7 @@ def propagation(replicas: list[Replica], changes: int, tally: FleetTally) -> Non
             client.close()
 
 
-def _submit(replica: Replica, cycle: int, requests: int, tally: FleetTally) -> str:
+def _submit(replica: RestartableServer, cycle: int, requests: int, tally: FleetTally) -> str:
     lines = [
         {"custom_id": f"c{cycle}-{i}", "query": f"cordless drill {i % 97}"} for i in range(requests)
     ]
@@ -201,7 +153,7 @@ def _holder_pid(database: str, job: str, timeout_s: float = 60.0) -> int | None:
 
 
 def failover(
-    replicas: list[Replica],
+    replicas: list[RestartableServer],
     database: str,
     kills: int,
     requests: int,
@@ -226,7 +178,9 @@ def failover(
     return jobs
 
 
-def start_fleet(bundle: Path, database: str, work_dir: Path, count: int = 3) -> list[Replica]:
+def start_fleet(
+    bundle: Path, database: str, work_dir: Path, count: int = 3
+) -> list[RestartableServer]:
     """`count` replicas on `database` and one shared data directory, started and ready."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("XC_")},
@@ -239,7 +193,7 @@ def start_fleet(bundle: Path, database: str, work_dir: Path, count: int = 3) -> 
         "XC_BATCH_WORKERS": "1",
     }
     replicas = [
-        Replica(name=f"r{i}", bundle=bundle, env=env, log=work_dir / f"r{i}.log")
+        RestartableServer(name=f"r{i}", bundle=bundle, env=env, log=work_dir / f"r{i}.log")
         for i in range(count)
     ]
     for replica in replicas:

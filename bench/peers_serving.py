@@ -89,7 +89,7 @@ from bench.load import (
 )
 from bench.peer_apps import write_catalog
 from bench.provenance import command_line, machine, versions
-from bench.server import free_port, server_process
+from bench.server import free_port, server_process, stop_process
 from training.data import load_dataset
 from training.evaluate import EvalSet
 
@@ -174,12 +174,7 @@ def started(
                 time.sleep(0.25)
             yield Started(base, proc, round(time.perf_counter() - begin, 2))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 # --- clients ---------------------------------------------------------------------------------

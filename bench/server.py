@@ -10,6 +10,7 @@ never block on a full pipe; its tail is quoted when the server fails to start.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM, and SIGKILL if it has not exited `grace_s` later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @dataclass(frozen=True)
@@ -94,12 +105,7 @@ def server_process(
             wait_until_ready(proc, base, stderr_path, timeout_s)
             yield ServerProcess(base=base, process=proc)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 @contextmanager
@@ -113,3 +119,52 @@ def running_server(
     """A `python -m service` subprocess, ready to answer, stopped on exit; yields its base URL."""
     with server_process(bundle, port, threads, timeout_s=timeout_s, env=env) as server:
         yield server.base
+
+
+# How long a started `RestartableServer` may take to answer /readyz.
+SERVICE_READY_TIMEOUT_S = 180.0
+
+
+@dataclass
+class RestartableServer:
+    """`python -m service` on a port of its own, started, killed (SIGKILL) and started again at
+    will on the same settings (`bench.faults`: one server; `bench.fleet`: three replicas)."""
+
+    name: str
+    bundle: Path
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> None:
+        command = [sys.executable, "-m", "service", "--bundle", str(self.bundle)]
+        with self.log.open("ab") as stderr:
+            self.process = subprocess.Popen(
+                [*command, "--port", str(self.port)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
+        wait_until_ready(self.process, self.base, self.log, SERVICE_READY_TIMEOUT_S, poll_s=0.05)
+
+    def ready(self) -> bool:
+        """Whether it answers /readyz with 200 now."""
+        try:
+            return httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)

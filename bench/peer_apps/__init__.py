@@ -16,6 +16,22 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import BaseModel, Field
+
+
+class SearchRequest(BaseModel):
+    """The body both peers take (the same limits as ours: 512 characters, k up to 1000)."""
+
+    query: str = Field(min_length=1, max_length=512)
+    k: int = Field(10, ge=1, le=1000)
+
+
+class SearchResponse(BaseModel):
+    """What both peers answer: ids and scores, best first."""
+
+    ids: list[str]
+    scores: list[float]
+
 
 def write_catalog(path: Path, ids: Sequence[str], titles: Sequence[str]) -> Path:
     """The catalog as JSON lines, one product a line, in label order."""

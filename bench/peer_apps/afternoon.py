@@ -24,22 +24,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
 
-from bench.peer_apps import read_catalog
+from bench.peer_apps import SearchRequest, SearchResponse, read_catalog
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=512)
-    k: int = Field(10, ge=1, le=1000)
-
-
-class SearchResponse(BaseModel):
-    ids: list[str]
-    scores: list[float]
 
 
 def load_model(model_dir: Path) -> Any:

@@ -22,23 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
 
-from bench.peer_apps import read_catalog
+from bench.peer_apps import SearchRequest, SearchResponse, read_catalog
 
 TOKENIZER = "en_stem"
 WRITER_HEAP_BYTES = 128 * 1024 * 1024
 NOT_A_WORD = re.compile(r"[\W_]+")
-
-
-class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=512)
-    k: int = Field(10, ge=1, le=1000)
-
-
-class SearchResponse(BaseModel):
-    ids: list[str]
-    scores: list[float]
 
 
 def build_index(titles: list[str]) -> Any:

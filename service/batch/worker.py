@@ -204,6 +204,5 @@ class BatchWorker:
         if not chunks.finish(self.store, held, len(records) - failed, failed):
             log.info("batch chunk lost to another worker", extra={"job": held.job_id})
             return False
-        chunks.settle(self.store)
         log.debug("batch chunk done", extra={"job": held.job_id, "chunk": held.index})
         return True

@@ -10,7 +10,7 @@ a lost connection included, leaves the transaction rolled back and is raised as
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -82,15 +82,3 @@ class Database(ABC):
 def rows_of(cursor: Any) -> list[Row]:
     """The rows a cursor holds ([] after a statement that returns none)."""
     return list(cursor.fetchall()) if cursor.description is not None else []
-
-
-def batched(rows: Iterable[Sequence[Any]], size: int = 1000) -> Iterator[list[Sequence[Any]]]:
-    """`rows` in lists of at most `size`."""
-    batch: list[Sequence[Any]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

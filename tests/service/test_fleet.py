@@ -13,8 +13,9 @@ import httpx
 import psycopg
 import pytest
 
-from bench.fleet import Replica, run, start_fleet
+from bench.fleet import run, start_fleet
 from bench.postgres import new_database
+from bench.server import RestartableServer
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +31,12 @@ def test_changes_reach_every_replica_and_killed_chunks_are_finished_once(
     assert tally.server_errors == 0
 
 
-def put(replica: Replica, product: str, title: str) -> httpx.Response:
+def put(replica: RestartableServer, product: str, title: str) -> httpx.Response:
     body = {"products": [{"id": product, "title": title}]}
     return httpx.put(f"{replica.base}/products", json=body, timeout=30)
 
 
-def search(replica: Replica, query: str) -> dict:
+def search(replica: RestartableServer, query: str) -> dict:
     response = httpx.post(f"{replica.base}/search", json={"query": query, "k": 10}, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()

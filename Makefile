@@ -154,6 +154,7 @@ bench-quality: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m bench.quality --dataset homedepot --dataset cooking --build-missing
 	$(PY) -m bench.parity --data $(HOMEDEPOT) --data $(COOKING)
 	$(PY) -m bench.int8 --bundle models/homedepot --data $(HOMEDEPOT)
+	$(PY) -m training distill --bundle models/homedepot --data $(HOMEDEPOT)
 
 bench-serving: $(STAMP)
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-fp32 \
@@ -162,6 +163,14 @@ bench-serving: $(STAMP)
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-int8 \
 	    --server-env XC_ENCODER_PRECISION=int8 --server-env XC_CACHE_ENTRIES=0 \
 	    --duration 15 --overload-duration 15 --requests 2000
+	$(PY) -m bench.hot_path --bundle models/homedepot --data $(HOMEDEPOT) --requests 3000 \
+	    --variant default=. --variant student=.,XC_ENCODER_SIZE=student \
+	    --variant full-fp32=.,XC_ENCODER_SIZE=full,XC_ENCODER_PRECISION=fp32 \
+	    --variant full-int8=.,XC_ENCODER_SIZE=full
+	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --split train \
+	    --name homedepot-distinct-full --server-env XC_CACHE_ENTRIES=0 \
+	    --server-env XC_ENCODER_SIZE=full --stream distinct \
+	    --phases sequential,sequential_lean,throughput,throughput_lean --duration 15 --requests 2000
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --split train \
 	    --name homedepot-distinct --server-env XC_CACHE_ENTRIES=0 --stream distinct \
 	    --phases sequential,sequential_lean,throughput,throughput_lean --duration 15 --requests 2000

@@ -1281,6 +1281,7 @@ def main(argv: list[str] | None = None) -> int:
         "client": {"httpx": httpx.__version__, "event_loop": loop_name},
         "served": {
             "encoder_precision": served.get("encoder", {}).get("precision"),
+            "encoder_size": served.get("encoder", {}).get("size"),
             "version": served.get("version"),
         },
         "settings": {

@@ -400,9 +400,12 @@ TARGET_CLIENTS = 32
 def _encoder_precision(record: Mapping[str, Any]) -> str:
     """The encoder a load run's server served: as it said (`/v1/models`), else as it was told
     (runs from before the default became auto were fp32 unless told)."""
-    served = (record.get("served") or {}).get("encoder_precision")
+    served = record.get("served") or {}
     told = record["server"]["env"].get("XC_ENCODER_PRECISION", "fp32")
-    return served or told
+    precision = served.get("encoder_precision") or told
+    # Runs from before the student encoder existed name no size (they served the full one).
+    size = served.get("encoder_size")
+    return f"{size} {precision}" if size else precision
 
 
 def _load_label(record: Mapping[str, Any]) -> str:
@@ -474,6 +477,33 @@ def render_load_stages(record: dict[str, Any]) -> str:
     headers = [f"phase ({_encoder_precision(record)})", *stages, "total p99"]
     source = _generated_from(f"load_{record['name']}.json")
     return f"{markdown_table(headers, rows)}\n\n{source}\n"
+
+
+def render_hot_path(record: dict[str, Any]) -> str:
+    """bench.hot_path's JSON: one search's round trip split by stage (p50 and mean ms), one
+    column per variant, the variants measured taking turns in one run."""
+    variants = record["variants"]
+    stages = list(variants[0]["summary"])
+    rows = [[stage, *(_stage_cell(v["summary"][stage]) for v in variants)] for stage in stages]
+    headers = ["stage (ms, p50 / mean)", *(_variant_label(v) for v in variants)]
+    load = ", ".join(f"{x:.2f}" for x in record["load_average_before"])
+    note = (
+        f"{record['requests']:,} requests per variant, one client, k = 10, cache off, "
+        f"{record['date']}, {record['machine']['cpu_count']} CPUs, load average before {load}. "
+        f"Command: `{record['command']}`."
+    )
+    return f"{markdown_table(headers, rows)}\n\n{note} {_generated_from('hot_path.json')}\n"
+
+
+def _stage_cell(stats: Mapping[str, float]) -> str:
+    return f"{stats['p50']:.3f} / {stats['mean']:.3f}"
+
+
+def _variant_label(variant: Mapping[str, Any]) -> str:
+    """`name: encoder served (settings)`."""
+    settings = ", ".join(f"`{k}={v}`" for k, v in variant["env"].items())
+    label = f"{variant['name']}: {variant['encoder']}" if "encoder" in variant else variant["name"]
+    return f"{label} ({settings})" if settings else label
 
 
 # The fast decoder's buckets per head in a trained bundle
@@ -1010,7 +1040,15 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "int8": ("int8_homedepot.json", render_int8),
     "load": (("load_homedepot-int8.json", "load_homedepot-fp32.json"), render_load),
     "load:stages": ("load_homedepot-int8.json", render_load_stages),
-    "load:streams": (("load_homedepot-distinct.json", "load_homedepot-zipf.json"), render_load),
+    "hot_path": ("hot_path.json", render_hot_path),
+    "load:streams": (
+        (
+            "load_homedepot-distinct-full.json",
+            "load_homedepot-distinct.json",
+            "load_homedepot-zipf.json",
+        ),
+        render_load,
+    ),
     "mach_decode": ("mach_decode.json", render_mach_decode),
     "mach_decode:memory": (("mach_decode.json", "scale.json"), render_mach_memory),
     "mach_heads": ("mach_heads.json", render_mach_heads),

@@ -6,7 +6,8 @@ Training writes it with `write_manifest`; the service (and evaluation) read it w
 `BundleError` naming the file and what is wrong. This module is the contract alone: it imports no
 model implementation (neither torch nor faiss nor the service's models); each model's loader
 (`service.astra`, `service.mach`, `service.search.encoder`) reads its own files and raises
-`BundleError` naming them.
+`BundleError` naming them. It is longer than 400 lines because the whole contract, every
+section of the manifest and the checks that load it, stays in the one module both sides read.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.precision import Int8Check
+from service.precision import Int8Check, StudentCheck
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -36,6 +37,7 @@ LABEL_IDS_FILE = "label_ids.txt"
 MACH_HEADS_FILE = "mach_heads.onnx"
 MACH_IDF_FILE = "mach_idf.npy"
 LEXICAL_FILE = "lexical.npz"
+STUDENT_ENCODER_FILE = "encoder.student.onnx"
 
 
 class BundleError(Exception):
@@ -48,6 +50,21 @@ class FileEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
+
+
+class StudentSpec(BaseModel):
+    """A smaller copy of the query encoder (fewer layers) distilled from it by `python -m
+    training distill`: the same tokenizer, inputs, output and vector space."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = STUDENT_ENCODER_FILE
+    layers: int = Field(ge=1, description="transformer layers (the full encoder's it kept)")
+    int8_file: str | None = None
+    int8_check: Int8Check | None = None
+    check: StudentCheck | None = Field(
+        None, description="what it cost on the dev split when it was made (None: not measured)"
+    )
+    training: dict[str, Any] = {}
 
 
 class EncoderSpec(BaseModel):
@@ -70,11 +87,43 @@ class EncoderSpec(BaseModel):
         None, description="what int8 cost on the dev split when it was made (None: not measured)"
     )
 
+    student: StudentSpec | None = Field(
+        None, description="optional smaller encoder distilled from this one (XC_ENCODER_SIZE)"
+    )
+
     @property
     def default_precision(self) -> str:
         """The precision `auto` serves: int8 when the bundle has it and its check passed."""
         passed = self.int8_file is not None and self.int8_check is not None
         return "int8" if passed and self.int8_check.passed else "fp32"  # type: ignore[union-attr]
+
+    @property
+    def default_size(self) -> str:
+        """The encoder `auto` serves: the student when the bundle has one and its check passed."""
+        check = self.student.check if self.student else None
+        return "student" if check is not None and check.passed else "full"
+
+    def sized(self, size: str) -> EncoderSpec:
+        """The encoder of `size`: this one (full), or the student described as an encoder of its
+        own (its files and int8 check; tokenizer and shape shared); BundleError when absent."""
+        if size not in ("full", "student"):
+            raise ValueError(f"size {size!r}: expected full or student (auto is resolved first)")
+        if size == "full":
+            return self
+        if self.student is None:
+            raise BundleError(
+                "encoder: this bundle has no student encoder (build one with `python -m training "
+                "distill --bundle DIR --data DATA`), or serve with XC_ENCODER_SIZE=full"
+            )
+        student = self.student
+        return self.model_copy(
+            update={
+                "file": student.file,
+                "int8_file": student.int8_file,
+                "int8_check": student.int8_check,
+                "student": None,
+            }
+        )
 
 
 class IndexSpec(BaseModel):
@@ -306,6 +355,9 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
     referenced = [manifest.encoder.file, manifest.encoder.tokenizer, manifest.labels.titles]
     if manifest.encoder.int8_file:
         referenced.append(manifest.encoder.int8_file)
+    if manifest.encoder.student:
+        student = manifest.encoder.student
+        referenced += [student.file, *([student.int8_file] if student.int8_file else [])]
     if manifest.labels.ids:
         referenced.append(manifest.labels.ids)
     if manifest.astra:

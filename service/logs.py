@@ -142,7 +142,12 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                # The app's own time up to its answer (`Server-Timing`, W3C), beside any stages
+                # the route reported: what the server added to the client's round trip.
+                app_ms = (time.perf_counter() - start) * 1000
+                headers.append("server-timing", f"app;dur={app_ms:.3f}")
             await send(message)
 
         try:

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         description="query encoder: auto (the bundle's int8 copy where its dev nDCG@10 was "
         "within 0.003 of fp32's when it was made, else fp32), fp32, or int8 (faster)",
     )
+    encoder_size: Literal["auto", "full", "student"] = Field(
+        "auto",
+        description="query encoder: auto (the bundle's student with fewer layers where its dev "
+        "nDCG@10 was within 0.005 of the full encoder's when it was made, else full), full, or "
+        "student (faster)",
+    )
     mach_precision: Literal["fp32", "int8"] = Field(
         "fp32", description="MACH heads: fp32, or the bundle's optional int8 copy (faster)"
     )
@@ -244,6 +250,7 @@ class Settings(BaseSettings):
             "device": self.device,
             "hybrid_weight": self.hybrid_weight,
             "precision": self.encoder_precision,
+            "encoder_size": self.encoder_size,
             "lexical_weight": self.lexical_weight,
             "mach_precision": self.mach_precision,
         }

@@ -1,4 +1,4 @@
-"""Command line: `python -m training {demo,train,merge,evaluate,quantize,lexical}`.
+"""Command line: `python -m training {demo,train,merge,evaluate,quantize,lexical,distill}`.
 
 This module only parses flags and hands them to the step that does the work
 (`training.pipeline` for train, merge and lexical; `training.demo`, `training.evaluate`,
@@ -13,6 +13,8 @@ rank 0 alone writes the bundle and prints the result.
 `evaluate` prints one JSON object on the last line of standard output. `quantize` adds int8
 copies of the encoder and of the MACH heads to a bundle (and with `--data`, reports their parity
 and dev metrics).
+`distill` adds a student encoder with fewer layers to a bundle, distilled from its encoder on
+the training split and checked on dev (`XC_ENCODER_SIZE`).
 `lexical` adds ASTRA's BM25 ranker to a bundle built without one (with `--data`, it tunes its
 weight and the hybrid's on the dev split, as `train` does).
 """
@@ -33,6 +35,7 @@ from training.demo import DEMO_SEED, generate_demo
 from training.device import DEVICES, PRECISIONS
 from training.distributed import Runtime, finish, start
 from training.mach.heads import MachConfig
+from training.student import StudentConfig
 
 CONFIGS = {"astra": AstraConfig, "mach": MachConfig}
 LOG = logging.getLogger("training")
@@ -80,6 +83,24 @@ def parse_reps(text: str | None, total: int) -> range:
     if not reps or reps.start < 0 or reps.stop > total:
         raise ValueError(f"reps: {text!r} is not inside 0-{total - 1}")
     return reps
+
+
+def _add_distill_parser(commands: argparse._SubParsersAction) -> None:
+    """The `distill` subcommand's flags."""
+    distill = commands.add_parser(
+        "distill",
+        help="add a student encoder with fewer layers to a bundle, distilled from its encoder "
+        "and checked on dev (XC_ENCODER_SIZE)",
+    )
+    distill.add_argument("--bundle", type=Path, required=True)
+    distill.add_argument("--data", type=Path, required=True, help="the bundle's dataset")
+    distill.add_argument(
+        "--layers",
+        default=",".join(map(str, StudentConfig().layers)),
+        help="the full encoder's layers the student keeps (default %(default)s)",
+    )
+    distill.add_argument("--epochs", type=int, default=StudentConfig.epochs)
+    distill.add_argument("--seed", type=int, default=StudentConfig.seed)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,7 +174,20 @@ def _parser() -> argparse.ArgumentParser:
     quantize.add_argument(
         "--data", type=Path, default=None, help="report fp32/int8 parity and dev metrics on it"
     )
+    _add_distill_parser(commands)
     return parser
+
+
+def _distill(args: argparse.Namespace) -> dict:
+    """`distill`: the student's config from the flags, then `distill_bundle`."""
+    from training.student_bundle import distill_bundle
+
+    try:
+        layers = [int(part) for part in args.layers.split(",")]
+    except ValueError:
+        raise ValueError(f"layers: expected integers like 0,2,4, got {args.layers!r}") from None
+    config = StudentConfig(layers=layers, epochs=args.epochs, seed=args.seed)
+    return distill_bundle(args.bundle, args.data, config)
 
 
 def _train(args: argparse.Namespace, runtime: Runtime) -> dict | None:
@@ -201,6 +235,8 @@ def _run(args: argparse.Namespace) -> dict | None:
         from training.quantize import quantize_and_report  # onnxruntime.quantization: slow
 
         return quantize_and_report(args.bundle, args.data)
+    if args.command == "distill":
+        return _distill(args)
     if args.command == "lexical":
         from training.pipeline import add_lexical_ranker
 

@@ -65,6 +65,7 @@ def evaluate_bundle(
     precision: str = "fp32",
     lexical_weight: float | None = None,
     mach_precision: str = "fp32",
+    encoder_size: str = "full",
 ) -> dict[str, float]:
     """Metrics of a bundle's model on one split; also reports points and per-query time.
 
@@ -75,6 +76,7 @@ def evaluate_bundle(
         precision=precision,
         lexical_weight=lexical_weight,
         mach_precision=mach_precision,
+        encoder_size=encoder_size,
     )
     engine.resolve_model(model)
     if engine.manifest.labels.count != dataset.num_labels:

@@ -82,6 +82,7 @@ def model_info(served: Served, registry: EngineRegistry) -> ModelInfo:
         dim=manifest.encoder.dim,
         max_length=manifest.encoder.max_length,
         precision=engine.encoder.precision,
+        size=engine.encoder.size,
         providers=list(engine.encoder.providers),
     )
     return ModelInfo(

@@ -191,6 +191,9 @@ class EncoderInfo(BaseModel):
     dim: int = Field(description="Embedding dimension.")
     max_length: int = Field(description="Tokens per query the encoder reads (longer: truncated).")
     precision: str = Field(description="Weights in use: fp32, or the bundle's int8 copy.")
+    size: str = Field(
+        "full", description="full, or the bundle's student encoder with fewer layers."
+    )
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
 
 

@@ -40,6 +40,7 @@ SEARCH_MAX_BODY_BYTES = 1024 * 1024
 # at a time.
 RENDER_ON_LOOP_RESULTS = 1000
 RENDER_PIECE = 16
+SERVER_TIMING_HEADER = "server-timing"
 # Status for a request whose client disconnected before the answer (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -230,8 +231,17 @@ async def answer_search(
         del answered_by["notice"]  # `notice` only when there is one
     queries = texts if batched else None
     if len(texts) * k < RENDER_ON_LOOP_RESULTS:
-        return render(queries, hits, answered_by)
-    return await asyncio.to_thread(render, queries, hits, answered_by)
+        response = render(queries, hits, answered_by)
+    else:
+        response = await asyncio.to_thread(render, queries, hits, answered_by)
+    response.headers[SERVER_TIMING_HEADER] = server_timing({**stages, "search": took})
+    return response
+
+
+def server_timing(stages: dict[str, float]) -> str:
+    """A `Server-Timing` header value (W3C): each stage's duration in milliseconds, so a
+    browser's developer tools, a proxy or a benchmark can see where a request's time went."""
+    return ", ".join(f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in stages.items())
 
 
 def render(

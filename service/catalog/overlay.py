@@ -14,7 +14,7 @@ import numpy as np
 
 from service.catalog.store import ProductState
 from service.catalog.view import CatalogView
-from service.search.encoder import QueryEncoder, encoder_file
+from service.search.encoder import QueryEncoder
 from service.search.engine import SearchEngine
 
 # Titles embedded per encoder call.
@@ -27,8 +27,7 @@ INITIAL_SLOTS = 64
 
 def encoder_key(engine: SearchEngine) -> str:
     """The sha256 of the encoder file the engine runs: vectors made by another one are stale."""
-    manifest = engine.manifest
-    return manifest.files[encoder_file(manifest.encoder, engine.encoder.precision)].sha256
+    return engine.manifest.files[engine.encoder.file].sha256
 
 
 class CatalogOverlay:

@@ -47,9 +47,11 @@ class QueryEncoder:
         threads: int = 0,
         providers: Sequence[str] = (CPU_PROVIDER,),
         precision: str = "fp32",
+        size: str = "full",
     ) -> None:
         self.spec = spec
         self.precision = precision
+        self.size = size  # full, or the bundle's student (then `spec` is `EncoderSpec.sized`'s)
         tokenizer_path = bundle_dir / spec.tokenizer
         try:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
@@ -60,7 +62,8 @@ class QueryEncoder:
         self.tokenizer = tokenizer
         self.special_tokens = len(tokenizer.encode("").ids)
         self._check_truncation(tokenizer_path)
-        model_path = bundle_dir / encoder_file(spec, precision)
+        self.file = encoder_file(spec, precision)  # the bundle file this encoder runs
+        model_path = bundle_dir / self.file
         self.session = open_session(model_path, threads, providers)
         self.providers = self.session.get_providers()
         self._input_names = [i.name for i in self.session.get_inputs()]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -103,27 +104,22 @@ class SearchEngine:
         precision: str = "fp32",
         lexical_weight: float | None = None,
         mach_precision: str = "fp32",
+        encoder_size: str = "full",
     ) -> SearchEngine:
         """Verify and load a bundle; raises `BundleError` naming the bad file.
 
-        `device` (auto | cpu | cuda) places each part (see `service.device`); `precision` picks
-        the query encoder: fp32, the bundle's optional int8 copy, or auto (int8 where the
+        `device` (auto | cpu | cuda) places each part (see `service.device`); `encoder_size`
+        picks the query encoder: full, the bundle's optional student with fewer layers, or auto
+        (the student where the bundle's check says it costs at most 0.005 nDCG@10);
+        `precision` picks fp32, the encoder's optional int8 copy, or auto (int8 where the
         bundle's check says it costs nothing; `mach_precision` picks fp32 or int8 heads). The
         weights default to the bundle's; `lexical_weight=0` serves ASTRA from its index alone.
         """
         bundle = load_bundle(bundle_dir)
         manifest = bundle.manifest
-        if precision == "auto":  # int8 where the bundle measured it costs nothing (`Int8Check`)
-            precision = manifest.encoder.default_precision
         plan = resolve_device(device)
         providers = plan.encoder_providers
-        encoder = QueryEncoder(
-            bundle_dir=bundle.path,
-            spec=manifest.encoder,
-            threads=threads,
-            providers=providers,
-            precision=precision,
-        )
+        encoder = _query_encoder(bundle, encoder_size, precision, threads, providers)
         index = lexical = mach = None
         if manifest.astra:
             spec = manifest.astra.index
@@ -155,7 +151,8 @@ class SearchEngine:
                 "kinds": manifest.kinds,
                 "labels": manifest.labels.count,
                 "encoder_providers": encoder.providers,
-                "encoder_precision": precision,
+                "encoder_precision": encoder.precision,
+                "encoder_size": encoder.size,
                 "mach_precision": mach_precision if mach else None,
                 "index": index.device_kind if index else None,
                 "mach_decode": plan.describe()["mach_decode"] if mach else None,
@@ -251,3 +248,24 @@ class SearchEngine:
             scores = (1.0 - self.hybrid_weight) * scores + self.hybrid_weight * mach
         # A candidate MACH rules out (score -inf) is dropped, not ranked last.
         return top_k(scores, np.where(np.isfinite(scores), labels, -1), k)
+
+
+def _query_encoder(
+    bundle: Bundle, size: str, precision: str, threads: int, providers: Sequence[str]
+) -> QueryEncoder:
+    """The bundle's query encoder of `size` at `precision`, `auto` resolved by the bundle's
+    checks: the student where it costs little (`StudentCheck`), int8 where it costs nothing
+    (`Int8Check`, of the encoder chosen)."""
+    if size == "auto":
+        size = bundle.manifest.encoder.default_size
+    spec = bundle.manifest.encoder.sized(size)
+    if precision == "auto":
+        precision = spec.default_precision
+    return QueryEncoder(
+        bundle_dir=bundle.path,
+        spec=spec,
+        threads=threads,
+        providers=providers,
+        precision=precision,
+        size=size,
+    )

@@ -135,8 +135,11 @@ def test_engine_options_name_every_load_keyword_but_threads() -> None:
     from service.search.engine import SearchEngine
 
     keywords = set(inspect.signature(SearchEngine.load).parameters) - {"bundle_dir", "threads"}
-    settings = Settings(encoder_precision="int8", mach_precision="int8", lexical_weight=0.5)
+    settings = Settings(
+        encoder_precision="int8", mach_precision="int8", lexical_weight=0.5, encoder_size="full"
+    )
     options = settings.engine_options()
     assert set(options) == keywords
     assert options["precision"] == "int8" and options["mach_precision"] == "int8"
+    assert options["encoder_size"] == "full" and Settings().encoder_size == "auto"
     assert options["lexical_weight"] == 0.5

@@ -12,6 +12,7 @@ from bench import int8 as bench_int8
 from bench.report import render_int8
 from service.bundle import BundleError, load_bundle
 from service.search.engine import SearchEngine
+from tests.support.damage import damaged_copy
 from training.data import load_dataset
 from training.quantize import INT8_ENCODER_FILE, int8_parity, quantize_encoder
 
@@ -32,11 +33,7 @@ def test_the_int8_encoder_is_listed_and_checksummed(int8_bundle: Path) -> None:
     assert INT8_ENCODER_FILE in manifest.files
     fp32_bytes = manifest.files[manifest.encoder.file].bytes
     assert manifest.files[INT8_ENCODER_FILE].bytes < fp32_bytes * 0.75
-    damaged = bytearray((int8_bundle / INT8_ENCODER_FILE).read_bytes())
-    damaged[len(damaged) // 2] ^= 0xFF
-    broken = int8_bundle.parent / "broken"
-    shutil.copytree(int8_bundle, broken)
-    (broken / INT8_ENCODER_FILE).write_bytes(bytes(damaged))
+    broken = damaged_copy(int8_bundle, INT8_ENCODER_FILE, int8_bundle.parent / "broken")
     with pytest.raises(BundleError, match=r"encoder\.int8\.onnx"):
         load_bundle(broken)
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.hot_path import parse_server_timing
 from service.api.search import SEARCH_MAX_BODY_BYTES
 from service.app import create_app
 from service.bundle import Bundle, load_bundle
@@ -109,6 +110,19 @@ def test_search_returns_k_results_best_first(client: TestClient, bundle: Bundle)
     assert scores == sorted(scores, reverse=True)
     assert body["model"] == bundle.manifest.default_model
     assert 0 <= body["took_ms"] <= elapsed_ms
+
+
+def test_server_timing_splits_the_request(client: TestClient) -> None:
+    """`Server-Timing` names the app's time, the search's and the model's stages; each part is
+    inside the one that holds it, and the search is the body's `took_ms`."""
+    response = search(client, {"query": "cordless drill"})
+    timing = parse_server_timing(response.headers["server-timing"])
+    assert {"app", "search", "tokenize", "queue", "encode", "retrieve"} <= set(timing)
+    stages = sum(timing[s] for s in ("tokenize", "queue", "encode", "retrieve"))
+    assert 0 < stages <= timing["search"] <= timing["app"]
+    assert timing["search"] == pytest.approx(response.json()["took_ms"], abs=0.002)
+    refused = search(client, {"query": ""})
+    assert set(parse_server_timing(refused.headers["server-timing"])) == {"app"}
 
 
 def test_default_k_is_10(client: TestClient) -> None:

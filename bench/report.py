@@ -952,8 +952,9 @@ def _peer_notes(system: Mapping[str, Any]) -> str:
     if system.get("env"):
         line += " with " + ", ".join(f"`{k}={v}`" for k, v in system["env"].items())
     line += f"; {found}" if found else ""
-    precision = ((system.get("served") or {}).get("encoder") or {}).get("precision")
-    line += f"; encoder served in {precision}" if precision else ""
+    encoder = (system.get("served") or {}).get("encoder") or {}
+    served = " ".join(encoder[key] for key in ("size", "precision") if encoder.get(key))
+    line += f"; encoder served: {served}" if served else ""
     parity = system.get("parity_with_sentence_transformers")
     if parity:
         line += (

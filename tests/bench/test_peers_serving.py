@@ -327,6 +327,6 @@ def test_peer_table_has_a_row_per_system_ratios_skip_reasons_and_provenance() ->
     assert "skipped: exited with 1: bad \\| thing second line" in rows[3]
     assert "`A=1`" in text and "lib 1.0" in text and "absent" not in text
     assert "cosine ≥ 0.999999" in text and "FAISS search took 1.23–1.23 ms" in text
-    assert "load average 0.5 before, 1.5 after" in text and "encoder served in int8" in text
+    assert "load average 0.5 before, 1.5 after" in text and "encoder served: int8" in text
     assert "`python -m bench.peers_serving --duration 15`" in text and "1,121" in text
     assert SECTIONS["peers_serving"] == ("peers_serving.json", render_peers_serving)

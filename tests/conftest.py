@@ -51,22 +51,11 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_bundle(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ASTRA bundle: one epoch on the demo catalog, exported to ONNX."""
+    from tests.support.configs import demo_train_args
     from training.__main__ import main
 
     out = tmp_path_factory.mktemp("models") / "demo"
-    status = main(
-        [
-            "train",
-            "--data",
-            str(demo_data),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-        ]
-    )
+    status = main(demo_train_args(demo_data, out, "--batch-size", "32"))
     assert status == 0
     return out
 

@@ -5,7 +5,10 @@ This module only parses flags and hands them to the step that does the work
 `training.quantize`); every flag of a model's config comes from its dataclass.
 
 `train` reads a dataset (XC text layout or fastText), trains ASTRA or MACH, writes a bundle,
-scores it on the dev split and records those metrics in the manifest. `train --model mach
+scores it on the dev split, tunes its weights there and records those metrics and where the
+weights came from in the manifest (`metrics.weights`): on `--train-split trn` dev is inside the
+training data, so the weights stay the defaults unless `--weights-from BUNDLE` takes them from a
+bundle fitted with dev held out. `train --model mach
 --reps 0-7` trains only those heads and writes a shard; `merge` joins shards into a bundle.
 `train` runs on CUDA when there is a GPU (`--device`), and under `torchrun --nproc_per_node=N`
 on N processes: ASTRA with DistributedDataParallel, MACH with the heads spread over the ranks;
@@ -128,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--default-model", choices=["astra", "mach", "hybrid"], default=None)
     train.add_argument(
+        "--weights-from",
+        type=Path,
+        default=None,
+        help="take the dev-tuned weights and default model from this bundle (one fitted on "
+        "'train', dev held out): for --train-split trn, whose dev split is inside its data",
+    )
+    train.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -226,6 +236,10 @@ def _run(args: argparse.Namespace) -> dict | None:
         runtime = start(args.device, args.precision)
         report = _train(args, runtime)
         finish(runtime)
+        if report is not None and args.weights_from is not None and "shard" not in report:
+            from training.pipeline import copy_tuned_weights
+
+            report.update(copy_tuned_weights(args.out, args.weights_from))
         return report
     if args.command == "merge":
         from training.pipeline import merge_shards

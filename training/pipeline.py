@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from service.bundle import read_manifest, save_manifest
+from service.bundle import Manifest, load_bundle, read_manifest, save_manifest
 from service.mach.features import NgramFeaturizer
 from service.search.encoder import QueryEncoder
 from training.astra import AstraConfig, train_astra
@@ -125,7 +125,7 @@ def tune_on_dev(
     """
     manifest = read_manifest(bundle)
     if split == "trn" or not len(dataset.split("dev")):
-        return {}
+        return _record_untuned(bundle, split)
     by_model: dict[str, dict[str, Any]] = {}
     lexical = manifest.astra.lexical if manifest.astra else None
     if manifest.astra is not None and lexical is not None:
@@ -156,10 +156,71 @@ def tune_on_dev(
             by_model[model] = evaluate_bundle(bundle, dataset, "dev", model)
     if default_model is None:
         default_model = max(by_model, key=lambda m: by_model[m]["nDCG@10"])
-    metrics = {"dev": by_model[default_model], "dev_by_model": by_model}
+    weights = {"source": "dev", **_weights_of(manifest), "default_model": default_model}
+    metrics = {"dev": by_model[default_model], "dev_by_model": by_model, "weights": weights}
     update = {"metrics": metrics, "default_model": default_model}
     save_manifest(bundle, manifest.model_copy(update=update))
     return metrics
+
+
+def _weights_of(manifest: Manifest) -> dict[str, float]:
+    """The weights a bundle serves with that are tuned on dev: ASTRA's lexical weight and the
+    hybrid weight, where it has them."""
+    weights = {}
+    if manifest.astra is not None and manifest.astra.lexical is not None:
+        weights["lexical_weight"] = manifest.astra.lexical.weight
+    if manifest.mach is not None and "hybrid" in manifest.models:
+        weights["hybrid_weight"] = manifest.mach.hybrid_weight
+    return weights
+
+
+def _record_untuned(bundle: Path, split: str) -> dict[str, Any]:
+    """Say in the manifest (`metrics.weights`) that the weights are the defaults, and why: a
+    bundle is never silently untuned."""
+    reason = (
+        f"no dev split to tune on (trained on {split!r}, which holds it): the weights are the "
+        "defaults; take them from a bundle fitted on 'train' with --weights-from BUNDLE"
+    )
+    LOG.warning("%s: %s", bundle, reason)
+    manifest = read_manifest(bundle)
+    weights = {"source": "defaults", "reason": reason, **_weights_of(manifest)}
+    metrics = {**manifest.metrics, "weights": weights}
+    save_manifest(bundle, manifest.model_copy(update={"metrics": metrics}))
+    return {"weights": weights}
+
+
+def copy_tuned_weights(bundle: Path, source: Path) -> dict[str, Any]:
+    """Serve `bundle` with the dev-tuned weights and default model of `source`, a bundle of the
+    same data fitted with dev held out, and record where they came from (`metrics.weights`).
+
+    For a bundle fitted on all the data (`--train-split trn`), whose dev split is inside its
+    training data. ValueError when `source` was itself fitted on 'trn' or lacks a weight
+    `bundle` needs."""
+    target, origin = load_bundle(bundle).manifest, load_bundle(source).manifest
+    if origin.training.get("split") == "trn":
+        raise ValueError(f"weights-from: {source} was fitted on 'trn': its weights are untuned")
+    wanted, given = _weights_of(target), _weights_of(origin)
+    missing = sorted(set(wanted) - set(given))
+    if missing:
+        raise ValueError(f"weights-from: {source} has no {', '.join(missing)} to take")
+    updates: dict[str, Any] = {}
+    if "lexical_weight" in wanted:
+        lexical = target.astra.lexical.model_copy(update={"weight": given["lexical_weight"]})
+        updates["astra"] = target.astra.model_copy(update={"lexical": lexical})
+    if "hybrid_weight" in wanted:
+        updates["mach"] = target.mach.model_copy(update={"hybrid_weight": given["hybrid_weight"]})
+    if origin.default_model in target.models:
+        updates["default_model"] = origin.default_model
+    weights = {
+        "source": "bundle",
+        "bundle": origin.name,
+        "version": origin.version,
+        **{name: given[name] for name in wanted},
+        "default_model": updates.get("default_model", target.default_model),
+    }
+    updates["metrics"] = {**target.metrics, "weights": weights}
+    save_manifest(bundle, target.model_copy(update=updates))
+    return {"weights": weights}
 
 
 def _write_mach(

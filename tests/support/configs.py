@@ -18,3 +18,8 @@ SMALL_MACH = [
     "--repetitions", "4", "--buckets", "32", "--hidden", "16", "--epochs", "30",
     "--ngram-dim", "4096", "--top-buckets", "4",
 ]  # fmt: skip
+
+
+def demo_train_args(data: object, out: object, *extra: str) -> list[str]:
+    """`python -m training train` arguments for one epoch of ASTRA on the demo catalog."""
+    return ["train", "--data", str(data), "--out", str(out), "--epochs", "1", *extra]

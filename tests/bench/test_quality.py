@@ -99,6 +99,8 @@ def test_missing_builds_adds_the_bundle_a_missing_one_is_built_on(tmp_path: Path
     (tmp_path / "models" / "a").mkdir(parents=True)
     (tmp_path / "models" / "a" / "manifest.json").write_text("{}")
     assert [b.bundle for b in missing_builds(bench, tmp_path)] == ["models/b"]
+    tuned = Build("models/c", ("--encoder-from", "models/a", "--weights-from", "models/d"))
+    assert tuned.depends_on == ["models/a", "models/d"]
     command = build_command(bench.builds[1], bench, Path("data/x"))
     assert command[1:] == [
         *("-m", "training", "train", "--data", "data/x", "--out", "models/b"),
@@ -110,4 +112,6 @@ def test_the_real_benchmarks_build_every_bundle_they_score() -> None:
     for bench in BENCHMARKS.values():
         built = {b.bundle for b in bench.builds}
         assert {m.bundle for m in bench.models} <= built
-        assert {b.encoder_from for b in bench.builds} - {None} <= built
+        for index, build in enumerate(bench.builds):  # built after what it is built from
+            earlier = {b.bundle for b in bench.builds[:index]}
+            assert set(build.depends_on) <= earlier, build.bundle

@@ -13,6 +13,8 @@ from service.bundle import STUDENT_ENCODER_FILE, BundleError, load_bundle, read_
 from service.catalog.overlay import encoder_key
 from service.precision import StudentCheck
 from service.search.engine import SearchEngine
+from service.settings import Settings
+from tests.support.client import serve
 from tests.support.damage import damaged_copy
 from training.data import load_dataset
 from training.encoder import SentenceEncoder
@@ -137,3 +139,25 @@ def test_auto_serves_the_student_only_where_its_check_passed(
     assert SearchEngine.load(demo_bundle, encoder_size="auto").encoder.size == "full"
     with pytest.raises(BundleError, match=r"no student encoder.*XC_ENCODER_SIZE=full"):
         SearchEngine.load(demo_bundle, encoder_size="student")
+
+
+def test_a_product_put_while_the_student_serves_is_found_by_either_encoder(
+    student_bundle: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """A PUT is embedded by the encoder served; a restart on the other encoder re-embeds it
+    (its stored vector is keyed by the student's file), so its own title still finds it with a
+    cosine of 1 under both."""
+    title = "Zephyrine Quartz 18-Volt Brushless Hedge Trimmer Kit in Teal"
+    data_dir = tmp_path / "data"
+    for size in ("student", "full"):
+        settings = Settings(bundle=student_bundle[0], data_dir=data_dir, encoder_size=size)
+        with serve(settings) as client:
+            if size == "student":
+                body = {"products": [{"id": "NEW-1", "title": title}]}
+                assert client.put("/products", json=body).status_code == 200
+            info = client.get("/v1/models").json()["data"][0]
+            assert info["encoder"]["size"] == size
+            search = {"query": title, "k": 1, "model": "astra"}
+            [hit] = client.post("/search", json=search).json()["results"]
+            assert hit["id"] == "NEW-1"
+            assert hit["score"] == pytest.approx(1.0 + info["lexical"]["weight"], abs=1e-4)

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.load import encode_bodies, machine_info
+from bench.load import encode_bodies, machine_info, parse_env_pair
 from bench.server import free_port, stop_process, wait_until_ready
 from training.data import load_dataset
 
@@ -59,7 +59,7 @@ class Variant:
         directory, *pairs = rest.split(",")
         if not name or not directory:
             raise argparse.ArgumentTypeError(f"variant: expected name=DIR[,KEY=VALUE], got {text}")
-        env = dict(pair.split("=", 1) for pair in pairs)
+        env = dict(parse_env_pair(pair) for pair in pairs)
         return cls(name=name, directory=Path(directory).resolve(), env=env)
 
 

@@ -125,7 +125,7 @@ def tune_on_dev(
     """
     manifest = read_manifest(bundle)
     if split == "trn" or not len(dataset.split("dev")):
-        return _record_untuned(bundle, split)
+        return _record_untuned(bundle, manifest, split)
     by_model: dict[str, dict[str, Any]] = {}
     lexical = manifest.astra.lexical if manifest.astra else None
     if manifest.astra is not None and lexical is not None:
@@ -174,7 +174,7 @@ def _weights_of(manifest: Manifest) -> dict[str, float]:
     return weights
 
 
-def _record_untuned(bundle: Path, split: str) -> dict[str, Any]:
+def _record_untuned(bundle: Path, manifest: Manifest, split: str) -> dict[str, Any]:
     """Say in the manifest (`metrics.weights`) that the weights are the defaults, and why: a
     bundle is never silently untuned."""
     reason = (
@@ -182,7 +182,6 @@ def _record_untuned(bundle: Path, split: str) -> dict[str, Any]:
         "defaults; take them from a bundle fitted on 'train' with --weights-from BUNDLE"
     )
     LOG.warning("%s: %s", bundle, reason)
-    manifest = read_manifest(bundle)
     weights = {"source": "defaults", "reason": reason, **_weights_of(manifest)}
     metrics = {**manifest.metrics, "weights": weights}
     save_manifest(bundle, manifest.model_copy(update={"metrics": metrics}))

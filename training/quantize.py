@@ -38,7 +38,7 @@ INT8_HEADS_FILE = "mach_heads.int8.onnx"
 log = logging.getLogger(__name__)
 
 
-def _quantize_matmuls(source: Path, target: Path) -> None:
+def quantize_matmuls(source: Path, target: Path) -> None:
     """Write an int8 copy of the ONNX model `source` to `target`: every MatMul's weights int8
     with a scale per output channel, activations quantised on the fly."""
     quantize_dynamic(
@@ -50,7 +50,7 @@ def _quantize_matmuls(source: Path, target: Path) -> None:
     )
 
 
-def _list_in_manifest(
+def list_in_manifest(
     bundle_dir: Path, manifest: Manifest, section: str, field: str, value: object
 ) -> None:
     """Rewrite the bundle's manifest with `section.field = value` (checksums included)."""
@@ -64,19 +64,19 @@ def quantize_encoder(bundle_dir: Path) -> Path:
     manifest = load_bundle(bundle_dir).manifest  # verifies the bundle before touching it
     target = bundle_dir / INT8_ENCODER_FILE
     staged = bundle_dir / f".{INT8_ENCODER_FILE}.tmp"
-    _quantize_matmuls(bundle_dir / manifest.encoder.file, staged)
+    quantize_matmuls(bundle_dir / manifest.encoder.file, staged)
     staged.replace(target)
-    _list_in_manifest(bundle_dir, manifest, "encoder", "int8_file", INT8_ENCODER_FILE)
+    list_in_manifest(bundle_dir, manifest, "encoder", "int8_file", INT8_ENCODER_FILE)
     # A new copy has not been measured: served only when asked for, until `--data` checks it.
-    _list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "int8_check", None)
+    list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "int8_check", None)
     return target
 
 
 def quantize_heads(source: Path, target: Path, reps: int) -> None:
-    """Write the int8 copy of the MACH heads `source` to `target` (`_quantize_matmuls`).
+    """Write the int8 copy of the MACH heads `source` to `target` (`quantize_matmuls`).
     ValueError (nothing written) when fewer than `reps` MatMuls were quantised: heads exported
     before session 9, whose output layer is one Einsum."""
-    _quantize_matmuls(source, target)
+    quantize_matmuls(source, target)
     quantised = sum(node.op_type == "MatMulInteger" for node in onnx.load(target).graph.node)
     if quantised < reps:
         target.unlink()
@@ -96,7 +96,7 @@ def quantize_mach_heads(bundle_dir: Path) -> Path:
     staged = bundle_dir / f".{INT8_HEADS_FILE}.tmp"
     quantize_heads(bundle_dir / manifest.mach.heads, staged, manifest.mach.reps)
     staged.replace(target)
-    _list_in_manifest(bundle_dir, manifest, "mach", "int8_heads", INT8_HEADS_FILE)
+    list_in_manifest(bundle_dir, manifest, "mach", "int8_heads", INT8_HEADS_FILE)
     return target
 
 
@@ -139,11 +139,11 @@ def record_int8_check(bundle_dir: Path, fp32_ndcg: float, int8_ndcg: float) -> d
     `INT8_TOLERANCE` nDCG@10 of fp32, `XC_ENCODER_PRECISION=auto` (the default) serves int8."""
     manifest = load_bundle(bundle_dir).manifest
     check = Int8Check(
-        model=SearchEngine.load(bundle_dir).default_model,
+        model=manifest.default_model,
         ndcg_at_10_fp32=round(fp32_ndcg, 6),
         ndcg_at_10_int8=round(int8_ndcg, 6),
     )
-    _list_in_manifest(bundle_dir, manifest, "encoder", "int8_check", check)
+    list_in_manifest(bundle_dir, manifest, "encoder", "int8_check", check)
     return {**check.model_dump(), "passed": check.passed}
 
 

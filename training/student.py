@@ -205,8 +205,9 @@ def step_loss(
     config: StudentConfig,
 ) -> dict[str, torch.Tensor]:
     """One step's losses. `batch` holds the tokenised queries (`q_*`) and titles (`t_*`);
-    `targets` the full encoder's embeddings of both, the step's label set's classifier rows
-    (`labels`) and the queries' multi-hot positives over it (`positives`)."""
+    `targets` the full encoder's embeddings of both (`queries`, `titles`) and the queries'
+    multi-hot positives over the step's label set (`positives`), whose classifier rows are
+    `classifiers`."""
     queries = student(**{k[2:]: v for k, v in batch.items() if k.startswith("q_")})
     titles = student(**{k[2:]: v for k, v in batch.items() if k.startswith("t_")})
     scale = config.logit_scale

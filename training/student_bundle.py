@@ -16,11 +16,10 @@ import numpy as np
 
 from service.bundle import STUDENT_ENCODER_FILE, StudentSpec, load_bundle, read_manifest
 from service.precision import Int8Check, StudentCheck
-from service.search.engine import SearchEngine
 from training.data import load_dataset
 from training.evaluate import evaluate_bundle
 from training.export import export_encoder
-from training.quantize import _list_in_manifest, _quantize_matmuls
+from training.quantize import list_in_manifest, quantize_matmuls
 from training.student import StudentConfig, distill_data, train_student, trained_encoder
 
 STUDENT_INT8_FILE = "encoder.student.int8.onnx"
@@ -31,11 +30,11 @@ def _write_student(bundle_dir: Path, student, layers: int, training: dict) -> St
     staged = bundle_dir / f".{STUDENT_ENCODER_FILE}.tmp"
     export_encoder(student, staged)
     staged_int8 = bundle_dir / f".{STUDENT_INT8_FILE}.tmp"
-    _quantize_matmuls(staged, staged_int8)
+    quantize_matmuls(staged, staged_int8)
     staged.replace(bundle_dir / STUDENT_ENCODER_FILE)
     staged_int8.replace(bundle_dir / STUDENT_INT8_FILE)
     spec = StudentSpec(layers=layers, int8_file=STUDENT_INT8_FILE, training=training)
-    _list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "student", spec)
+    list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "student", spec)
     return spec
 
 
@@ -66,13 +65,16 @@ def distill_bundle(bundle_dir: Path, data: Path, config: StudentConfig) -> dict:
     full_precision = manifest.encoder.default_precision
     full = _dev_ndcg(bundle_dir, dataset, "full", full_precision)
     by_precision = {p: _dev_ndcg(bundle_dir, dataset, "student", p) for p in ("fp32", "int8")}
-    model = SearchEngine.load(bundle_dir).default_model
+    model = manifest.default_model
     int8_check = Int8Check(
         model=model,
         ndcg_at_10_fp32=round(by_precision["fp32"], 6),
         ndcg_at_10_int8=round(by_precision["int8"], 6),
     )
-    student_precision = "int8" if int8_check.passed else "fp32"
+    spec = spec.model_copy(update={"int8_check": int8_check})
+    # The precision `auto` will serve the student at, by the one rule (`default_precision`).
+    encoder = manifest.encoder.model_copy(update={"student": spec})
+    student_precision = encoder.sized("student").default_precision
     check = StudentCheck(
         model=model,
         ndcg_at_10_full=round(full, 6),
@@ -80,8 +82,8 @@ def distill_bundle(bundle_dir: Path, data: Path, config: StudentConfig) -> dict:
         precision_full=full_precision,
         precision_student=student_precision,
     )
-    spec = spec.model_copy(update={"int8_check": int8_check, "check": check})
-    _list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "student", spec)
+    spec = spec.model_copy(update={"check": check})
+    list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "student", spec)
     return {
         "bundle": str(bundle_dir),
         "layers": config.layers,

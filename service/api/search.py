@@ -26,6 +26,7 @@ from service.api.errors import ERROR_BODY, api_error
 from service.api.routing import api_router
 from service.api.schemas import BatchSearchResponse, SearchResponse, search_request_model
 from service.api.state import RETRY_AFTER_S, EngineDep, state_of
+from service.logs import SERVER_TIMING_HEADER
 from service.metrics import ServiceMetrics
 from service.ranking import Hit, result_records
 from service.search.batcher import Answer, Dropped, Overloaded, SearchJob
@@ -40,7 +41,6 @@ SEARCH_MAX_BODY_BYTES = 1024 * 1024
 # at a time.
 RENDER_ON_LOOP_RESULTS = 1000
 RENDER_PIECE = 16
-SERVER_TIMING_HEADER = "server-timing"
 # Status for a request whose client disconnected before the answer (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
 

@@ -18,7 +18,7 @@ from tests.support.client import serve
 from tests.support.damage import damaged_copy
 from training.data import load_dataset
 from training.encoder import SentenceEncoder
-from training.quantize import _list_in_manifest
+from training.quantize import list_in_manifest
 from training.student import StudentConfig, student_of, trained_encoder
 from training.student_bundle import STUDENT_INT8_FILE, distill_bundle
 
@@ -114,7 +114,7 @@ def _record(bundle: Path, full: float, student: float) -> None:
         precision_full="fp32",
         precision_student="int8",
     )
-    _list_in_manifest(
+    list_in_manifest(
         bundle,
         read_manifest(bundle),
         "encoder",

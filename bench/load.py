@@ -1081,13 +1081,19 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+def parse_names(text: str, known: Sequence[str], what: str) -> list[str]:
+    """`a, b` -> the names given, in order; each must be one of `known` (`what` names them in
+    the message)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{what} are {', '.join(known)}; got {text!r}")
+    return names
+
+
 def parse_phases(text: str) -> list[str]:
     """`sequential,overload` -> the named phases (of `PHASES`)."""
-    phases = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(phases) - set(PHASES))
-    if unknown or not phases:
-        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}; got {text!r}")
-    return phases
+    return parse_names(text, PHASES, "phases")
 
 
 def parse_env_pair(text: str) -> tuple[str, str]:

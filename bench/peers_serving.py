@@ -82,6 +82,7 @@ from bench.load import (
     latency_summary,
     parse_env_pair,
     parse_levels,
+    parse_names,
     process_cpu_s,
     run_loop,
     summarize_window,
@@ -893,11 +894,7 @@ def plot_peers(result: dict[str, Any], path: Path) -> Path:
 
 def parse_systems(text: str) -> list[str]:
     """`ours,tantivy` -> the named systems (of SYSTEMS), in the order given."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(names) - set(SYSTEMS))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"systems are {', '.join(SYSTEMS)}; got {text!r}")
-    return names
+    return parse_names(text, list(SYSTEMS), "systems")
 
 
 def default_model_dir() -> Path:

@@ -1,4 +1,4 @@
-"""MACH's output layer in fp32 against int8: bytes read per query, time, and what the top-10 keeps.
+"""MACH's output layer in fp32, int8, and int8 rescored by the fp32 rows: bytes, time, top-10.
 
     python -m bench.mach_heads                    # K = 1M and 10M shapes, R = 16, hidden 128
 
@@ -6,13 +6,15 @@ At K labels MACH's heads end in an output layer of R·hidden·B weights (B the p
 nearest K/256, as in `bench.mach_decode`), all of which are read for every query: at 10M that is
 268 MB in fp32, and the layer is bound by memory bandwidth. For each K this builds heads of that
 shape with random weights (embedding input only), exports them as training does
-(`training.mach.bundle.export_heads`), quantises them as `python -m training quantize` does
-(`training.quantize.quantize_heads`), and times one query at a time on one thread through ONNX
-Runtime at each precision. Recall@10 is the overlap of the labels decoded (computed membership,
-top 10 buckets per head) from the int8 layer's scores with those decoded from the fp32 layer's,
-over random query embeddings: with random weights the top-10 is flatter than a trained model's,
-so this is a harsh test. K = 50M (B = 262,144, 2 GiB of fp32 weights) does not fit ONNX's 2 GB
-single-file limit that the export uses, and is left out.
+(`training.mach.bundle.export_heads`), quantises them and writes the fp32 rows as
+`python -m training quantize` does (`training.quantize`), and times one query at a time on one
+thread: the output layer (ONNX Runtime) and the decoding after it, for three variants: fp32
+heads decoded by `MachDecoder.fast`; int8 heads decoded the same way; int8 heads whose
+candidates are rescored with the fp32 rows (`service.mach.exact`, what the service serves for
+int8). Recall@10 is the overlap of each variant's decoded top 10 (computed membership, top 10
+buckets per head) with fp32's, over random query embeddings: with random weights the top-10 is
+flatter than a trained model's, so this is a harsh test. K = 50M (B = 262,144, 2 GiB of fp32
+weights) does not fit ONNX's 2 GB single-file limit that the export uses, and is left out.
 Results go to `bench/results/mach_heads.json` (BENCHMARKS.md, "MACH decoding").
 """
 
@@ -22,7 +24,7 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,26 +36,54 @@ from bench.mach_decode import default_buckets, recall_at_k
 from bench.provenance import command_line, machine
 from service.device import open_session
 from service.mach.decode import MachDecoder
+from service.mach.exact import OPEN_MARGIN, SHORTLIST, ExactLayer, MachScores, refined_top
 from service.mach.hash import HashFamily
+from service.mach.model import HEADS_OUTPUT, HIDDEN_OUTPUT
 from training.mach.bundle import export_heads
 from training.mach.heads import MachConfig, MachHead, MachHeads
-from training.quantize import quantize_heads
+from training.quantize import quantize_heads, write_exact_layer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM = 384
 TOP_BUCKETS = 10
 
 
-def _scores(session: ort.InferenceSession, embeddings: np.ndarray) -> np.ndarray:
+def _run(session: ort.InferenceSession, embeddings: np.ndarray, outputs: list[str]) -> list:
     feeds = {"embedding": embeddings, "ngram_ids": np.zeros((len(embeddings), 1), np.int64)}
     feeds["ngram_weights"] = np.zeros((len(embeddings), 1), np.float32)
     names = {node.name for node in session.get_inputs()}
-    (scores,) = session.run(None, {name: feeds[name] for name in names})
-    return scores
+    return session.run(outputs, {name: feeds[name] for name in names})
+
+
+def _variant(
+    session: ort.InferenceSession,
+    queries: np.ndarray,
+    decode: Callable[[list], np.ndarray],
+    outputs: list[str],
+) -> tuple[dict, np.ndarray]:
+    """Time one query at a time: the output layer, then `decode` (→ top-10 ids)."""
+    for i in range(5):
+        decode(_run(session, queries[i : i + 1], outputs))
+    layer, decoding, ids = [], [], []
+    for i in range(len(queries)):
+        start = time.perf_counter()
+        out = _run(session, queries[i : i + 1], outputs)
+        middle = time.perf_counter()
+        ids.append(decode(out))
+        layer.append(middle - start)
+        decoding.append(time.perf_counter() - middle)
+    total = np.add(layer, decoding)
+    timing = {
+        "p50_ms": round(float(np.median(layer)) * 1000, 3),
+        "p90_ms": round(float(np.percentile(layer, 90)) * 1000, 3),
+        "decode_p50_ms": round(float(np.median(decoding)) * 1000, 3),
+        "total_p50_ms": round(float(np.median(total)) * 1000, 3),
+    }
+    return timing, np.stack(ids)
 
 
 def bench_shape(num_labels: int, args: argparse.Namespace, work: Path) -> dict:
-    """fp32 against int8 heads of K = `num_labels`'s shape."""
+    """fp32 against int8 heads (plain and rescored) of K = `num_labels`'s shape."""
     buckets = default_buckets(num_labels)
     config = MachConfig(
         repetitions=args.reps, buckets=buckets, hidden=args.hidden, ngram_dim=0, seed=args.seed
@@ -61,40 +91,50 @@ def bench_shape(num_labels: int, args: argparse.Namespace, work: Path) -> dict:
     torch.manual_seed(args.seed)
     heads = MachHeads([MachHead(DIM, config) for _ in range(args.reps)], "bce").eval()
     fp32_path, int8_path = work / f"heads-{num_labels}.onnx", work / f"heads-{num_labels}.int8.onnx"
+    rows_path = work / f"rows-{num_labels}.npy"
     export_heads(heads, DIM, fp32_path)
     del heads
     quantize_heads(fp32_path, int8_path, args.reps)
+    write_exact_layer(fp32_path, rows_path, args.reps, buckets)
     rng = np.random.default_rng(args.seed)
     queries = rng.standard_normal((args.queries, DIM), dtype=np.float32)
     family = HashFamily.for_labels(
         seed=args.seed, reps=args.reps, buckets=buckets, num_labels=num_labels
     )
     decoder = MachDecoder.computed(family, num_labels)
+    layer = ExactLayer(rows_path, args.reps, buckets, args.hidden)
+
+    def fast(out: list) -> np.ndarray:
+        return decoder.fast(out[0], 10, TOP_BUCKETS)[1][0]
+
+    def refined(out: list) -> np.ndarray:
+        scores = MachScores(out[0], np.ascontiguousarray(out[1].transpose(1, 0, 2)))
+        return refined_top(decoder, layer, scores, 10, TOP_BUCKETS)[1][0]
+
     weights = args.reps * args.hidden * buckets
+    row_bytes = (args.hidden + 1) * 4
+    exact_rows = args.reps * (TOP_BUCKETS + OPEN_MARGIN + SHORTLIST)
+    variants = (
+        ("fp32", fp32_path, fast, [HEADS_OUTPUT], weights * 4),
+        ("int8", int8_path, fast, [HEADS_OUTPUT], weights),
+        ("int8_exact", int8_path, refined, [HEADS_OUTPUT, HIDDEN_OUTPUT], weights),
+    )
     result: dict = {"labels": num_labels, "buckets": buckets, "reps": args.reps}
     decoded = {}
-    for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
+    for name, path, decode, outputs, weight_bytes in variants:
         session = open_session(path, threads=1)  # as the service opens the heads
-        for i in range(5):
-            _scores(session, queries[i : i + 1])
-        seconds, ids = [], []
-        for i in range(args.queries):
-            start = time.perf_counter()
-            scores = _scores(session, queries[i : i + 1])
-            seconds.append(time.perf_counter() - start)
-            ids.append(decoder.fast(scores, 10, TOP_BUCKETS)[1][0])
-        decoded[precision] = np.stack(ids)
-        p50 = float(np.median(seconds))
-        weight_bytes = weights * (4 if precision == "fp32" else 1)
-        result[precision] = {
-            "p50_ms": round(p50 * 1000, 3),
-            "p90_ms": round(float(np.percentile(seconds, 90)) * 1000, 3),
-            "weight_bytes": weight_bytes,
-            "file_bytes": path.stat().st_size,
-            "gb_per_s": round(weight_bytes / p50 / 1e9, 1),
-        }
+        timing, decoded[name] = _variant(session, queries, decode, outputs)
         del session
+        extra = exact_rows * row_bytes if name == "int8_exact" else 0
+        result[name] = {
+            **timing,
+            "weight_bytes": weight_bytes,
+            "exact_row_bytes": extra,
+            "file_bytes": path.stat().st_size,
+            "gb_per_s": round(weight_bytes / (timing["p50_ms"] / 1000) / 1e9, 1),
+        }
     result["recall_at_10_int8_vs_fp32"] = recall_at_k(decoded["fp32"], decoded["int8"])
+    result["recall_at_10_int8_exact_vs_fp32"] = recall_at_k(decoded["fp32"], decoded["int8_exact"])
     print(json.dumps(result), flush=True)
     return result
 

@@ -771,21 +771,37 @@ def render_fleet(record: dict[str, Any]) -> str:
     )
 
 
+MACH_HEAD_VARIANTS = {
+    "fp32": ("fp32", None),
+    "int8": ("int8", "recall_at_10_int8_vs_fp32"),
+    "int8_exact": ("int8 + fp32 rows (served)", "recall_at_10_int8_exact_vs_fp32"),
+}
+
+
 def render_mach_heads(record: dict[str, Any]) -> str:
-    """bench.mach_heads's JSON: MACH's output layer in fp32 and int8, bytes against time."""
+    """bench.mach_heads's JSON: MACH's output layer in fp32, int8 and int8 rescored by the fp32
+    rows, bytes against time, and what each keeps of fp32's top 10."""
     rows = []
     for result in record["results"]:
-        for precision in ("fp32", "int8"):
-            run = result[precision]
-            recall = f"{result['recall_at_10_int8_vs_fp32']:.3f}" if precision == "int8" else "1"
+        for variant, (label, recall_key) in MACH_HEAD_VARIANTS.items():
+            if variant not in result:  # runs before the rescoring existed
+                continue
+            run = result[variant]
+            recall = f"{result[recall_key]:.3f}" if recall_key else "1"
+            read = f"{run['weight_bytes'] / MIB_BYTES:,.0f}"
+            if run.get("exact_row_bytes"):
+                read += f" + {run['exact_row_bytes'] / MIB_BYTES:.2f}"
+            decode = run.get("decode_p50_ms")
             rows.append(
                 [
                     f"{result['labels']:,}",
                     f"{result['buckets']:,}",
-                    precision,
-                    f"{run['weight_bytes'] / MIB_BYTES:,.0f}",
+                    label,
+                    read,
                     f"{run['p50_ms']:.2f} / {run['p90_ms']:.2f}",
                     f"{run['gb_per_s']:.1f}",
+                    "—" if decode is None else f"{decode:.2f}",
+                    "—" if decode is None else f"{run['total_p50_ms']:.2f}",
                     recall,
                 ]
             )
@@ -793,14 +809,17 @@ def render_mach_heads(record: dict[str, Any]) -> str:
         "K",
         "B",
         "output layer",
-        "weights read per query, MiB",
-        "p50 / p90 ms, one query, one thread",
+        "read per query, MiB (weights + fp32 rows)",
+        "layer p50 / p90 ms, one query, one thread",
         "GB/s",
+        "decode p50 ms",
+        "layer + decode p50 ms",
         "recall@10 vs fp32",
     ]
     return (
         f"{markdown_table(headers, rows)}\n\nR = 16, hidden {record['hidden']}, random weights, "
-        f"{record['queries']} queries. {_generated_from('mach_heads.json')} Command: "
+        f"{record['queries']} queries, top 10 buckets per head. "
+        f"{_generated_from('mach_heads.json')} Command: "
         f"`{record['command']}`, {record['date'][:10]}.\n"
     )
 

@@ -193,7 +193,14 @@ class MachSpec(BaseModel):
     ngrams: NgramSpec | None = None
     top_buckets: int = Field(ge=1, description="buckets per repetition the fast decoder opens")
     int8_heads: str | None = Field(
-        None, description="optional int8-quantised copy of the heads (same inputs/output)"
+        None,
+        description="optional int8-quantised copy of the heads (same inputs; bundles with "
+        "`exact_layer` also output the hidden activations)",
+    )
+    exact_layer: str | None = Field(
+        None,
+        description="the fp32 output layer as float32 rows [R, B, hidden + 1] (weights, bias) "
+        "that the int8 heads' candidates are rescored with (`service.mach.exact`); BCE only",
     )
     hybrid_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="MACH's share of the hybrid score"
@@ -368,6 +375,8 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
         referenced.append(manifest.mach.heads)
         if manifest.mach.int8_heads:
             referenced.append(manifest.mach.int8_heads)
+        if manifest.mach.exact_layer:
+            referenced.append(manifest.mach.exact_layer)
         if manifest.mach.ngrams:
             referenced.append(manifest.mach.ngrams.idf)
     for name in [*referenced, *manifest.files]:

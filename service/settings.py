@@ -57,8 +57,10 @@ class Settings(BaseSettings):
         "nDCG@10 was within 0.005 of the full encoder's when it was made, else full), full, or "
         "student (faster)",
     )
-    mach_precision: Literal["fp32", "int8"] = Field(
-        "fp32", description="MACH heads: fp32, or the bundle's optional int8 copy (faster)"
+    mach_precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="MACH heads: auto (the bundle's int8 copy where it has the fp32 rows that "
+        "rescore it and an output layer of at least 64 MiB, else fp32), fp32, or int8",
     )
     log_level: LogLevel = Field("info", description="minimum level of the JSON log lines")
     max_query_chars: int = Field(

@@ -11,9 +11,12 @@ is within 0.003 of fp32's, int8 is what the service serves by default (`auto`).
 
 MACH's heads are quantised the same way (`mach.int8_heads`, served with `XC_MACH_PRECISION`):
 their output layer, R·hidden·B weights read for every query, is what bounds a MACH query at
-10M labels, and int8 reads a quarter of the bytes. Heads exported before session 9 hold their
-output layer as one Einsum, which ONNX Runtime does not quantise: they are refused, with the
-advice to retrain them.
+10M labels, and int8 reads a quarter of the bytes. Int8 weights alone move a few labels of the
+top 10, so the int8 heads also output their hidden activations and BCE heads get the fp32
+output layer written beside them as rows (`mach.exact_layer`), with which the service rescores
+the int8 heads' candidates exactly (`service.mach.exact`). Heads exported before session 9 hold
+their output layer as one Einsum, which ONNX Runtime does not quantise: they are refused, with
+the advice to retrain them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from service.bundle import Manifest, load_bundle, read_manifest, write_manifest
+from service.mach.model import HIDDEN_OUTPUT
 from service.precision import Int8Check
 from service.search.encoder import QueryEncoder
 from service.search.engine import SearchEngine
@@ -34,6 +38,7 @@ from training.evaluate import evaluate_bundle
 
 INT8_ENCODER_FILE = "encoder.int8.onnx"
 INT8_HEADS_FILE = "mach_heads.int8.onnx"
+EXACT_LAYER_FILE = "mach_out.fp32.npy"
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +55,10 @@ def quantize_matmuls(source: Path, target: Path) -> None:
     )
 
 
-def list_in_manifest(
-    bundle_dir: Path, manifest: Manifest, section: str, field: str, value: object
-) -> None:
-    """Rewrite the bundle's manifest with `section.field = value` (checksums included)."""
-    spec = getattr(manifest, section).model_copy(update={field: value})
+def list_in_manifest(bundle_dir: Path, manifest: Manifest, section: str, **values: object) -> None:
+    """Rewrite the bundle's manifest with `section.field = value` for each of `values`
+    (checksums included)."""
+    spec = getattr(manifest, section).model_copy(update=values)
     fields = manifest.model_dump(exclude={"files", "format_version", section})
     write_manifest(bundle_dir, {**fields, section: spec.model_dump()})
 
@@ -66,17 +70,31 @@ def quantize_encoder(bundle_dir: Path) -> Path:
     staged = bundle_dir / f".{INT8_ENCODER_FILE}.tmp"
     quantize_matmuls(bundle_dir / manifest.encoder.file, staged)
     staged.replace(target)
-    list_in_manifest(bundle_dir, manifest, "encoder", "int8_file", INT8_ENCODER_FILE)
     # A new copy has not been measured: served only when asked for, until `--data` checks it.
-    list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "int8_check", None)
+    list_in_manifest(bundle_dir, manifest, "encoder", int8_file=INT8_ENCODER_FILE, int8_check=None)
     return target
 
 
 def quantize_heads(source: Path, target: Path, reps: int) -> None:
-    """Write the int8 copy of the MACH heads `source` to `target` (`quantize_matmuls`).
-    ValueError (nothing written) when fewer than `reps` MatMuls were quantised: heads exported
-    before session 9, whose output layer is one Einsum."""
-    quantize_matmuls(source, target)
+    """Write the int8 copy of the MACH heads `source` to `target` (`quantize_matmuls`), with the
+    heads' hidden activations [R, n, hidden] as a second output (`HIDDEN_OUTPUT`) for the exact
+    rescoring. ValueError (nothing written) when fewer than `reps` MatMuls were quantised: heads
+    exported before session 9, whose output layer is one Einsum."""
+    model = onnx.load(source)
+    relus = [node for node in model.graph.node if node.op_type == "Relu"]
+    if len(relus) != 1:
+        raise ValueError(f"{source}: expected one Relu (the heads' hidden layer), {len(relus)}")
+    hidden = onnx.helper.make_node("Identity", [relus[0].output[0]], [HIDDEN_OUTPUT])
+    model.graph.node.append(hidden)
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info(HIDDEN_OUTPUT, onnx.TensorProto.FLOAT, None)
+    )
+    staged = target.with_name(f".{target.name}.fp32")
+    onnx.save(model, staged)
+    try:
+        quantize_matmuls(staged, target)
+    finally:
+        staged.unlink()
     quantised = sum(node.op_type == "MatMulInteger" for node in onnx.load(target).graph.node)
     if quantised < reps:
         target.unlink()
@@ -86,17 +104,65 @@ def quantize_heads(source: Path, target: Path, reps: int) -> None:
         )
 
 
+def write_exact_layer(source: Path, target: Path, reps: int, buckets: int) -> None:
+    """Write the fp32 output layer of the MACH heads `source` as float32 rows [R, B, hidden + 1]
+    (each bucket's weights, then its bias) to `target`, for `service.mach.exact`."""
+    graph = onnx.load(source).graph
+    weights = {init.name: init for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def constant(name: str) -> np.ndarray:
+        """An initializer, through the Unsqueeze that large ones are exported behind."""
+        while name not in weights and name in producer and producer[name].op_type == "Unsqueeze":
+            name = producer[name].input[0]
+        if name not in weights:
+            raise ValueError(f"{source}: {name!r} is not a constant of the heads")
+        return onnx.numpy_helper.to_array(weights[name])
+
+    stacks = [node for node in graph.node if node.op_type == "Concat" and len(node.input) == reps]
+    if len(stacks) != 1:
+        raise ValueError(f"{source}: no output layer of {reps} stacked MatMuls found")
+    adds = [
+        node for node in graph.node if node.op_type == "Add" and stacks[0].output[0] in node.input
+    ]
+    if len(adds) != 1:
+        raise ValueError(f"{source}: no bias added to the output layer found")
+    bias_name = next(name for name in adds[0].input if name != stacks[0].output[0])
+    bias = constant(bias_name).reshape(reps, buckets)
+    layers = []
+    for name in stacks[0].input:  # repetition r's logits, r = 0..R-1
+        node = producer[name]
+        while node.op_type != "MatMul":
+            node = producer[node.input[0]]
+        layers.append(constant(node.input[1]))  # [hidden, B]
+    hidden = layers[0].shape[0]
+    rows = np.lib.format.open_memmap(target, "w+", np.float32, (reps, buckets, hidden + 1))
+    for r, layer in enumerate(layers):
+        rows[r, :, :hidden] = layer.T
+    rows[:, :, hidden] = bias
+    rows.flush()
+    del rows
+
+
 def quantize_mach_heads(bundle_dir: Path) -> Path:
-    """Write int8 MACH heads into the bundle and list them in the manifest; returns their path.
+    """Write int8 MACH heads into the bundle and list them in the manifest, with the fp32
+    output layer that rescores their candidates (BCE heads); returns the heads' path.
     Raises ValueError when the heads' output layer cannot be quantised (an old export)."""
     manifest = load_bundle(bundle_dir).manifest
     if manifest.mach is None:
         raise ValueError(f"{bundle_dir}: the bundle has no MACH heads")
+    spec = manifest.mach
     target = bundle_dir / INT8_HEADS_FILE
     staged = bundle_dir / f".{INT8_HEADS_FILE}.tmp"
-    quantize_heads(bundle_dir / manifest.mach.heads, staged, manifest.mach.reps)
+    quantize_heads(bundle_dir / spec.heads, staged, spec.reps)
+    exact = None
+    if spec.loss == "bce":  # a softmax's log-probabilities need all B logits
+        staged_layer = bundle_dir / f".{EXACT_LAYER_FILE}.tmp"
+        write_exact_layer(bundle_dir / spec.heads, staged_layer, spec.reps, spec.buckets)
+        staged_layer.replace(bundle_dir / EXACT_LAYER_FILE)
+        exact = EXACT_LAYER_FILE
     staged.replace(target)
-    list_in_manifest(bundle_dir, manifest, "mach", "int8_heads", INT8_HEADS_FILE)
+    list_in_manifest(bundle_dir, manifest, "mach", int8_heads=INT8_HEADS_FILE, exact_layer=exact)
     return target
 
 
@@ -143,7 +209,7 @@ def record_int8_check(bundle_dir: Path, fp32_ndcg: float, int8_ndcg: float) -> d
         ndcg_at_10_fp32=round(fp32_ndcg, 6),
         ndcg_at_10_int8=round(int8_ndcg, 6),
     )
-    list_in_manifest(bundle_dir, manifest, "encoder", "int8_check", check)
+    list_in_manifest(bundle_dir, manifest, "encoder", int8_check=check)
     return {**check.model_dump(), "passed": check.passed}
 
 

@@ -34,7 +34,7 @@ def _write_student(bundle_dir: Path, student, layers: int, training: dict) -> St
     staged.replace(bundle_dir / STUDENT_ENCODER_FILE)
     staged_int8.replace(bundle_dir / STUDENT_INT8_FILE)
     spec = StudentSpec(layers=layers, int8_file=STUDENT_INT8_FILE, training=training)
-    list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "student", spec)
+    list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", student=spec)
     return spec
 
 
@@ -83,7 +83,7 @@ def distill_bundle(bundle_dir: Path, data: Path, config: StudentConfig) -> dict:
         precision_student=student_precision,
     )
     spec = spec.model_copy(update={"check": check})
-    list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", "student", spec)
+    list_in_manifest(bundle_dir, read_manifest(bundle_dir), "encoder", student=spec)
     return {
         "bundle": str(bundle_dir),
         "layers": config.layers,

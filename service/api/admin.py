@@ -65,6 +65,8 @@ def model_info(served: Served, registry: EngineRegistry) -> ModelInfo:
             buckets=manifest.mach.buckets,
             top_buckets=manifest.mach.top_buckets,
             hybrid_weight=engine.hybrid_weight,
+            precision=engine.mach.precision,
+            exact=engine.mach.exact is not None,
         )
     if engine.lexical is not None:
         lexical = LexicalInfo(weight=engine.lexical_weight, terms=len(engine.lexical.terms))

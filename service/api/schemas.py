@@ -223,6 +223,12 @@ class MachInfo(BaseModel):
     buckets: int = Field(description="Buckets per classifier (B).")
     top_buckets: int = Field(description="Buckets per repetition the fast decoder opens.")
     hybrid_weight: float = Field(description="MACH's share of the hybrid score in use.")
+    precision: str = Field(
+        "fp32",
+        description="Heads in use: fp32, or the bundle's int8 copy (rescored by the fp32 rows "
+        "where `exact` is true).",
+    )
+    exact: bool = Field(False, description="Whether int8 heads' answers are rescored exactly.")
 
 
 class CatalogInfo(BaseModel):

@@ -27,6 +27,7 @@ import numpy as np
 
 from service.astra.index import AnnIndex
 from service.astra.lexical import LexicalIndex, Matches
+from service.mach.exact import MachScores
 from service.mach.model import MachModel
 from service.ranking import Hit, hits_of, inner_products, top_k
 
@@ -111,12 +112,10 @@ class CatalogView:
         return _merge(main, top_k(scores, labels, k), k)
 
     def mach_top(
-        self, mach: MachModel, bucket_scores: np.ndarray, k: int
+        self, mach: MachModel, scores: MachScores, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """MACH's top-k over its trained labels, less deleted products."""
-        return _without(
-            lambda depth: mach.decode(bucket_scores, depth), k, self.deleted, self.base_count
-        )
+        return _without(lambda depth: mach.decode(scores, depth), k, self.deleted, self.base_count)
 
     def _slots(self, labels: np.ndarray) -> np.ndarray:
         """The side-index slot that scores each label for ASTRA (-1: its classifier vector)."""

@@ -199,12 +199,18 @@ class MachDecoder:
             raise ValueError(f"top_buckets: expected an int, got {type(top_buckets).__name__}")
         if not 1 <= top_buckets <= self.buckets:
             raise ValueError(f"top_buckets: must be in 1..{self.buckets}, got {top_buckets}")
+        top = None if top_buckets == scores.shape[2] else top_buckets_of(scores, top_buckets)
+        return self.fast_from(scores, top, k, min_hits)
+
+    def fast_from(
+        self, scores: np.ndarray, top: np.ndarray | None, k: int, min_hits: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`fast` with each repetition's open buckets given: ids int [n, R, m] (None: all B).
+        `scores` must have passed `check_scores`; `service.mach.exact` chooses its own."""
         n, reps, num_buckets = scores.shape
-        m = int(top_buckets)
         flat_scores = scores.reshape(n, reps * num_buckets)
         out_vals = np.full((n, k), -np.inf, dtype=np.float32)
         out_ids = np.full((n, k), -1, dtype=np.int64)
-        top = None if m == num_buckets else _top_buckets(scores, m)
         for q in range(n):
             if top is None:
                 candidates = np.arange(self.num_labels, dtype=np.int32)
@@ -295,7 +301,7 @@ def check_k(k: int) -> int:
     return int(k)
 
 
-def _top_buckets(scores: np.ndarray, m: int) -> np.ndarray:
+def top_buckets_of(scores: np.ndarray, m: int) -> np.ndarray:
     """Ids int [n, R, m] of the m highest scores of each row of scores [n, R, B] (any order).
 
     With many buckets, split each row into B/w blocks of w = _TOP_BLOCK buckets (block i holds

@@ -103,7 +103,7 @@ class SearchEngine:
         hybrid_weight: float | None = None,
         precision: str = "fp32",
         lexical_weight: float | None = None,
-        mach_precision: str = "fp32",
+        mach_precision: str = "auto",
         encoder_size: str = "full",
     ) -> SearchEngine:
         """Verify and load a bundle; raises `BundleError` naming the bad file.
@@ -112,7 +112,8 @@ class SearchEngine:
         picks the query encoder: full, the bundle's optional student with fewer layers, or auto
         (the student where the bundle's check says it costs at most 0.005 nDCG@10);
         `precision` picks fp32, the encoder's optional int8 copy, or auto (int8 where the
-        bundle's check says it costs nothing; `mach_precision` picks fp32 or int8 heads). The
+        bundle's check says it costs nothing; `mach_precision` picks fp32 or int8 heads, or auto:
+        int8 where they are rescored exactly and large, see `service.mach.model`). The
         weights default to the bundle's; `lexical_weight=0` serves ASTRA from its index alone.
         """
         bundle = load_bundle(bundle_dir)
@@ -153,7 +154,7 @@ class SearchEngine:
                 "encoder_providers": encoder.providers,
                 "encoder_precision": encoder.precision,
                 "encoder_size": encoder.size,
-                "mach_precision": mach_precision if mach else None,
+                "mach_precision": mach.precision if mach else None,
                 "index": index.device_kind if index else None,
                 "mach_decode": plan.describe()["mach_decode"] if mach else None,
                 "lexical": lexical is not None,
@@ -201,7 +202,7 @@ class SearchEngine:
         chosen = self.resolve_model(model)
         if chosen == "mach":
             assert self.mach is not None
-            return self.catalog.mach_top(self.mach, self.mach.bucket_scores(vectors, queries), k)
+            return self.catalog.mach_top(self.mach, self.mach.scores(vectors, queries), k)
         lexical = self.lexical_weight > 0
         if chosen == "astra" and not lexical:
             assert self.index is not None
@@ -232,8 +233,8 @@ class SearchEngine:
             pools = [catalog.astra_top(self.index, vectors, depth)[1]]
         if hybrid:
             assert self.mach is not None
-            bucket_scores = self.mach.bucket_scores(vectors, queries)
-            pools.append(catalog.mach_top(self.mach, bucket_scores, depth)[1])
+            mach_scores = self.mach.scores(vectors, queries)
+            pools.append(catalog.mach_top(self.mach, mach_scores, depth)[1])
         labels = unique_per_row(np.concatenate(pools, axis=1))
         safe = np.maximum(labels, 0)
         scores = catalog.astra_scores(self.bundle.classifiers, vectors, safe)
@@ -243,8 +244,7 @@ class SearchEngine:
             best = bm25.max(axis=1, keepdims=True)
             scores = scores + self.lexical_weight * bm25 / np.where(best > 0, best, 1.0)
         if hybrid and self.hybrid_weight > 0:  # at w = 0, 0·(-inf) would be nan, not 0
-            mach_scores = self.mach.decoder.rescore(bucket_scores, catalog.mach_labels(safe))
-            mach = mach_scores / self.mach.spec.reps
+            mach = self.mach.rescore(mach_scores, catalog.mach_labels(safe)) / self.mach.spec.reps
             scores = (1.0 - self.hybrid_weight) * scores + self.hybrid_weight * mach
         # A candidate MACH rules out (score -inf) is dropped, not ranked last.
         return top_k(scores, np.where(np.isfinite(scores), labels, -1), k)

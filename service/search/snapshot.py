@@ -16,6 +16,7 @@ import numpy as np
 
 from service.astra.index import AnnIndex
 from service.astra.lexical import LexicalIndex, Matches
+from service.mach.exact import MachScores
 from service.mach.model import MachModel
 from service.ranking import Hit, hits_of, inner_products
 
@@ -31,7 +32,7 @@ class CatalogSnapshot(Protocol):
         self, index: AnnIndex, vectors: np.ndarray, k: int, effort: float = 1.0
     ) -> Ranked: ...
 
-    def mach_top(self, mach: MachModel, bucket_scores: np.ndarray, k: int) -> Ranked: ...
+    def mach_top(self, mach: MachModel, scores: MachScores, k: int) -> Ranked: ...
 
     def lexical_top(self, matches: list[Matches], k: int) -> Ranked: ...
 
@@ -65,9 +66,9 @@ class AsBuilt:
         """ASTRA's top-k from the index (`effort`: as `AnnIndex.search`)."""
         return index.search(vectors, k, effort)
 
-    def mach_top(self, mach: MachModel, bucket_scores: np.ndarray, k: int) -> Ranked:
-        """MACH's top-k, decoded from the bucket scores."""
-        return mach.decode(bucket_scores, k)
+    def mach_top(self, mach: MachModel, scores: MachScores, k: int) -> Ranked:
+        """MACH's top-k, decoded from the heads' scores."""
+        return mach.decode(scores, k)
 
     def lexical_top(self, matches: list[Matches], k: int) -> Ranked:
         """BM25's top-k over the titles."""

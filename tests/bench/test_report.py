@@ -333,17 +333,21 @@ def test_faults_table_shows_what_was_injected_and_that_nothing_was_lost() -> Non
     assert "`bench/results/faults.json`" in text and "--cycles 3" in text
 
 
-def test_mach_heads_table_shows_both_precisions_with_bytes_and_recall() -> None:
-    from bench.report import render_mach_heads
+def test_mach_heads_table_shows_each_variant_with_bytes_time_and_recall() -> None:
+    from bench.report import MACH_HEAD_VARIANTS, render_mach_heads
 
     record = json.loads((RESULTS / "mach_heads.json").read_text())
     table = render_mach_heads(record)
     for result in record["results"]:
-        for precision in ("fp32", "int8"):
-            run = result[precision]
-            assert f"| {result['labels']:,} | {result['buckets']:,} | {precision} |" in table
+        for variant, (label, recall_key) in MACH_HEAD_VARIANTS.items():
+            run = result[variant]
+            assert f"| {result['labels']:,} | {result['buckets']:,} | {label} |" in table
             assert f"{run['p50_ms']:.2f} / {run['p90_ms']:.2f}" in table
-        assert f"| {result['recall_at_10_int8_vs_fp32']:.3f} |" in table
+            assert f"| {run['decode_p50_ms']:.2f} | {run['total_p50_ms']:.2f} |" in table
+            if recall_key:
+                assert f"| {result[recall_key]:.3f} |" in table
+        rows = result["int8_exact"]["exact_row_bytes"] / (1 << 20)
+        assert f" + {rows:.2f} |" in table
 
 
 def test_astra_optimizer_table_has_a_row_per_run() -> None:

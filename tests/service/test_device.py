@@ -161,9 +161,9 @@ def test_mach_on_an_array_module_decodes_exactly(demo_bundle_both: Path) -> None
     )
     queries = ["cordless drill 20v", "white interior paint", "garden hose 50 ft"]
     embeddings = engine.encoder.encode(queries)
-    scores = dense.bucket_scores(embeddings, queries)
+    scores = dense.scores(embeddings, queries)
     vals, ids = dense.decode(scores, 10)
-    want_vals, want_ids = dense.decoder.exact(scores, 10)
+    want_vals, want_ids = dense.decoder.exact(scores.log_probs, 10)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(vals, want_vals)
     assert engine.mach is not None and engine.mach.dense is None  # the CPU path stays top-m

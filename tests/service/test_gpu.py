@@ -65,8 +65,8 @@ def test_gpu_mach_decoding_matches_the_exact_cpu_decoder(
     cpu, gpu = engines
     assert cpu.mach is not None and gpu.mach is not None
     vectors = cpu.encoder.encode(QUERIES)
-    scores = cpu.mach.bucket_scores(vectors, QUERIES)
-    want_vals, want_ids = cpu.mach.decoder.exact(scores, 10)
+    scores = cpu.mach.scores(vectors, QUERIES)
+    want_vals, want_ids = cpu.mach.decoder.exact(scores.log_probs, 10)
     vals, ids = gpu.mach.decode(scores, 10)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_allclose(vals, want_vals, rtol=1e-6)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.bundle import BundleError, load_bundle, read_manifest
+from service.bundle import BundleError, load_bundle, read_manifest, write_manifest
 from service.mach.features import NgramFeaturizer, fit_idf, term_ids
 from service.mach.hash import MERSENNE_61, HashFamily, smallest_prime_at_least
 from service.search.engine import SearchEngine
@@ -322,7 +322,12 @@ def test_int8_heads_are_added_listed_and_keep_the_top_10(
 ) -> None:
     import onnx
 
-    from training.quantize import INT8_HEADS_FILE, mach_int8_parity, quantize_mach_heads
+    from training.quantize import (
+        EXACT_LAYER_FILE,
+        INT8_HEADS_FILE,
+        mach_int8_parity,
+        quantize_mach_heads,
+    )
 
     copy = tmp_path / "copy"
     shutil.copytree(mach_bundle, copy)
@@ -341,14 +346,71 @@ def test_int8_heads_are_added_listed_and_keep_the_top_10(
     spec = manifest.mach
     assert int8_weights >= spec.reps * spec.hidden * spec.buckets  # the whole output layer
     int8 = SearchEngine.load(copy, mach_precision="int8")
-    assert int8.mach.precision == "int8"
+    assert int8.mach.precision == "int8" and int8.mach.exact is not None
+    assert manifest.mach.exact_layer == EXACT_LAYER_FILE and EXACT_LAYER_FILE in manifest.files
     texts = load_dataset(demo_data).split("dev").texts[:100]
     parity = mach_int8_parity(copy, texts)
-    assert parity["queries"] == len(texts) and parity["recall_at_10"] >= 0.9, parity
+    assert parity["queries"] == len(texts) and parity["recall_at_10"] >= 0.99, parity
+    fp32 = SearchEngine.load(copy)
+    _assert_same_answers(fp32, int8, texts, "mach")
+    with (copy / EXACT_LAYER_FILE).open("r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\0\0\0\0")
+    with pytest.raises(BundleError, match=r"mach_out\.fp32\.npy"):
+        load_bundle(copy)
     with (copy / INT8_HEADS_FILE).open("ab") as handle:
         handle.write(b"\0")
     with pytest.raises(BundleError, match=r"mach_heads\.int8\.onnx"):
         load_bundle(copy)
+
+
+def _assert_same_answers(
+    fp32: SearchEngine, int8: SearchEngine, texts: list[str], model: str
+) -> None:
+    """int8's top 10 is fp32's (one label may differ per query) with fp32's scores."""
+    pairs = zip(fp32.search(texts, 10, model), int8.search(texts, 10, model), strict=True)
+    for want, got in pairs:
+        scores = {hit.label: hit.score for hit in want}
+        same = [(scores[hit.label], hit.score) for hit in got if hit.label in scores]
+        assert len(same) >= min(9, len(want))
+        np.testing.assert_allclose(*np.array(same).T, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_hybrid_rescores_its_candidates_exactly(
+    both_bundle: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    from training.quantize import quantize_mach_heads
+
+    copy = tmp_path / "copy"
+    shutil.copytree(both_bundle, copy)
+    quantize_mach_heads(copy)
+    texts = load_dataset(demo_data).split("dev").texts[:60]
+    int8 = SearchEngine.load(copy, mach_precision="int8")
+    assert int8.mach.exact is not None
+    _assert_same_answers(SearchEngine.load(copy), int8, texts, "hybrid")
+
+
+def test_int8_heads_without_their_hidden_output_are_refused_or_served_as_before(
+    mach_bundle: Path, tmp_path: Path
+) -> None:
+    """Int8 heads quantised before the exact layer existed serve as they did (approximate);
+    a manifest that pairs such heads with an exact layer is refused, saying how to rebuild."""
+    from training.quantize import EXACT_LAYER_FILE, INT8_HEADS_FILE, quantize_matmuls
+
+    copy = tmp_path / "copy"
+    shutil.copytree(mach_bundle, copy)
+    quantize_matmuls(copy / "mach_heads.onnx", copy / INT8_HEADS_FILE)  # no hidden output
+    manifest = read_manifest(copy)
+    fields = manifest.model_dump(exclude={"files", "format_version", "mach"})
+    mach = manifest.mach.model_dump() | {"int8_heads": INT8_HEADS_FILE}
+    write_manifest(copy, {**fields, "mach": mach})
+    old = SearchEngine.load(copy, mach_precision="int8")
+    assert old.mach.exact is None and len(old.search(["drill"], 5, "mach")[0]) == 5
+    rows = np.zeros((manifest.mach.reps, manifest.mach.buckets, manifest.mach.hidden + 1))
+    np.save(copy / EXACT_LAYER_FILE, rows.astype(np.float32))
+    write_manifest(copy, {**fields, "mach": mach | {"exact_layer": EXACT_LAYER_FILE}})
+    with pytest.raises(BundleError, match="no 'hidden' output; rebuild it with"):
+        SearchEngine.load(copy, mach_precision="int8")
 
 
 def test_tampered_heads_are_refused(mach_bundle: Path, tmp_path: Path) -> None:

@@ -115,11 +115,7 @@ def _record(bundle: Path, full: float, student: float) -> None:
         precision_student="int8",
     )
     list_in_manifest(
-        bundle,
-        read_manifest(bundle),
-        "encoder",
-        "student",
-        spec.model_copy(update={"check": check}),
+        bundle, read_manifest(bundle), "encoder", student=spec.model_copy(update={"check": check})
     )
 
 

@@ -241,13 +241,13 @@ def test_top_buckets_through_block_maxima() -> None:
     for buckets in (4096, 1024, 96, 100):  # 100 is not a multiple of the block: argpartition
         scores = rng.standard_normal((3, 4, buckets)).astype(np.float32)
         for m in (1, 2, 5, 8, 40):
-            got = np.sort(mach_decode._top_buckets(scores, m), axis=2)
+            got = np.sort(mach_decode.top_buckets_of(scores, m), axis=2)
             want = np.sort(np.argpartition(-scores, m - 1, axis=2)[:, :, :m], axis=2)
             np.testing.assert_array_equal(got, want)
     # with ties at the m-th score the buckets may differ, but their scores are the m best
     scores = np.round(rng.standard_normal((2, 3, 4096)), 1).astype(np.float32)
     for m in (1, 7, 30):
-        top = mach_decode._top_buckets(scores, m)
+        top = mach_decode.top_buckets_of(scores, m)
         assert all(len(set(row)) == m for row in top.reshape(-1, m).tolist())
         got = np.sort(np.take_along_axis(scores, top, axis=2), axis=2)
         np.testing.assert_array_equal(got, np.sort(scores, axis=2)[:, :, -m:])
@@ -390,7 +390,7 @@ def test_a_computed_family_refuses_more_labels_than_its_prime() -> None:
 
 
 def test_min_hits_keeps_the_labels_two_heads_agree_on_or_falls_back_to_the_union() -> None:
-    from service.mach.decode import _top_buckets
+    from service.mach.decode import top_buckets_of
     from service.ranking import top_k
 
     labels, buckets, reps, m, k = 3000, 64, 4, 8, 5
@@ -398,7 +398,7 @@ def test_min_hits_keeps_the_labels_two_heads_agree_on_or_falls_back_to_the_union
     decoders = [MachDecoder.computed(family, labels), MachDecoder(family.bucket_table(labels), 64)]
     rng = np.random.default_rng(5)
     scores = np.log(rng.dirichlet(np.ones(buckets), size=(6, reps))).astype(np.float32)
-    top = _top_buckets(scores, m)
+    top = top_buckets_of(scores, m)
     every = decoders[0].label_buckets(np.arange(labels))  # [K, R]
     for q in range(len(scores)):
         hits = sum(np.isin(every[:, r], top[q, r]) for r in range(reps))

@@ -50,6 +50,7 @@ $(BUNDLE)/manifest.json: | $(STAMP) $(if $(DATA),,$(DEMO_DATA)/lbl_X.txt)
 	$(if $(filter none,$(MACH_ARGS)),,$(PY) -m training train --model mach \
 	    --data $(if $(DATA),$(DATA),$(DEMO_DATA)) --encoder-from $(BUNDLE) --out $(BUNDLE) $(MACH_ARGS))
 	$(PY) -m training quantize --bundle $(BUNDLE) --data $(if $(DATA),$(DATA),$(DEMO_DATA))
+	$(PY) -m training ranker --bundle $(BUNDLE) --data $(if $(DATA),$(DATA),$(DEMO_DATA))
 
 bundle: $(BUNDLE)/manifest.json
 
@@ -155,6 +156,7 @@ bench-quality: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m bench.parity --data $(HOMEDEPOT) --data $(COOKING)
 	$(PY) -m bench.int8 --bundle models/homedepot --data $(HOMEDEPOT)
 	$(PY) -m training distill --bundle models/homedepot --data $(HOMEDEPOT)
+	$(PY) -m bench.ranker --bundle models/homedepot --data $(HOMEDEPOT)
 
 bench-serving: $(STAMP)
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-fp32 \

@@ -10,11 +10,10 @@ writes the report with the machine, versions and command to `bench/results/int8_
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import date
 from pathlib import Path
 
-from bench.provenance import command_line, machine, versions
+from bench.provenance import command_line, machine, versions, write_report
 from training.quantize import quantize_and_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,10 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         "bundle": str(args.bundle),
         **quantize_and_report(args.bundle, args.data),
     }
-    out = args.out or RESULTS / f"int8_{report['dataset']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report))
+    write_report(report, args.out or RESULTS / f"int8_{report['dataset']}.json")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ own environment (`python -m bench.peers`) records its versions with it too.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 
@@ -43,3 +45,10 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """The `python -m module ...` command that was run (argv defaults to this process's)."""
     args = sys.argv[1:] if argv is None else list(argv)
     return shlex.join(["python", "-m", module, *args])
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Write a benchmark's JSON report to `out` (its folder made) and echo it on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))

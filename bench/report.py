@@ -393,6 +393,37 @@ def render_int8(record: dict[str, Any]) -> str:
     )
 
 
+RANKER_METRICS = ("nDCG@10", "P@1", "P@5")
+
+
+def render_ranker(record: dict[str, Any]) -> str:
+    """bench.ranker's JSON: the formula against the learned ranker with its feature groups
+    added in turn (cross-validated on dev), and what ranking costs a query."""
+    rows = [["the formula: cosine + λ·BM25 / max (served before)", *_cells(record["formula"])]]
+    for step in record["ablation"]:
+        rows.append([f"learned ranker: {step['features']}", *_cells(step["dev_cv"])])
+    table = markdown_table(["ranking", *(f"dev {name}" for name in RANKER_METRICS)], rows)
+    latency = record["latency"]
+    encoder = record["encoder"]
+    results_file = f"ranker_{record['dataset']}.json"
+    return (
+        f"{table}\n\nDev queries with a relevant product ({record['dataset']}); the ranker rows "
+        f"are {record['shuffles']} shuffles of {record['folds']}-fold cross-validation on dev "
+        "(each query scored by a ranker that never saw it), the formula scored on the same "
+        f"queries, all with the {encoder['size']} {encoder['precision']} encoder as served. "
+        f"Ranking one query in process ({latency['queries']:,} dev queries, taking turns): "
+        f"p50 {latency['formula']['p50_ms']:.2f} ms with the formula, "
+        f"{latency['ranker']['p50_ms']:.2f} ms with the ranker (+{latency['added_p50_ms']:.2f} "
+        f"ms: features {latency['features']['p50_ms']:.2f}, model "
+        f"{latency['model']['p50_ms']:.2f}). {_generated_from(results_file)}"
+        f" Written by `{record['command']}` on {record['date']}.\n"
+    )
+
+
+def _cells(metrics: Mapping[str, float]) -> list[str]:
+    return [f"{metrics[name]:.4f}" for name in RANKER_METRICS]
+
+
 # The issue's throughput target is set at 32 concurrent clients (the "p99 at" column).
 TARGET_CLIENTS = 32
 
@@ -1058,6 +1089,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "gpu:cuda": ("gpu_homedepot-hybrid_cuda.json", render_gpu),
     "parity": ("parity.json", render_parity),
     "int8": ("int8_homedepot.json", render_int8),
+    "ranker": ("ranker_homedepot.json", render_ranker),
     "load": (("load_homedepot-int8.json", "load_homedepot-fp32.json"), render_load),
     "load:stages": ("load_homedepot-int8.json", render_load_stages),
     "hot_path": ("hot_path.json", render_hot_path),

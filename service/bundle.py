@@ -149,6 +149,31 @@ class LexicalSpec(BaseModel):
     )
 
 
+class RankerSpec(BaseModel):
+    """A learned ranker over the lexical ranker's candidates (see `service.search.ranker`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(description="LightGBM model, text format")
+    popularity: str = Field(description="float32 [K]: log(1 + training queries per product)")
+    features: list[str] = Field(description="feature names, in the order the model reads them")
+    trained_on: str = Field(description="the split whose graded pairs trained it")
+    queries: int = Field(ge=1, description="queries it was trained on")
+    params: dict[str, float] = Field(description="LightGBM parameters and boosting rounds")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what it scored when it was made, cross-validated on the training split, "
+        "against the formula on the same queries",
+    )
+
+    @property
+    def beats_formula(self) -> bool:
+        """Whether its cross-validated nDCG@10 beat the formula's on the same queries: what
+        `XC_RANKER=auto` serves it on."""
+        learned = self.metrics.get("cross_validated", {}).get("nDCG@10")
+        formula = self.metrics.get("formula", {}).get("nDCG@10")
+        return learned is not None and formula is not None and learned > formula
+
+
 class AstraSpec(BaseModel):
     """ASTRA: one classifier vector per label, searched with the index (and, optionally,
     ranked together with BM25's candidates by the lexical ranker)."""
@@ -158,6 +183,9 @@ class AstraSpec(BaseModel):
     index: IndexSpec
     trained_labels: int = Field(ge=0, description="labels that had a training query")
     lexical: LexicalSpec | None = None
+    ranker: RankerSpec | None = Field(
+        None, description="learned ranker of the lexical ranker's candidates (needs `lexical`)"
+    )
 
 
 class NgramSpec(BaseModel):
@@ -371,6 +399,8 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
         referenced += [manifest.astra.classifiers, manifest.astra.index.file]
         if manifest.astra.lexical:
             referenced.append(manifest.astra.lexical.file)
+        if manifest.astra.ranker:
+            referenced += [manifest.astra.ranker.file, manifest.astra.ranker.popularity]
     if manifest.mach:
         referenced.append(manifest.mach.heads)
         if manifest.mach.int8_heads:

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="MACH heads: auto (the bundle's int8 copy where it has the fp32 rows that "
         "rescore it and an output layer of at least 64 MiB, else fp32), fp32, or int8",
     )
+    ranker: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="ASTRA's lexical ranker: auto (the bundle's learned ranker where its "
+        "cross-validated dev nDCG@10 beat the cosine + BM25 formula's, else the formula), on "
+        "(the learned ranker), or off (the formula)",
+    )
     log_level: LogLevel = Field("info", description="minimum level of the JSON log lines")
     max_query_chars: int = Field(
         512,
@@ -255,6 +261,7 @@ class Settings(BaseSettings):
             "encoder_size": self.encoder_size,
             "lexical_weight": self.lexical_weight,
             "mach_precision": self.mach_precision,
+            "ranker": self.ranker,
         }
 
     @field_validator("api_key", "search_key", "admin_key", mode="before")

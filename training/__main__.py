@@ -1,4 +1,4 @@
-"""Command line: `python -m training {demo,train,merge,evaluate,quantize,lexical,distill}`.
+"""Command line: `python -m training {demo,train,merge,evaluate,quantize,lexical,distill,ranker}`.
 
 This module only parses flags and hands them to the step that does the work
 (`training.pipeline` for train, merge and lexical; `training.demo`, `training.evaluate`,
@@ -20,6 +20,9 @@ and dev metrics).
 the training split and checked on dev (`XC_ENCODER_SIZE`).
 `lexical` adds ASTRA's BM25 ranker to a bundle built without one (with `--data`, it tunes its
 weight and the hybrid's on the dev split, as `train` does).
+`ranker` trains a learned ranker (LambdaMART) of ASTRA's lexical candidates on the dev split's
+graded pairs, cross-validates it against the formula and writes it into the bundle
+(`training.ranker`).
 """
 
 from __future__ import annotations
@@ -185,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
         "--data", type=Path, default=None, help="report fp32/int8 parity and dev metrics on it"
     )
     _add_distill_parser(commands)
+    ranker = commands.add_parser(
+        "ranker",
+        help="train a learned ranker of ASTRA's lexical candidates on dev, into the bundle",
+    )
+    ranker.add_argument("--bundle", type=Path, required=True)
+    ranker.add_argument("--data", type=Path, required=True, help="the bundle's dataset")
     return parser
 
 
@@ -251,6 +260,10 @@ def _run(args: argparse.Namespace) -> dict | None:
         return quantize_and_report(args.bundle, args.data)
     if args.command == "distill":
         return _distill(args)
+    if args.command == "ranker":
+        from training.ranker import train_ranker
+
+        return train_ranker(args.bundle, args.data)
     if args.command == "lexical":
         from training.pipeline import add_lexical_ranker
 

@@ -69,7 +69,11 @@ def model_info(served: Served, registry: EngineRegistry) -> ModelInfo:
             exact=engine.mach.exact is not None,
         )
     if engine.lexical is not None:
-        lexical = LexicalInfo(weight=engine.lexical_weight, terms=len(engine.lexical.terms))
+        lexical = LexicalInfo(
+            weight=engine.lexical_weight,
+            terms=len(engine.lexical.terms),
+            ranker=engine.ranker is not None,
+        )
     if isinstance(engine.catalog, CatalogView):
         view = engine.catalog
         catalog = CatalogInfo(

@@ -214,6 +214,11 @@ class LexicalInfo(BaseModel):
         description="BM25's weight in use (per-query normalised, beside the cosine); 0: off."
     )
     terms: int = Field(description="Distinct title terms indexed.")
+    ranker: bool = Field(
+        False,
+        description="Whether the bundle's learned ranker ranks the candidates in the formula's "
+        "place (XC_RANKER).",
+    )
 
 
 class MachInfo(BaseModel):

@@ -20,6 +20,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,36 @@ class LexicalIndex:
     def pair_scores(matches: list[Matches], labels: np.ndarray) -> np.ndarray:
         """BM25 scores [n, c] of each query with each of its row's labels (0 where unmatched)."""
         return np.stack([match.of(row) for match, row in zip(matches, labels, strict=True)])
+
+    @cached_property
+    def title_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The postings label-major: (indptr int64 [K + 1], rows int32), label j's distinct
+        title terms as postings rows `rows[indptr[j]:indptr[j + 1]]` (built on first use)."""
+        term_of = np.repeat(np.arange(len(self.terms), dtype=np.int32), np.diff(self.indptr))
+        order = np.argsort(self.labels, kind="stable")
+        counts = np.bincount(self.labels, minlength=self.num_labels)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return indptr, term_of[order]
+
+    @cached_property
+    def numeric(self) -> np.ndarray:
+        """Whether each term holds a digit (sizes, model numbers): bool [V]."""
+        return np.array([any(ch.isdigit() for ch in str(term)) for term in self.terms], bool)
+
+    def rows_of_titles(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indexed labels' title terms: (counts int64 [c], their rows concatenated)."""
+        indptr, rows = self.title_rows
+        starts = indptr[labels]
+        counts = indptr[labels + 1] - starts
+        offsets = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        return counts, rows[offsets + np.arange(int(counts.sum()))]
+
+    def text_rows(self, text: str) -> np.ndarray:
+        """A title that is not indexed as distinct known postings rows (`title_rows`' form)."""
+        known = self.rows
+        return np.unique(
+            np.array([known[t] for t in self.analyzer.terms(text) if t in known], np.int32)
+        )
 
     def title_scores(self, rows: np.ndarray, titles: Sequence[str]) -> np.ndarray:
         """BM25 scores of one query (its `query_rows`) with titles that are not indexed, under

@@ -159,6 +159,22 @@ class CatalogView:
             scores[i, cols] = lexical.title_scores(matches[i].rows, titles)
         return scores
 
+    def title_rows(
+        self, lexical: LexicalIndex, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels' (>= 0) current title terms as postings rows: (counts [c], rows)."""
+        slots = self._slots(labels[None, :])[0]
+        if not (slots >= 0).any():
+            return lexical.rows_of_titles(labels)
+        parts = [
+            lexical.text_rows(self.slot_titles[slot])
+            if slot >= 0
+            else lexical.rows_of_titles(np.array([label]))[1]
+            for label, slot in zip(labels.tolist(), slots.tolist(), strict=True)
+        ]
+        counts = np.array([len(part) for part in parts], np.int64)
+        return counts, np.concatenate(parts).astype(np.int32)
+
     def mach_labels(self, labels: np.ndarray) -> np.ndarray:
         """The labels (>= 0) MACH scores in their place: a new product's anchor, else itself."""
         new = labels >= self.base_count

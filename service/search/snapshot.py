@@ -46,6 +46,10 @@ class CatalogSnapshot(Protocol):
 
     def mach_labels(self, labels: np.ndarray) -> np.ndarray: ...
 
+    def title_rows(
+        self, lexical: LexicalIndex, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
     def hits(
         self, ids: Sequence[str], titles: Sequence[str], scores: np.ndarray, labels: np.ndarray
     ) -> list[list[Hit]]: ...
@@ -85,6 +89,12 @@ class AsBuilt:
     ) -> np.ndarray:
         """BM25 scores [n, c] of queries with labels (>= 0)."""
         return LexicalIndex.pair_scores(matches, labels)
+
+    def title_rows(
+        self, lexical: LexicalIndex, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels' (>= 0) title terms as postings rows (`LexicalIndex.rows_of_titles`)."""
+        return lexical.rows_of_titles(labels)
 
     def mach_labels(self, labels: np.ndarray) -> np.ndarray:
         """The labels MACH scores in their place: themselves."""

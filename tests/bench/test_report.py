@@ -358,3 +358,17 @@ def test_astra_optimizer_table_has_a_row_per_run() -> None:
     assert len(table.split("\n\n")[0].splitlines()) == 2 + len(record["runs"])
     for run in record["runs"]:
         assert f"| {run['labels']:,} |" in table and f"| {run['step_ms_p50']:,.1f} |" in table
+
+
+def test_ranker_table_has_the_formula_and_each_feature_group() -> None:
+    from bench.report import render_ranker
+
+    record = json.loads((RESULTS / "ranker_homedepot.json").read_text())
+    table = render_ranker(record)
+    formula = record["formula"]
+    assert f"| {formula['nDCG@10']:.4f} | {formula['P@1']:.4f} | {formula['P@5']:.4f} |" in table
+    for step in record["ablation"]:
+        cv = step["dev_cv"]
+        row = f"| learned ranker: {step['features']} | {cv['nDCG@10']:.4f} | {cv['P@1']:.4f} |"
+        assert row in table
+    assert f"+{record['latency']['added_p50_ms']:.2f} ms" in table

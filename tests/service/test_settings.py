@@ -136,10 +136,16 @@ def test_engine_options_name_every_load_keyword_but_threads() -> None:
 
     keywords = set(inspect.signature(SearchEngine.load).parameters) - {"bundle_dir", "threads"}
     settings = Settings(
-        encoder_precision="int8", mach_precision="int8", lexical_weight=0.5, encoder_size="full"
+        encoder_precision="int8",
+        mach_precision="int8",
+        lexical_weight=0.5,
+        encoder_size="full",
+        ranker="off",
     )
     options = settings.engine_options()
     assert set(options) == keywords
     assert options["precision"] == "int8" and options["mach_precision"] == "int8"
     assert options["encoder_size"] == "full" and Settings().encoder_size == "auto"
     assert options["lexical_weight"] == 0.5
+    assert options["ranker"] == "off" and Settings().ranker == "auto"
+    assert Settings().mach_precision == "auto"

@@ -1,0 +1,90 @@
+"""The learned ranker: what each feature group adds on dev, and what it costs a query.
+
+    python -m bench.ranker --bundle models/homedepot --data ../shared/data/homedepot/xc
+
+Trains the ranker into the bundle as `python -m training ranker` does (`training.ranker`:
+LambdaMART on the dev split's graded pairs, cross-validated 3 × 2-fold against the formula,
+with the ablation adding feature groups in turn), then times ranking in process, one dev query
+at a time, with the learned ranker and with the formula over the same candidates, taking turns
+query by query (the encoder is run before the clock starts: this is ranking only). Results go to
+`bench/results/ranker_<dataset>.json` (BENCHMARKS.md, "The learned ranker").
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from bench.provenance import command_line, machine, versions, write_report
+from service.search.engine import SearchEngine
+from training.data import load_dataset
+from training.ranker import train_ranker
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LIBRARIES = ("lightgbm", "onnxruntime", "onnxmltools")
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(float(np.median(seconds)) * 1000, 3),
+        "p90_ms": round(float(np.percentile(seconds, 90)) * 1000, 3),
+    }
+
+
+def time_ranking(bundle: Path, texts: list[str]) -> dict:
+    """Single-query ranking time with the learned ranker and with the formula, and the
+    ranker's own part (features, then the ONNX model)."""
+    learned = SearchEngine.load(bundle, precision="auto", encoder_size="auto", ranker="on")
+    formula = SearchEngine.load(bundle, precision="auto", encoder_size="auto", ranker="off")
+    assert learned.ranker is not None
+    spent: dict[str, list[float]] = {"ranker": [], "formula": [], "features": [], "model": []}
+    for text in texts[:20]:  # warm both
+        for engine in (learned, formula):
+            engine.rank([text], 10)
+    for text in texts:
+        vectors = learned.encoder.encode([text])
+        for name, engine in (("ranker", learned), ("formula", formula)):
+            start = time.perf_counter()
+            engine.rank_encoded(vectors, [text], 10)
+            spent[name].append(time.perf_counter() - start)
+        found, _ = learned.candidates(vectors, [text], 10, True, False)
+        start = time.perf_counter()
+        features = learned.features(found)
+        middle = time.perf_counter()
+        learned.ranker.score(features, found.labels)
+        spent["features"].append(middle - start)
+        spent["model"].append(time.perf_counter() - middle)
+    report = {name: _percentiles(seconds) for name, seconds in spent.items()}
+    added = np.subtract(spent["ranker"], spent["formula"])
+    report["added_p50_ms"] = round(float(np.median(added)) * 1000, 3)
+    report["queries"] = len(texts)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the ranker into the bundle, time it, and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="dataset with a dev split")
+    parser.add_argument("--queries", type=int, default=1000, help="dev queries timed")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    trained = train_ranker(args.bundle, args.data)
+    texts = load_dataset(args.data).split("dev").texts[: args.queries]
+    report = {
+        "date": date.today().isoformat(),
+        "command": command_line("bench.ranker", argv),
+        "machine": machine(),
+        "versions": versions(LIBRARIES),
+        **trained,
+        "latency": time_ranking(args.bundle, texts),
+    }
+    write_report(report, args.out or RESULTS / f"ranker_{report['dataset']}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The learned ranker: trained into a demo bundle by `python -m training ranker`, served in the
+formula's place, computed by one feature function for training and serving, verified like
+every bundle file, and absent or switched off the formula answers as before."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.astra.lexical import LexicalIndex
+from service.bundle import BundleError, load_bundle, read_manifest, write_manifest
+from service.search.engine import SearchEngine
+from service.search.ranker import FEATURES, Candidates, candidate_features
+from service.search.snapshot import AS_BUILT
+from service.settings import Settings
+from tests.support.client import serve
+from training.__main__ import main
+from training.data import load_dataset
+from training.ranker import POPULARITY_FILE, RANKER_FILE, collect
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ranked(demo_bundle: Path, demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo bundle with a learned ranker trained into it."""
+    out = tmp_path_factory.mktemp("ranker") / "demo"
+    shutil.copytree(demo_bundle, out)
+    assert main(["ranker", "--bundle", str(out), "--data", str(demo_data)]) == 0
+    return out
+
+
+def test_the_ranker_is_listed_with_what_it_scored(ranked: Path) -> None:
+    manifest = read_manifest(ranked)
+    spec = manifest.astra.ranker
+    assert spec is not None and spec.file == RANKER_FILE and spec.popularity == POPULARITY_FILE
+    assert {RANKER_FILE, POPULARITY_FILE} <= set(manifest.files)
+    assert spec.features == list(FEATURES) and spec.trained_on == "dev" and spec.queries > 50
+    metrics = spec.metrics
+    assert set(metrics["formula"]) == set(metrics["cross_validated"]) == {"nDCG@10", "P@1", "P@5"}
+    from training.ranker import GROUPS
+
+    assert [step["features"] for step in metrics["ablation"]] == [name for name, _ in GROUPS]
+    assert metrics["ablation"][-1]["dev_cv"] == metrics["cross_validated"]
+
+
+def test_the_ranker_answers_in_the_formulas_place(ranked: Path, demo_data: Path) -> None:
+    learned = SearchEngine.load(ranked)
+    formula = SearchEngine.load(ranked, ranker="off")
+    plain = SearchEngine.load(ranked, lexical_weight=0.0)
+    assert learned.ranker is not None and formula.ranker is None and plain.ranker is None
+    texts = load_dataset(demo_data).split("dev").texts[:80]
+    got = learned.rank(texts, 10)
+    want = formula.rank(texts, 10)
+    assert (got[1] != want[1]).any()  # it reorders
+    # Its score is the ranker's: the same candidates scored through the feature function.
+    vectors = learned.encoder.encode(texts[:5])
+    found, _ = learned.candidates(vectors, texts[:5], 10, True, False)
+    scores = learned.ranker.score(learned.features(found), found.labels)
+    best = np.sort(np.where(found.labels >= 0, scores, -np.inf), axis=1)[:, ::-1][:, :10]
+    np.testing.assert_allclose(got[0][:5], best, rtol=1e-5)
+
+
+def test_training_and_serving_compute_the_same_features(ranked: Path, demo_data: Path) -> None:
+    engine = SearchEngine.load(ranked, precision="auto", encoder_size="auto")
+    texts = load_dataset(demo_data).split("dev").texts[:20]
+    labels, features, _ = collect(engine, texts, engine.ranker.popularity, batch=7)
+    for i, text in enumerate(texts):  # one at a time, as a single search is served
+        found, _ = engine.candidates(engine.encoder.encode([text]), [text], 10, True, False)
+        served = engine.features(found)[0]
+        mine, theirs = labels[i] >= 0, found.labels[0] >= 0
+        order, served_order = np.argsort(labels[i][mine]), np.argsort(found.labels[0][theirs])
+        np.testing.assert_array_equal(labels[i][mine][order], found.labels[0][theirs][served_order])
+        np.testing.assert_allclose(
+            features[i][mine][order], served[theirs][served_order], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_term_features_count_what_the_title_holds() -> None:
+    lexical = LexicalIndex.build(["white interior paint 1 gal", "cordless drill 20v", "red paint"])
+    matches = lexical.match(["white paint 1 gal"])
+    found = Candidates(
+        labels=np.array([[0, 2, 1, -1]]),
+        astra=np.array([[0.9, 0.5, 0.1, 0.0]], np.float32),
+        bm25=np.stack([lexical.pair_scores(matches, np.array([[0, 2, 1, 0]]))[0]]).astype(
+            np.float32
+        )
+        * np.array([1, 1, 1, 0], np.float32),
+        from_index=np.array([[True, False, True, False]]),
+        from_lexical=np.array([[True, True, False, False]]),
+        matches=matches,
+    )
+    features = candidate_features(found, lexical, AS_BUILT, np.array([2.0, 0.0, 1.0], np.float32))
+    column = {name: features[0, :, i] for i, name in enumerate(FEATURES)}
+    # query terms: white, paint, 1, gal (4); numbers: 1
+    np.testing.assert_array_equal(column["terms_matched"], [4, 1, 0, 0])
+    np.testing.assert_allclose(column["term_coverage"], [1.0, 0.25, 0.0, 0.0])
+    np.testing.assert_array_equal(column["numbers_matched"], [1, 0, 0, 0])
+    np.testing.assert_array_equal(column["query_numbers"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(column["title_terms"], [5, 2, 3, 0])
+    np.testing.assert_array_equal(column["popularity"], [2.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(column["astra_rank"][:3], [0, 1, 2])
+    assert column["idf_coverage"][0] == pytest.approx(1.0) and 0 < column["idf_coverage"][1] < 1
+    assert not features[0, 3].any()  # padding is all zeros
+
+
+def test_a_tampered_ranker_is_refused(ranked: Path, tmp_path: Path) -> None:
+    for name in (RANKER_FILE, POPULARITY_FILE):
+        copy = tmp_path / name
+        shutil.copytree(ranked, copy)
+        with (copy / name).open("ab") as handle:
+            handle.write(b"\0")
+        with pytest.raises(BundleError, match=name.replace(".", r"\.")):
+            load_bundle(copy)
+
+
+def test_a_ranker_for_other_features_is_refused(ranked: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(ranked, copy)
+    manifest = read_manifest(copy)
+    fields = manifest.model_dump(exclude={"files", "format_version"})
+    fields["astra"]["ranker"]["features"] = [*FEATURES[:-1], "clicks"]
+    write_manifest(copy, fields)
+    with pytest.raises(BundleError, match="retrain it with `python -m training ranker`"):
+        SearchEngine.load(copy)
+    assert SearchEngine.load(copy, ranker="off").ranker is None  # the formula still serves
+
+
+def test_a_bundle_fitted_on_all_the_data_cannot_train_one(
+    ranked: Path, demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(ranked, copy)
+    manifest = read_manifest(copy)
+    fields = manifest.model_dump(exclude={"files", "format_version"})
+    fields["training"]["split"] = "trn"
+    write_manifest(copy, fields)
+    assert main(["ranker", "--bundle", str(copy), "--data", str(demo_data)]) == 2
+    assert "dev is inside its training split" in capsys.readouterr().err
+
+
+def test_the_server_serves_it_and_new_products_through_it(ranked: Path, tmp_path: Path) -> None:
+    title = "Zephyrine Quartz 18-Volt Brushless Hedge Trimmer Kit in Teal"
+    with serve(Settings(bundle=ranked, data_dir=tmp_path / "data")) as client:
+        info = client.get("/v1/models").json()["data"][0]
+        assert info["lexical"]["ranker"] is True
+        answer = client.put("/products", json={"products": [{"id": "NEW-1", "title": title}]})
+        assert answer.status_code == 200, answer.text
+        results = client.post("/search", json={"query": title, "k": 5}).json()["results"]
+        assert results[0]["id"] == "NEW-1"
+    with serve(Settings(bundle=ranked, data_dir=tmp_path / "off", ranker="off")) as client:
+        assert client.get("/v1/models").json()["data"][0]["lexical"]["ranker"] is False
+    assert json.loads((ranked / "manifest.json").read_text())["astra"]["ranker"]
+
+
+def test_auto_serves_it_only_where_it_beat_the_formula(
+    ranked: Path, demo_bundle: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(ranked, copy)
+    manifest = read_manifest(copy)
+    assert manifest.astra.ranker.beats_formula  # the demo's: 3 x 2-fold CV against the formula
+    fields = manifest.model_dump(exclude={"files", "format_version"})
+    metrics = fields["astra"]["ranker"]["metrics"]
+    metrics["cross_validated"]["nDCG@10"] = metrics["formula"]["nDCG@10"]  # no better
+    write_manifest(copy, fields)
+    assert SearchEngine.load(copy).ranker is None  # auto
+    assert SearchEngine.load(copy, ranker="on").ranker is not None
+    with pytest.raises(BundleError, match="XC_RANKER=auto or off"):
+        SearchEngine.load(demo_bundle, ranker="on")
+    assert SearchEngine.load(demo_bundle).ranker is None  # a bundle without one: the formula
+
+
+def test_ranked_astra_becomes_the_default_where_it_beats_it_on_dev(
+    demo_bundle_both: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    from training.ranker import _default_to_ranked_astra
+
+    copy = tmp_path / "both"
+    shutil.copytree(demo_bundle_both, copy)
+    assert read_manifest(copy).default_model == "hybrid"
+    assert main(["ranker", "--bundle", str(copy), "--data", str(demo_data)]) == 0
+    manifest = read_manifest(copy)
+    spec = manifest.astra.ranker
+    hybrid = manifest.metrics["dev_by_model"]["hybrid"]["nDCG@10"]
+    better = spec.beats_formula and spec.metrics["cross_validated"]["nDCG@10"] > hybrid
+    assert manifest.default_model == ("astra" if better else "hybrid")
+    for hybrid_ndcg, expected in ((0.0, "astra"), (0.999, "hybrid")):
+        fields = manifest.model_dump(exclude={"files", "format_version"})
+        fields["default_model"] = "hybrid"
+        fields["metrics"]["dev_by_model"]["hybrid"]["nDCG@10"] = hybrid_ndcg
+        write_manifest(copy, fields)
+        _default_to_ranked_astra(copy, spec)
+        assert read_manifest(copy).default_model == expected

@@ -4,7 +4,10 @@
 
 Trains the ranker into the bundle as `python -m training ranker` does (`training.ranker`:
 LambdaMART on the dev split's graded pairs, cross-validated 3 × 2-fold against the formula,
-with the ablation adding feature groups in turn), then times ranking in process, one dev query
+with the ablation adding feature groups in turn); measures the analyzer's unit normalisation
+the same way, its rules added in turn (`service.astra.lexical.UNIT_RULES`: the titles
+re-indexed in memory with each analyzer, the formula and the cross-validated ranker scored on
+the candidates it yields); then times ranking in process, one dev query
 at a time, with the learned ranker and with the formula over the same candidates, taking turns
 query by query (the encoder is run before the clock starts: this is ranking only). Results go to
 `bench/results/ranker_<dataset>.json` (BENCHMARKS.md, "The learned ranker").
@@ -13,6 +16,7 @@ query by query (the encoder is run before the clock starts: this is ranking only
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from datetime import date
 from pathlib import Path
@@ -20,9 +24,19 @@ from pathlib import Path
 import numpy as np
 
 from bench.provenance import command_line, machine, versions, write_report
+from service.astra.lexical import UNIT_RULES, Analyzer, LexicalIndex
 from service.search.engine import SearchEngine
 from training.data import load_dataset
-from training.ranker import train_ranker
+from training.evaluate import EvalSet
+from training.ranker import (
+    PARAMS,
+    collect,
+    cross_validated,
+    grade_levels,
+    popularity,
+    ranked_metrics,
+    train_ranker,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LIBRARIES = ("lightgbm", "onnxruntime", "onnxmltools")
@@ -65,6 +79,33 @@ def time_ranking(bundle: Path, texts: list[str]) -> dict:
     return report
 
 
+def normalisation_ablation(bundle: Path, data: Path) -> list[dict]:
+    """Dev metrics of the formula and of the cross-validated ranker with no normalisation,
+    then with each rule of `UNIT_RULES` added in turn."""
+    dataset = load_dataset(data)
+    points = EvalSet.of(dataset, "dev")
+    engine = SearchEngine.load(bundle, precision="auto", encoder_size="auto", ranker="off")
+    titles = list(engine.bundle.label_titles)
+    popular = popularity(dataset, "train")
+    steps = [("none (analyzer 1)", Analyzer(1))]
+    for i, (rule, _, _) in enumerate(UNIT_RULES):
+        steps.append((f"+ {rule}", Analyzer(2, UNIT_RULES[: i + 1])))
+    results = []
+    for name, analyzer in steps:
+        engine.lexical = LexicalIndex.build(titles, analyzer=analyzer)
+        labels, features, formula = collect(engine, points.texts, popular)
+        levels, gains = grade_levels(dataset, "dev", points.texts, labels)
+        results.append(
+            {
+                "analyzer": name,
+                "formula": ranked_metrics(points, labels, formula),
+                "dev_cv": cross_validated(points, features, levels, labels, gains, PARAMS),
+            }
+        )
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train the ranker into the bundle, time it, and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -81,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "versions": versions(LIBRARIES),
         **trained,
+        "normalisation": normalisation_ablation(args.bundle, args.data),
         "latency": time_ranking(args.bundle, texts),
     }
     write_report(report, args.out or RESULTS / f"ranker_{report['dataset']}.json")

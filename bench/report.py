@@ -403,6 +403,17 @@ def render_ranker(record: dict[str, Any]) -> str:
     for step in record["ablation"]:
         rows.append([f"learned ranker: {step['features']}", *_cells(step["dev_cv"])])
     table = markdown_table(["ranking", *(f"dev {name}" for name in RANKER_METRICS)], rows)
+    steps = record.get("normalisation") or []
+    if steps:
+        rows = [
+            [step["analyzer"], *_cells(step["formula"]), *_cells(step["dev_cv"])] for step in steps
+        ]
+        headers = [
+            "analyzer (rules added in turn)",
+            *(f"formula {name}" for name in RANKER_METRICS),
+            *(f"ranker {name}" for name in RANKER_METRICS),
+        ]
+        table += "\n\n" + markdown_table(headers, rows)
     latency = record["latency"]
     encoder = record["encoder"]
     results_file = f"ranker_{record['dataset']}.json"

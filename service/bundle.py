@@ -144,6 +144,13 @@ class LexicalSpec(BaseModel):
     k1: float = Field(1.5, gt=0.0)
     b: float = Field(0.75, ge=0.0, le=1.0)
     avgdl: float = Field(gt=0.0, description="mean title length in terms")
+    analyzer: int = Field(
+        1,
+        ge=1,
+        le=2,
+        description="how titles and queries become terms (`service.astra.lexical`): 1, words; "
+        "2, sizes and units spelled one way first (postings built since session 13)",
+    )
     weight: float = Field(
         0.5, ge=0.0, le=10.0, description="BM25's weight (normalised per query) beside the cosine"
     )

@@ -25,17 +25,22 @@ def write_lexical(out_dir: Path, titles: list[str]) -> LexicalSpec:
     staged = out_dir / f".{LEXICAL_FILE}.tmp"
     index.save(staged)
     staged.replace(out_dir / LEXICAL_FILE)
-    return LexicalSpec(k1=index.k1, b=index.b, avgdl=index.avgdl)
+    return LexicalSpec(k1=index.k1, b=index.b, avgdl=index.avgdl, analyzer=index.analyzer.version)
 
 
 def add_lexical(bundle_dir: Path) -> LexicalSpec:
-    """Add the lexical ranker to an existing ASTRA bundle (replacing any it had)."""
+    """Add the lexical ranker to an existing ASTRA bundle (replacing any it had, with the
+    current analyzer); a learned ranker of the old one's candidates is removed."""
     bundle = load_bundle(bundle_dir)  # verifies the bundle before touching it
     manifest = bundle.manifest
     if manifest.astra is None:
         raise ValueError(f"bundle: {bundle_dir} has no ASTRA section to add a lexical ranker to")
     spec = write_lexical(bundle_dir, bundle.label_titles)
-    astra = manifest.astra.model_copy(update={"lexical": spec})
+    ranker = manifest.astra.ranker
+    if ranker is not None:  # it learned from the old postings' candidates: retrain it
+        for name in (ranker.file, ranker.popularity):
+            (bundle_dir / name).unlink(missing_ok=True)
+    astra = manifest.astra.model_copy(update={"lexical": spec, "ranker": None})
     fields = manifest.model_dump(exclude={"files", "format_version", "astra"})
     write_manifest(bundle_dir, {**fields, "astra": astra.model_dump()})
     return spec

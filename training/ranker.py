@@ -129,7 +129,8 @@ def fit(
     return lightgbm.train(settings, data, num_boost_round=int(params["rounds"]))
 
 
-def _metrics(points: EvalSet, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+def ranked_metrics(points: EvalSet, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """`METRICS` of candidates `labels` [n, c] ranked by `scores`."""
     _, ranked = top_k(np.where(labels >= 0, scores, -np.inf), labels, EVAL_DEPTH)
     metrics = points.score(ranked)
     return {name: round(metrics[name], 4) for name in METRICS}
@@ -154,7 +155,7 @@ def cross_validated(
             model = fit(features[train], levels[train], labels[train], gains, params)
             flat = features[test].reshape(-1, features.shape[2])
             scores[test] = model.predict(flat).reshape(labels[test].shape)
-        runs.append(_metrics(points, labels, scores))
+        runs.append(ranked_metrics(points, labels, scores))
     return {name: round(float(np.mean([run[name] for run in runs])), 4) for name in METRICS}
 
 
@@ -199,7 +200,7 @@ def train_ranker(bundle_dir: Path, data: Path, params: dict | None = None) -> di
         log.info("ranker ablation", extra={"features": GROUPS[depth - 1][0], **scored})
     model = fit(features, levels, labels, gains, params)
     metrics = {
-        "formula": _metrics(points, labels, formula),
+        "formula": ranked_metrics(points, labels, formula),
         "cross_validated": ablation[-1]["dev_cv"],
         "ablation": ablation,
         "folds": 2,

@@ -6,8 +6,12 @@ ranks the union of the ANN index's and this index's candidates by cosine plus a 
 per-query normalised BM25 score (`service.search.engine`); the weight is tuned on the dev split.
 
 Words are `\\w+` runs, lower-cased, less Lucene's English stop words, Snowball-stemmed
-(PyStemmer); scores are Lucene's BM25: idf = ln(1 + (N - df + 0.5) / (df + 0.5)) times
-tf / (tf + k1 (1 - b + b dl / avgdl)). That is also what bm25s computes for the benchmark's
+(PyStemmer); since analyzer version 2, sizes and units are spelled one way first
+(`normalise_units`: "20v", "20-Volt" → "20 volt"; "1/2 in." → "1_2 inch"; "2x4" → "2 x 4"),
+the same function for the titles indexed, the queries and the learned ranker's features (the
+version is the manifest's `lexical.analyzer`: older postings keep version 1). Scores are
+Lucene's BM25: idf = ln(1 + (N - df + 0.5) / (df + 0.5)) times tf / (tf + k1 (1 - b + b dl /
+avgdl)). That is also what bm25s computes for the benchmark's
 BM25 baseline (a test checks that the two agree). The index is term-major postings: for term
 t, the labels holding it and their precomputed BM25 weights.
 """
@@ -84,10 +88,46 @@ def bm25_weight(
     return idf * tf / (tf + k1 * (1.0 - b + b * length / avgdl))
 
 
-class Analyzer:
-    """Text → BM25 terms. Thread-safe: each thread gets its own stemmer."""
+# Analyzer versions: 1, words only (bundles before session 13); 2, `normalise_units` first.
+ANALYZER_VERSION = 2
+# Each rule was measured alone on Home Depot dev before it was kept (the learned ranker's
+# cross-validated nDCG@10 / P@1 against 0.462 / 0.416 without any; BENCHMARKS.md): dimensions
+# +0.004 / +0.014, fractions +0.002 / -0.003, inches +0.001 / +0.001, volts +0.001 / +0.005,
+# watts +0.001 / +0.004, gallons +0.001 / +0.005, ounces +0.002 / +0.006. Feet (-0.000 / 0),
+# amps (-0.001 / -0.003) and pounds (-0.000 / -0.001) were measured and left out. A unit follows
+# a number, with or without a space or hyphen, and ends the word.
+_UNIT_END = r"(?![a-z0-9])"
+UNIT_RULES = (
+    ("dimensions", re.compile(r"(\d)\s*x\s*(?=\d)"), r"\1 x "),  # 2x4x8 → 2 x 4 x 8
+    ("fractions", re.compile(r"(\d+)\s*/\s*(\d+)"), r"\1_\2"),  # 1/2 → 1_2, one term
+    ("inches", re.compile(r"(\d)\s*-?\s*(?:in\.|inches|inch|\")"), r"\1 inch "),
+    ("volts", re.compile(r"(\d)\s*-?\s*(?:v|volts?)" + _UNIT_END), r"\1 volt "),
+    ("watts", re.compile(r"(\d)\s*-?\s*(?:w|watts?)" + _UNIT_END), r"\1 watt "),
+    ("gallons", re.compile(r"(\d)\s*-?\s*(?:gal\.?|gallons?)" + _UNIT_END), r"\1 gal "),
+    ("ounces", re.compile(r"(\d)\s*-?\s*(?:oz\.?|ounces?)" + _UNIT_END), r"\1 oz "),
+)
 
-    def __init__(self) -> None:
+
+Rule = tuple[str, re.Pattern[str], str]
+
+
+def normalise_units(text: str, rules: Sequence[Rule] = UNIT_RULES) -> str:
+    """Lower-cased `text` with dimensions, fractions and units spelled one way (`UNIT_RULES`;
+    a benchmark may pass fewer to measure each)."""
+    text = text.lower()
+    for _, pattern, replacement in rules:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class Analyzer:
+    """Text → BM25 terms, by analyzer `version`. Thread-safe: each thread gets its own stemmer."""
+
+    def __init__(self, version: int = ANALYZER_VERSION, rules: Sequence[Rule] = UNIT_RULES) -> None:
+        if version not in (1, 2):
+            raise ValueError(f"analyzer: version must be 1 or 2, got {version}")
+        self.version = version
+        self.rules = tuple(rules) if version >= 2 else ()
         self._local = threading.local()
 
     def terms(self, text: str) -> list[str]:
@@ -95,7 +135,8 @@ class Analyzer:
         stemmer = getattr(self._local, "stemmer", None)
         if stemmer is None:
             stemmer = self._local.stemmer = Stemmer.Stemmer("english")
-        words = [word for word in WORD.findall(text.lower()) if word not in STOP_WORDS]
+        text = normalise_units(text, self.rules)
+        words = [word for word in WORD.findall(text) if word not in STOP_WORDS]
         return stemmer.stemWords(words)
 
 
@@ -135,9 +176,17 @@ class LexicalIndex:
         object.__setattr__(self, "rows", {str(t): row for row, t in enumerate(self.terms)})
 
     @classmethod
-    def build(cls, titles: Sequence[str], k1: float = 1.5, b: float = 0.75) -> LexicalIndex:
-        """Index the titles (label i is title i)."""
-        analyzer = Analyzer()
+    def build(
+        cls,
+        titles: Sequence[str],
+        k1: float = 1.5,
+        b: float = 0.75,
+        analyzer_version: int = ANALYZER_VERSION,
+        analyzer: Analyzer | None = None,
+    ) -> LexicalIndex:
+        """Index the titles (label i is title i) with `Analyzer(analyzer_version)`, or with
+        `analyzer` where one is given (a benchmark's, with fewer rules)."""
+        analyzer = analyzer or Analyzer(analyzer_version)
         counts = [Counter(analyzer.terms(title)) for title in titles]
         lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
         avgdl = float(lengths.mean()) if len(lengths) else 0.0
@@ -182,12 +231,20 @@ class LexicalIndex:
         """The bundle's postings as its manifest describes them; `BundleError` names the file."""
         path = bundle_dir / spec.file
         try:
-            return cls.load(path, num_labels, spec.k1, spec.b, spec.avgdl)
+            return cls.load(path, num_labels, spec.k1, spec.b, spec.avgdl, spec.analyzer)
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
             raise BundleError(f"{path}: not a lexical index ({exc})") from exc
 
     @classmethod
-    def load(cls, path: Path, num_labels: int, k1: float, b: float, avgdl: float) -> LexicalIndex:
+    def load(
+        cls,
+        path: Path,
+        num_labels: int,
+        k1: float,
+        b: float,
+        avgdl: float,
+        analyzer_version: int = 1,
+    ) -> LexicalIndex:
         """Read `save`'s file; raises ValueError saying what is inconsistent."""
         with np.load(path, allow_pickle=False) as data:
             missing = [name for name in ARRAYS if name not in data]
@@ -201,7 +258,8 @@ class LexicalIndex:
             raise ValueError(f"weights or indptr do not match the {nnz} postings")
         if nnz and (arrays["labels"].min() < 0 or arrays["labels"].max() >= num_labels):
             raise ValueError(f"a posting names a label outside 0..{num_labels - 1}")
-        return cls(**arrays, num_labels=num_labels, k1=k1, b=b, avgdl=avgdl, analyzer=Analyzer())
+        analyzer = Analyzer(analyzer_version)
+        return cls(**arrays, num_labels=num_labels, k1=k1, b=b, avgdl=avgdl, analyzer=analyzer)
 
     def query_rows(self, query: str) -> np.ndarray:
         """The query's known terms as postings rows (repeats kept, as BM25 sums them)."""

@@ -372,3 +372,5 @@ def test_ranker_table_has_the_formula_and_each_feature_group() -> None:
         row = f"| learned ranker: {step['features']} | {cv['nDCG@10']:.4f} | {cv['P@1']:.4f} |"
         assert row in table
     assert f"+{record['latency']['added_p50_ms']:.2f} ms" in table
+    for step in record["normalisation"]:
+        assert f"| {step['analyzer']} | {step['formula']['nDCG@10']:.4f} |" in table

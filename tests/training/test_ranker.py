@@ -101,7 +101,7 @@ def test_term_features_count_what_the_title_holds() -> None:
     np.testing.assert_allclose(column["term_coverage"], [1.0, 0.25, 0.0, 0.0])
     np.testing.assert_array_equal(column["numbers_matched"], [1, 0, 0, 0])
     np.testing.assert_array_equal(column["query_numbers"], [1, 1, 1, 0])
-    np.testing.assert_array_equal(column["title_terms"], [5, 2, 3, 0])
+    np.testing.assert_array_equal(column["title_terms"], [5, 2, 4, 0])  # 20v: 20 volt
     np.testing.assert_array_equal(column["popularity"], [2.0, 1.0, 0.0, 0.0])
     np.testing.assert_array_equal(column["astra_rank"][:3], [0, 1, 2])
     assert column["idf_coverage"][0] == pytest.approx(1.0) and 0 < column["idf_coverage"][1] < 1
@@ -196,3 +196,13 @@ def test_ranked_astra_becomes_the_default_where_it_beats_it_on_dev(
         write_manifest(copy, fields)
         _default_to_ranked_astra(copy, spec)
         assert read_manifest(copy).default_model == expected
+
+
+def test_rebuilding_the_postings_drops_the_ranker_they_fed(ranked: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(ranked, copy)
+    assert main(["lexical", "--bundle", str(copy)]) == 0
+    manifest = read_manifest(copy)
+    assert manifest.astra.ranker is None and manifest.astra.lexical.analyzer == 2
+    assert not (copy / RANKER_FILE).exists() and RANKER_FILE not in manifest.files
+    assert SearchEngine.load(copy).ranker is None

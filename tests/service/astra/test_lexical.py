@@ -10,7 +10,7 @@ import bm25s
 import numpy as np
 import pytest
 
-from service.astra.lexical import Analyzer, LexicalIndex
+from service.astra.lexical import Analyzer, LexicalIndex, normalise_units
 from service.bundle import LEXICAL_FILE, BundleError, read_manifest, write_manifest
 from service.search.engine import SearchEngine
 from tests.support.paths import HOMEDEPOT, requires_shared_data
@@ -42,13 +42,40 @@ def reference_scores(index: LexicalIndex, titles: list[str], queries: list[str])
 
 
 def test_terms_are_lowercased_stemmed_words_without_stop_words() -> None:
-    assert Analyzer().terms("The Drills, for 1/2-in. PIPES and Fittings") == [
-        "drill",
-        "1",
-        "2",
-        "pipe",
-        "fit",
-    ]
+    text = "The Drills, for 1/2-in. PIPES and Fittings"
+    assert Analyzer(1).terms(text) == ["drill", "1", "2", "pipe", "fit"]
+    assert Analyzer().terms(text) == ["drill", "1_2", "inch", "pipe", "fit"]  # version 2
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [
+        ("2x4x8 Stud", "2 x 4 x 8 stud"),
+        ("20v Drill", "20 volt  drill"),
+        ("20-Volt drill", "20 volt  drill"),
+        ("3/4 in. pipe", "3_4 inch  pipe"),
+        ('3/4" pipe', "3_4 inch  pipe"),
+        ("10 ft. hose", "10 ft. hose"),  # feet, amps, pounds: measured, left out
+        ("60w bulb", "60 watt  bulb"),
+        ("5 Gal. paint", "5 gal  paint"),
+        ("15-amp breaker", "15-amp breaker"),
+        ("50 lb. bag", "50 lb. bag"),
+        ("12 oz. can", "12 oz  can"),
+        ("4 way switch", "4 way switch"),  # w followed by a letter: a word, not watts
+        ("m18 fuel", "m18 fuel"),
+    ],
+)
+def test_units_are_spelled_one_way(text: str, normalised: str) -> None:
+    assert normalise_units(text) == normalised
+    assert Analyzer().terms(text) == Analyzer().terms(normalised)  # one function, both sides
+
+
+def test_old_postings_keep_their_analyzer(tmp_path: Path) -> None:
+    index = LexicalIndex.build(TITLES, analyzer_version=1)
+    index.save(tmp_path / LEXICAL_FILE)
+    loaded = LexicalIndex.load(tmp_path / LEXICAL_FILE, len(TITLES), index.k1, index.b, index.avgdl)
+    assert loaded.analyzer.version == 1  # the manifest's default: postings before version 2
+    assert LexicalIndex.build(TITLES).analyzer.version == 2
 
 
 def test_scores_match_bm25s_on_the_same_terms() -> None:

@@ -109,6 +109,33 @@ def _add_distill_parser(commands: argparse._SubParsersAction) -> None:
     distill.add_argument("--seed", type=int, default=StudentConfig.seed)
 
 
+def _add_bundle_step_parsers(commands: argparse._SubParsersAction) -> None:
+    """The flags of the subcommands that add a part to an existing bundle: `lexical`,
+    `quantize`, `ranker`."""
+    lexical = commands.add_parser(
+        "lexical", help="add ASTRA's lexical (BM25) ranker to a bundle built without one"
+    )
+    lexical.add_argument("--bundle", type=Path, required=True)
+    lexical.add_argument(
+        "--data", type=Path, default=None, help="dataset the bundle was trained on: tune on dev"
+    )
+    quantize = commands.add_parser(
+        "quantize",
+        help="add int8 copies of the encoder and MACH heads to a bundle (XC_ENCODER_PRECISION, "
+        "XC_MACH_PRECISION)",
+    )
+    quantize.add_argument("--bundle", type=Path, required=True)
+    quantize.add_argument(
+        "--data", type=Path, default=None, help="report fp32/int8 parity and dev metrics on it"
+    )
+    ranker = commands.add_parser(
+        "ranker",
+        help="train a learned ranker of ASTRA's lexical candidates on dev, into the bundle",
+    )
+    ranker.add_argument("--bundle", type=Path, required=True)
+    ranker.add_argument("--data", type=Path, required=True, help="the bundle's dataset")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -170,30 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--hybrid-weight", type=float, default=None)
     evaluate.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     evaluate.add_argument("--lexical-weight", type=float, default=None)
-    lexical = commands.add_parser(
-        "lexical", help="add ASTRA's lexical (BM25) ranker to a bundle built without one"
-    )
-    lexical.add_argument("--bundle", type=Path, required=True)
-    lexical.add_argument(
-        "--data", type=Path, default=None, help="dataset the bundle was trained on: tune on dev"
-    )
-
-    quantize = commands.add_parser(
-        "quantize",
-        help="add int8 copies of the encoder and MACH heads to a bundle (XC_ENCODER_PRECISION, "
-        "XC_MACH_PRECISION)",
-    )
-    quantize.add_argument("--bundle", type=Path, required=True)
-    quantize.add_argument(
-        "--data", type=Path, default=None, help="report fp32/int8 parity and dev metrics on it"
-    )
+    _add_bundle_step_parsers(commands)
     _add_distill_parser(commands)
-    ranker = commands.add_parser(
-        "ranker",
-        help="train a learned ranker of ASTRA's lexical candidates on dev, into the bundle",
-    )
-    ranker.add_argument("--bundle", type=Path, required=True)
-    ranker.add_argument("--data", type=Path, required=True, help="the bundle's dataset")
     return parser
 
 

@@ -132,17 +132,7 @@ class SearchEngine:
         encoder = _query_encoder(bundle, encoder_size, precision, threads, providers)
         index = lexical = mach = learned = None
         if manifest.astra:
-            spec = manifest.astra.index
-            index = AnnIndex.read(
-                bundle.file(spec.file), spec, manifest.labels.count, manifest.encoder.dim
-            )
-            if plan.faiss_gpu:
-                index.to_gpu()
-            if manifest.astra.lexical:
-                lexical = LexicalIndex.read(
-                    bundle.path, manifest.astra.lexical, manifest.labels.count
-                )
-            learned = _learned_ranker(bundle, lexical, ranker)
+            index, lexical, learned = _astra_parts(bundle, plan, ranker)
         if manifest.mach:
             mach = MachModel(
                 bundle_dir=bundle.path,
@@ -302,6 +292,23 @@ def _member_of(labels: np.ndarray, pool: np.ndarray) -> np.ndarray:
     return np.stack([np.isin(row, got) for row, got in zip(labels, pool, strict=True)]) & (
         labels >= 0
     )
+
+
+def _astra_parts(
+    bundle: Bundle, plan: DevicePlan, ranker: str
+) -> tuple[AnnIndex, LexicalIndex | None, LearnedRanker | None]:
+    """ASTRA's index (on the GPU where the plan puts it), its lexical ranker and the learned
+    ranker `ranker` (auto | on | off) asks for."""
+    manifest = bundle.manifest
+    assert manifest.astra is not None
+    spec = manifest.astra.index
+    index = AnnIndex.read(bundle.file(spec.file), spec, manifest.labels.count, manifest.encoder.dim)
+    if plan.faiss_gpu:
+        index.to_gpu()
+    lexical = None
+    if manifest.astra.lexical:
+        lexical = LexicalIndex.read(bundle.path, manifest.astra.lexical, manifest.labels.count)
+    return index, lexical, _learned_ranker(bundle, lexical, ranker)
 
 
 def _learned_ranker(

@@ -5,7 +5,8 @@
 Trains the ranker into the bundle as `python -m training ranker` does (`training.ranker`:
 LambdaMART on the dev split's graded pairs, cross-validated 3 × 2-fold against the formula,
 with the ablation adding feature groups in turn); measures the analyzer's unit normalisation
-the same way, its rules added in turn (`service.astra.lexical.UNIT_RULES`: the titles
+and query spelling the same way, added in turn (`service.astra.lexical.UNIT_RULES`, then
+`service.astra.spelling`: the titles
 re-indexed in memory with each analyzer, the formula and the cross-validated ranker scored on
 the candidates it yields); then times ranking in process, one dev query
 at a time, with the learned ranker and with the formula over the same candidates, taking turns
@@ -81,7 +82,7 @@ def time_ranking(bundle: Path, texts: list[str]) -> dict:
 
 def normalisation_ablation(bundle: Path, data: Path) -> list[dict]:
     """Dev metrics of the formula and of the cross-validated ranker with no normalisation,
-    then with each rule of `UNIT_RULES` added in turn."""
+    then with each rule of `UNIT_RULES` added in turn, then with the spelling corrector."""
     dataset = load_dataset(data)
     points = EvalSet.of(dataset, "dev")
     engine = SearchEngine.load(bundle, precision="auto", encoder_size="auto", ranker="off")
@@ -90,6 +91,7 @@ def normalisation_ablation(bundle: Path, data: Path) -> list[dict]:
     steps = [("none (analyzer 1)", Analyzer(1))]
     for i, (rule, _, _) in enumerate(UNIT_RULES):
         steps.append((f"+ {rule}", Analyzer(2, UNIT_RULES[: i + 1])))
+    steps.append(("+ spelling (queries; analyzer 3)", Analyzer(3)))
     results = []
     for name, analyzer in steps:
         engine.lexical = LexicalIndex.build(titles, analyzer=analyzer)

@@ -147,9 +147,10 @@ class LexicalSpec(BaseModel):
     analyzer: int = Field(
         1,
         ge=1,
-        le=2,
+        le=3,
         description="how titles and queries become terms (`service.astra.lexical`): 1, words; "
-        "2, sizes and units spelled one way first (postings built since session 13)",
+        "2, sizes and units spelled one way first; 3, as 2 with queries' misspelt words "
+        "corrected to the titles' (postings built since session 13)",
     )
     weight: float = Field(
         0.5, ge=0.0, le=10.0, description="BM25's weight (normalised per query) beside the cosine"

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import Stemmer
 
+from service.astra.spelling import WORD, SpellingCorrector, title_words
 from service.bundle import BundleError, LexicalSpec
 from service.ranking import top_k
 
-WORD = re.compile(r"(?u)\b\w+\b")
 # Lucene's EnglishAnalyzer default stop set.
 STOP_WORDS = frozenset(
     [
@@ -88,8 +88,10 @@ def bm25_weight(
     return idf * tf / (tf + k1 * (1.0 - b + b * length / avgdl))
 
 
-# Analyzer versions: 1, words only (bundles before session 13); 2, `normalise_units` first.
-ANALYZER_VERSION = 2
+# Analyzer versions: 1, words only (bundles before session 13); 2, `normalise_units` first;
+# 3, as 2, and queries' misspelt words corrected to the titles' (`service.astra.spelling`).
+ANALYZER_VERSION = 3
+SPELLING_ARRAYS = ("words", "word_counts")  # the corrector's dictionary, in version 3 files
 # Each rule was measured alone on Home Depot dev before it was kept (the learned ranker's
 # cross-validated nDCG@10 / P@1 against 0.462 / 0.416 without any; BENCHMARKS.md): dimensions
 # +0.004 / +0.014, fractions +0.002 / -0.003, inches +0.001 / +0.001, volts +0.001 / +0.005,
@@ -124,18 +126,22 @@ class Analyzer:
     """Text → BM25 terms, by analyzer `version`. Thread-safe: each thread gets its own stemmer."""
 
     def __init__(self, version: int = ANALYZER_VERSION, rules: Sequence[Rule] = UNIT_RULES) -> None:
-        if version not in (1, 2):
-            raise ValueError(f"analyzer: version must be 1 or 2, got {version}")
+        if version not in (1, 2, 3):
+            raise ValueError(f"analyzer: version must be 1, 2 or 3, got {version}")
         self.version = version
         self.rules = tuple(rules) if version >= 2 else ()
         self._local = threading.local()
+
+    def normalise(self, text: str) -> str:
+        """`text` lower-cased, units spelled one way from version 2."""
+        return normalise_units(text, self.rules)
 
     def terms(self, text: str) -> list[str]:
         """The stemmed words of `text`, in order, stop words dropped."""
         stemmer = getattr(self._local, "stemmer", None)
         if stemmer is None:
             stemmer = self._local.stemmer = Stemmer.Stemmer("english")
-        text = normalise_units(text, self.rules)
+        text = self.normalise(text)
         words = [word for word in WORD.findall(text) if word not in STOP_WORDS]
         return stemmer.stemWords(words)
 
@@ -170,10 +176,18 @@ class LexicalIndex:
     b: float
     avgdl: float
     analyzer: Analyzer
+    words: np.ndarray | None = None  # [W] str: the titles' words, for the spelling corrector
+    word_counts: np.ndarray | None = None  # [W] int64: titles holding each
     rows: dict[str, int] = field(init=False, repr=False)  # term → postings row
+    speller: SpellingCorrector | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", {str(t): row for row, t in enumerate(self.terms)})
+        speller = None
+        if self.analyzer.version >= 3 and self.words is not None:
+            assert self.word_counts is not None
+            speller = SpellingCorrector(self.words, self.word_counts, STOP_WORDS)
+        object.__setattr__(self, "speller", speller)
 
     @classmethod
     def build(
@@ -208,6 +222,9 @@ class LexicalIndex:
         idf = np.log1p((len(titles) - df + 0.5) / (df + 0.5))
         weights = bm25_weight(idf[rows_a], tf, lengths[labels_a], k1, b, avgdl)
         indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
+        words = counts_of = None
+        if analyzer.version >= 3:
+            words, counts_of = title_words(titles, analyzer.normalise)
         return cls(
             terms=np.array(vocab, dtype=np.str_),
             idf=idf.astype(np.float32),
@@ -219,12 +236,15 @@ class LexicalIndex:
             b=b,
             avgdl=avgdl,
             analyzer=analyzer,
+            words=words,
+            word_counts=counts_of,
         )
 
     def save(self, path: Path) -> None:
         """Write the arrays as one uncompressed .npz (no pickles)."""
+        names = ARRAYS + (SPELLING_ARRAYS if self.words is not None else ())
         with open(path, "wb") as handle:
-            np.savez(handle, **{name: getattr(self, name) for name in ARRAYS})
+            np.savez(handle, **{name: getattr(self, name) for name in names})
 
     @classmethod
     def read(cls, bundle_dir: Path, spec: LexicalSpec, num_labels: int) -> LexicalIndex:
@@ -246,11 +266,12 @@ class LexicalIndex:
         analyzer_version: int = 1,
     ) -> LexicalIndex:
         """Read `save`'s file; raises ValueError saying what is inconsistent."""
+        names = ARRAYS + (SPELLING_ARRAYS if analyzer_version >= 3 else ())
         with np.load(path, allow_pickle=False) as data:
-            missing = [name for name in ARRAYS if name not in data]
+            missing = [name for name in names if name not in data]
             if missing:
                 raise ValueError(f"missing arrays {missing}")
-            arrays = {name: data[name] for name in ARRAYS}
+            arrays = {name: data[name] for name in names}
         vocab, nnz = len(arrays["terms"]), len(arrays["labels"])
         if arrays["idf"].shape != (vocab,) or arrays["indptr"].shape != (vocab + 1,):
             raise ValueError(f"idf or indptr do not match the {vocab} terms")
@@ -262,7 +283,10 @@ class LexicalIndex:
         return cls(**arrays, num_labels=num_labels, k1=k1, b=b, avgdl=avgdl, analyzer=analyzer)
 
     def query_rows(self, query: str) -> np.ndarray:
-        """The query's known terms as postings rows (repeats kept, as BM25 sums them)."""
+        """The query's known terms as postings rows (repeats kept, as BM25 sums them), its
+        misspelt words corrected first where the analyzer's version does so."""
+        if self.speller is not None:
+            query = self.speller.correct(self.analyzer.normalise(query))
         known = self.rows
         return np.array([known[t] for t in self.analyzer.terms(query) if t in known], np.int64)
 

@@ -203,6 +203,6 @@ def test_rebuilding_the_postings_drops_the_ranker_they_fed(ranked: Path, tmp_pat
     shutil.copytree(ranked, copy)
     assert main(["lexical", "--bundle", str(copy)]) == 0
     manifest = read_manifest(copy)
-    assert manifest.astra.ranker is None and manifest.astra.lexical.analyzer == 2
+    assert manifest.astra.ranker is None and manifest.astra.lexical.analyzer == 3
     assert not (copy / RANKER_FILE).exists() and RANKER_FILE not in manifest.files
     assert SearchEngine.load(copy).ranker is None

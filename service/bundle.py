@@ -163,6 +163,9 @@ class RankerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file: str = Field(description="LightGBM model, text format")
     popularity: str = Field(description="float32 [K]: log(1 + training queries per product)")
+    explain_file: str | None = Field(
+        None, description="the same model in LightGBM's text format, for `explain`'s SHAP values"
+    )
     features: list[str] = Field(description="feature names, in the order the model reads them")
     trained_on: str = Field(description="the split whose graded pairs trained it")
     queries: int = Field(ge=1, description="queries it was trained on")
@@ -408,7 +411,9 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
         if manifest.astra.lexical:
             referenced.append(manifest.astra.lexical.file)
         if manifest.astra.ranker:
-            referenced += [manifest.astra.ranker.file, manifest.astra.ranker.popularity]
+            ranker = manifest.astra.ranker
+            referenced += [ranker.file, ranker.popularity]
+            referenced += [ranker.explain_file] if ranker.explain_file else []
     if manifest.mach:
         referenced.append(manifest.mach.heads)
         if manifest.mach.int8_heads:

@@ -31,11 +31,18 @@ class Hit:
     id: str
     title: str
     score: float
+    explain: dict[str, Any] | None = None  # the signals behind `score`, when asked for
 
 
 def result_records(hits: Sequence[Hit]) -> list[dict[str, Any]]:
-    """Hits as the answer shape: `{"id", "title", "score"}` each, best first."""
-    return [{"id": hit.id, "title": hit.title, "score": hit.score} for hit in hits]
+    """Hits as the answer shape: `{"id", "title", "score"}` each (and `explain` where the
+    request asked for it), best first."""
+    return [
+        {"id": hit.id, "title": hit.title, "score": hit.score}
+        if hit.explain is None
+        else {"id": hit.id, "title": hit.title, "score": hit.score, "explain": hit.explain}
+        for hit in hits
+    ]
 
 
 def hits_of(

@@ -38,7 +38,9 @@ def add_lexical(bundle_dir: Path) -> LexicalSpec:
     spec = write_lexical(bundle_dir, bundle.label_titles)
     ranker = manifest.astra.ranker
     if ranker is not None:  # it learned from the old postings' candidates: retrain it
-        for name in (ranker.file, ranker.popularity):
+        for name in (ranker.file, ranker.popularity, ranker.explain_file):
+            if name is None:
+                continue
             (bundle_dir / name).unlink(missing_ok=True)
     astra = manifest.astra.model_copy(update={"lexical": spec, "ranker": None})
     fields = manifest.model_dump(exclude={"files", "format_version", "astra"})

@@ -35,6 +35,7 @@ from training.evaluate import EVAL_DEPTH, EvalSet
 from training.quantize import list_in_manifest
 
 RANKER_FILE = "ranker.onnx"
+EXPLAIN_FILE = "ranker.lgb.txt"
 POPULARITY_FILE = "ranker_popularity.npy"
 # Chosen by cross-validation on Home Depot dev (nDCG@10 of 3 × 2 folds): 7 leaves, 150 rounds
 # at 0.05, at least 30 pairs a leaf and an L2 of 10 (0.4608); 100 rounds with no L2 0.4597,
@@ -210,10 +211,13 @@ def train_ranker(bundle_dir: Path, data: Path, params: dict | None = None) -> di
     staged = bundle_dir / f".{RANKER_FILE}.tmp"
     export_ranker(model, staged)
     staged.replace(bundle_dir / RANKER_FILE)
+    model.save_model(str(bundle_dir / f".{EXPLAIN_FILE}.tmp"))
+    (bundle_dir / f".{EXPLAIN_FILE}.tmp").replace(bundle_dir / EXPLAIN_FILE)
     np.save(bundle_dir / POPULARITY_FILE, popular)
     spec = RankerSpec(
         file=RANKER_FILE,
         popularity=POPULARITY_FILE,
+        explain_file=EXPLAIN_FILE,
         features=list(FEATURES),
         trained_on="dev",
         queries=len(points.texts),

@@ -35,6 +35,7 @@ class _SearchRequestRules(BaseModel):
     queries: list[str] | None
     k: int
     model: ModelName | None
+    explain: bool
 
     @model_validator(mode="after")
     def _one_of_query_or_queries(self) -> _SearchRequestRules:
@@ -76,6 +77,7 @@ def search_request_model(
             "queries": f"a list of 1 to {max_queries} strings, each of {query_limit}",
             "k": f"an integer from 1 to {max_k}",
             "model": "one of 'astra', 'mach', 'hybrid', or null",
+            "explain": "true or false",
         }
 
         # Not nullable: an explicit null is a type error; absent means `queries` is used.
@@ -114,8 +116,27 @@ def search_request_model(
                 "A model the bundle does not hold is answered 404."
             ),
         )
+        explain: bool = Field(
+            default=False,
+            description=(
+                "Also return, for each result, `explain`: what ranked it (`ranked_by`), the "
+                "`signals` it read and the `contributions` its score is the sum of (uncached)."
+            ),
+        )
 
     return SearchRequest
+
+
+class Explanation(BaseModel):
+    """Why a product ranked where it did (`"explain": true`; see `service.search.explain`)."""
+
+    ranked_by: str = Field(
+        description="What ranked it: index, formula, learned ranker, hybrid or mach."
+    )
+    signals: dict[str, float | None] = Field(description="The raw values the ranking read.")
+    contributions: dict[str, float | None] | None = Field(
+        None, description="The parts the score is the sum of (to float32 rounding)."
+    )
 
 
 class SearchResult(BaseModel):
@@ -124,6 +145,9 @@ class SearchResult(BaseModel):
     id: str = Field(description="External product id (line i of the bundle's label ids).")
     title: str = Field(description="Product title (line i of the bundle's label titles).")
     score: float = Field(description="Model score; higher is better, comparable within a model.")
+    explain: Explanation | None = Field(
+        None, description="Present when the request asked for `explain`."
+    )
 
 
 RESULTS_DESCRIPTION = (

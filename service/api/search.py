@@ -133,7 +133,13 @@ def shed_response(metrics: ServiceMetrics) -> Callable[[Overloaded], JSONRespons
 
 
 async def _run_model(
-    request: Request, engine: SearchEngine, *, texts: list[str], k: int, model: str
+    request: Request,
+    engine: SearchEngine,
+    *,
+    texts: list[str],
+    k: int,
+    model: str,
+    explain: bool = False,
 ) -> Answer:
     """Admit `texts` into the batcher as one job and await its answer."""
     state = state_of(request)
@@ -143,6 +149,7 @@ async def _run_model(
         queries=texts,
         k=k,
         model=model,
+        explain=explain,
         deadline=time.monotonic() + state.settings.request_timeout_ms / 1000,
         future=loop.create_future(),
         loop=loop,
@@ -159,11 +166,13 @@ async def _hits(
     k: int,
     model: str,
     batched: bool,
+    explain: bool,
 ) -> tuple[list[list[Hit]], dict[str, float]]:
     """Each query's hits, from the result cache where it has them and from the model for the
-    rest (which are then cached); and the model call's stage times (none if all were cached)."""
+    rest (which are then cached); and the model call's stage times (none if all were cached).
+    Explained answers are neither read from the cache nor written to it."""
     state = state_of(request)
-    cache = state.cache
+    cache = None if explain else state.cache
     name, version = engine.manifest.name, engine.version
     keys: list[CacheKey] = []
     found: list[list[Hit] | None] = [None] * len(texts)
@@ -174,8 +183,9 @@ async def _hits(
     stages: dict[str, float] = {}
     if missing:
         try:
+            texts_missing = [texts[p] for p in missing]
             answer = await _run_model(
-                request, engine, texts=[texts[p] for p in missing], k=k, model=model
+                request, engine, texts=texts_missing, k=k, model=model, explain=explain
             )
         except (Overloaded, Dropped, QueryTooLong) as exc:
             if isinstance(exc, Overloaded):
@@ -199,6 +209,7 @@ async def answer_search(
     batched: bool,
     k: int,
     model: str | None,
+    explain: bool = False,
 ) -> Response:
     """Admit the queries, await their hits and shape the reply (see the module docstring)."""
     start = time.perf_counter()
@@ -217,7 +228,9 @@ async def answer_search(
         raise api_error(
             status.HTTP_404_NOT_FOUND, ["body", "model"], str(exc), "model_not_found"
         ) from exc
-    hits, stages = await _hits(request, engine, texts=texts, k=k, model=chosen, batched=batched)
+    hits, stages = await _hits(
+        request, engine, texts=texts, k=k, model=chosen, batched=batched, explain=explain
+    )
     took = time.perf_counter() - start
     for stage, seconds in (*stages.items(), ("total", took)):
         state.metrics.stage_seconds.labels(stage, chosen, engine.manifest.version).observe(seconds)
@@ -297,7 +310,13 @@ def make_search_router(settings: Settings) -> APIRouter:
         """Answer with the k best products of the requested model for each query."""
         batched = body.queries is not None
         return await answer_search(
-            request, engine, texts=body.texts, batched=batched, k=body.k, model=body.model
+            request,
+            engine,
+            texts=body.texts,
+            batched=batched,
+            k=body.k,
+            model=body.model,
+            explain=body.explain,
         )
 
     return router

@@ -79,6 +79,7 @@ class SearchJob:
     future: asyncio.Future[Answer]
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
+    explain: bool = False  # attach each result's signals (`service.search.explain`)
     abandoned: bool = False  # set from the event loop when the client disconnects
     taken: int = 0  # queries handed to workers so far
     in_flight: bool = False  # a slice of this job is being run
@@ -363,7 +364,10 @@ class MicroBatcher:
                     self._end(piece.job, error=exc)
 
     def _run_on_engine(self, engine: SearchEngine, pieces: list[Slice]) -> None:
-        groups = [QueryGroup(piece.queries, piece.job.model, piece.job.k) for piece in pieces]
+        groups = [
+            QueryGroup(piece.queries, piece.job.model, piece.job.k, piece.job.explain)
+            for piece in pieces
+        ]
         answers = answer_groups(engine, groups, self.max_query_tokens)
         if answers.encoded:
             self.metrics.batch_queries.observe(answers.encoded)

@@ -18,6 +18,7 @@ import numpy as np
 
 from service.ranking import Hit
 from service.search.engine import SearchEngine
+from service.search.explain import explain_hits
 
 
 class QueryTooLong(Exception):
@@ -36,11 +37,13 @@ class QueryTooLong(Exception):
 
 @dataclass(frozen=True)
 class QueryGroup:
-    """Queries answered together, by one model (already resolved by the engine) at one k."""
+    """Queries answered together, by one model (already resolved by the engine) at one k,
+    with their results explained or not."""
 
     queries: list[str]
     model: str
     k: int
+    explain: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,11 @@ def answer_groups(
         vectors = engine.encoder.embed(kept_ids)
         encoded = time.perf_counter()
         texts = [query for index in kept for query in groups[index].queries]
-        wants = [(groups[i].model, groups[i].k) for i in kept for _ in groups[i].queries]
+        wants = [
+            (groups[i].model, groups[i].k, groups[i].explain)
+            for i in kept
+            for _ in groups[i].queries
+        ]
         hits = _rank_grouped(engine, vectors, texts, wants)
         retrieved = time.perf_counter()
         row = 0
@@ -95,15 +102,22 @@ def answer_groups(
 
 
 def _rank_grouped(
-    engine: SearchEngine, vectors: np.ndarray, texts: list[str], wants: list[tuple[str, int]]
+    engine: SearchEngine,
+    vectors: np.ndarray,
+    texts: list[str],
+    wants: list[tuple[str, int, bool]],
 ) -> list[list[Hit]]:
-    """Hits of each embedded text under its own (model, k), one retrieval per distinct pair."""
+    """Hits of each embedded text under its own (model, k, explain), one retrieval per distinct
+    triple; explained ones get their signals (`service.search.explain`)."""
     hits: list[list[Hit]] = [[] for _ in texts]
-    rows_by_want: dict[tuple[str, int], list[int]] = {}
+    rows_by_want: dict[tuple[str, int, bool], list[int]] = {}
     for row, want in enumerate(wants):
         rows_by_want.setdefault(want, []).append(row)
-    for (model, k), rows in rows_by_want.items():
-        ranked = engine.rank_encoded(vectors[rows], [texts[r] for r in rows], k, model)
-        for row, found in zip(rows, engine.hits(*ranked), strict=True):
-            hits[row] = found
+    for (model, k, explain), rows in rows_by_want.items():
+        queries = [texts[r] for r in rows]
+        found = engine.hits(*engine.rank_encoded(vectors[rows], queries, k, model))
+        if explain:
+            explain_hits(engine, vectors[rows], queries, k, model, found)
+        for row, row_hits in zip(rows, found, strict=True):
+            hits[row] = row_hits
     return hits

@@ -19,6 +19,7 @@ The formula stays the fallback (`XC_RANKER=off`, or a bundle without a ranker).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,23 @@ class LearnedRanker:
             )
         self.spec = spec
         self.popularity = popularity
+        self._bundle_dir = bundle_dir
+        self._explainer: object | None = None  # LightGBM's booster, loaded on the first explain
+        self._lock = threading.Lock()
+
+    def contributions(self, features: np.ndarray) -> np.ndarray | None:
+        """SHAP values [m, F + 1] (each feature's, then the bias) of candidates `features`
+        [m, F], which add up to their scores; None where the bundle has no LightGBM copy."""
+        if self.spec.explain_file is None:
+            return None
+        with self._lock:
+            if self._explainer is None:
+                import lightgbm  # only for explanations: scoring runs on ONNX Runtime
+
+                path = self._bundle_dir / self.spec.explain_file
+                self._explainer = lightgbm.Booster(model_file=str(path))
+        booster = self._explainer
+        return np.asarray(booster.predict(features, pred_contrib=True), np.float64)  # type: ignore[attr-defined]
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """The ranker's scores float32 [n, c] of candidates `features` [n, c, F]; -inf pads."""

@@ -206,3 +206,20 @@ def test_rebuilding_the_postings_drops_the_ranker_they_fed(ranked: Path, tmp_pat
     assert manifest.astra.ranker is None and manifest.astra.lexical.analyzer == 3
     assert not (copy / RANKER_FILE).exists() and RANKER_FILE not in manifest.files
     assert SearchEngine.load(copy).ranker is None
+
+
+def test_the_rankers_explanation_adds_up_to_its_score(ranked: Path, demo_data: Path) -> None:
+    from service.search.explain import explain_hits
+
+    engine = SearchEngine.load(ranked)
+    texts = load_dataset(demo_data).split("dev").texts[:10]
+    vectors = engine.encoder.encode(texts)
+    hits = engine.hits(*engine.rank_encoded(vectors, texts, 5, "astra"))
+    explain_hits(engine, vectors, texts, 5, "astra", hits)
+    for row in hits:
+        for hit in row:
+            assert hit.explain["ranked_by"] == "learned ranker"
+            assert set(hit.explain["signals"]) == set(FEATURES)
+            parts = hit.explain["contributions"]
+            assert set(parts) == {*FEATURES, "bias"}
+            assert sum(parts.values()) == pytest.approx(hit.score, rel=1e-4, abs=1e-4)

@@ -50,7 +50,9 @@ $(BUNDLE)/manifest.json: | $(STAMP) $(if $(DATA),,$(DEMO_DATA)/lbl_X.txt)
 	$(if $(filter none,$(MACH_ARGS)),,$(PY) -m training train --model mach \
 	    --data $(if $(DATA),$(DATA),$(DEMO_DATA)) --encoder-from $(BUNDLE) --out $(BUNDLE) $(MACH_ARGS))
 	$(PY) -m training quantize --bundle $(BUNDLE) --data $(if $(DATA),$(DATA),$(DEMO_DATA))
-	$(PY) -m training ranker --bundle $(BUNDLE) --data $(if $(DATA),$(DATA),$(DEMO_DATA))
+	$(if $(findstring --train-split trn,$(TRAIN_ARGS)),@echo "no learned ranker: dev is inside \
+	    the training data (--train-split trn)",$(PY) -m training ranker --bundle $(BUNDLE) \
+	    --data $(if $(DATA),$(DATA),$(DEMO_DATA)))
 
 bundle: $(BUNDLE)/manifest.json
 

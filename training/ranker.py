@@ -76,15 +76,12 @@ def collect(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates (labels [n, c]), their features [n, c, F] and the formula's scores [n, c],
     through the engine's own candidate path."""
-    from service.search.ranker import candidate_features
-
-    assert engine.lexical is not None
     labels, features, formula = [], [], []
     for start in tqdm(range(0, len(texts), batch), desc="ranker features", unit="batch"):
         queries = texts[start : start + batch]
         found, _ = engine.candidates(engine.encoder.encode(queries), queries, 10, True, False)
         labels.append(found.labels)
-        features.append(candidate_features(found, engine.lexical, engine.catalog, popular))
+        features.append(engine.features(found, popular))
         formula.append(engine.lexical_formula(found))
     width = max(row.shape[1] for row in labels)
     return _pad(labels, width, -1), _pad(features, width, 0.0), _pad(formula, width, -np.inf)

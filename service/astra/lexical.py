@@ -287,8 +287,12 @@ class LexicalIndex:
         misspelt words corrected first where the analyzer's version does so."""
         if self.speller is not None:
             query = self.speller.correct(self.analyzer.normalise(query))
+        return self._known_rows(query, np.int64)
+
+    def _known_rows(self, text: str, dtype: type) -> np.ndarray:
+        """`text`'s terms that the postings know, as their rows, in order, repeats kept."""
         known = self.rows
-        return np.array([known[t] for t in self.analyzer.terms(query) if t in known], np.int64)
+        return np.array([known[t] for t in self.analyzer.terms(text) if t in known], dtype)
 
     def match(self, queries: Sequence[str]) -> list[Matches]:
         """Each query's BM25 score for every label that holds one of its terms."""
@@ -352,10 +356,7 @@ class LexicalIndex:
 
     def text_rows(self, text: str) -> np.ndarray:
         """A title that is not indexed as distinct known postings rows (`title_rows`' form)."""
-        known = self.rows
-        return np.unique(
-            np.array([known[t] for t in self.analyzer.terms(text) if t in known], np.int32)
-        )
+        return np.unique(self._known_rows(text, np.int32))
 
     def title_scores(self, rows: np.ndarray, titles: Sequence[str]) -> np.ndarray:
         """BM25 scores of one query (its `query_rows`) with titles that are not indexed, under

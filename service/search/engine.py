@@ -222,7 +222,6 @@ class SearchEngine:
         candidates, each ranked by the exact fused score (see the module docstring), or by
         the learned ranker for ASTRA with the lexical ranker."""
         assert self.bundle.classifiers is not None
-        catalog = self.catalog
         found, mach_scores = self.candidates(vectors, queries, k, lexical, hybrid)
         labels, scores = found.labels, found.astra
         if lexical and not hybrid and self.ranker is not None:
@@ -230,9 +229,7 @@ class SearchEngine:
         if lexical:
             scores = self.lexical_formula(found)
         if hybrid and self.hybrid_weight > 0:  # at w = 0, 0·(-inf) would be nan, not 0
-            assert self.mach is not None and mach_scores is not None
-            safe = np.maximum(labels, 0)
-            mach = self.mach.rescore(mach_scores, catalog.mach_labels(safe)) / self.mach.spec.reps
+            mach = self.mach_term(found, mach_scores)
             scores = (1.0 - self.hybrid_weight) * scores + self.hybrid_weight * mach
         # A candidate MACH rules out (score -inf) is dropped, not ranked last.
         return top_k(scores, np.where(np.isfinite(scores), labels, -1), k)
@@ -276,15 +273,30 @@ class SearchEngine:
         )
         return found, mach_scores
 
-    def lexical_formula(self, found: Candidates) -> np.ndarray:
-        """The lexical ranker's formula: cosine + λ·bm25 / the query's best BM25."""
+    def lexical_term(self, found: Candidates) -> np.ndarray:
+        """The lexical ranker's term of each candidate: λ·bm25 / the query's best BM25."""
         best = found.bm25.max(axis=1, keepdims=True)
-        return found.astra + self.lexical_weight * found.bm25 / np.where(best > 0, best, 1.0)
+        return self.lexical_weight * found.bm25 / np.where(best > 0, best, 1.0)
 
-    def features(self, found: Candidates) -> np.ndarray:
-        """The learned ranker's features of `found` (`service.search.ranker`)."""
-        assert self.ranker is not None and self.lexical is not None
-        return candidate_features(found, self.lexical, self.catalog, self.ranker.popularity)
+    def lexical_formula(self, found: Candidates) -> np.ndarray:
+        """The lexical ranker's formula: cosine + `lexical_term`."""
+        return found.astra + self.lexical_term(found)
+
+    def mach_term(self, found: Candidates, mach_scores: MachScores | None) -> np.ndarray:
+        """MACH's score of each candidate in the hybrid: its mean bucket log-probability over
+        the R repetitions (a new product scored as its anchor)."""
+        assert self.mach is not None and mach_scores is not None
+        labels = self.catalog.mach_labels(np.maximum(found.labels, 0))
+        return self.mach.rescore(mach_scores, labels) / self.mach.spec.reps
+
+    def features(self, found: Candidates, popularity: np.ndarray | None = None) -> np.ndarray:
+        """The learned ranker's features of `found` (`service.search.ranker`), with the
+        served ranker's popularity unless one is given (training has no ranker yet)."""
+        assert self.lexical is not None
+        if popularity is None:
+            assert self.ranker is not None
+            popularity = self.ranker.popularity
+        return candidate_features(found, self.lexical, self.catalog, popularity)
 
 
 def _member_of(labels: np.ndarray, pool: np.ndarray) -> np.ndarray:

@@ -53,35 +53,30 @@ def explain_hits(
         for q, row in enumerate(wanted)
     ]
     if lexical and not hybrid and engine.ranker is not None:
-        _explain_ranked(engine, found.labels, engine.features(found), columns, hits)
+        _explain_ranked(engine, engine.features(found), columns, hits)
         return
     best = found.bm25.max(axis=1)
-    mach = None
-    if hybrid and mach_scores is not None and engine.mach is not None:
-        labels = engine.catalog.mach_labels(np.maximum(found.labels, 0))
-        mach = engine.mach.rescore(mach_scores, labels) / engine.mach.spec.reps
-    share = 1.0 - engine.hybrid_weight if hybrid else 1.0
+    term = engine.lexical_term(found) if lexical else None
+    mach = engine.mach_term(found, mach_scores) if hybrid else None
+    weighted = hybrid and engine.hybrid_weight > 0  # the engine's rule: w = 0 leaves MACH out
+    share = 1.0 - engine.hybrid_weight if weighted else 1.0
     for q, row in enumerate(hits):
         for hit, column in zip(row, columns[q], strict=True):
-            astra, bm25 = float(found.astra[q, column]), float(found.bm25[q, column])
+            astra = float(found.astra[q, column])
             signals: dict[str, float] = {"astra": astra}
             parts = {"astra": share * astra}
-            if lexical:
-                signals |= {"bm25": bm25, "bm25_best": float(best[q])}
-                norm = float(best[q]) if best[q] > 0 else 1.0
-                parts["lexical"] = share * engine.lexical_weight * bm25 / norm
+            if term is not None:
+                signals |= {"bm25": float(found.bm25[q, column]), "bm25_best": float(best[q])}
+                parts["lexical"] = share * float(term[q, column])
             if mach is not None:
                 signals["mach"] = float(mach[q, column])
-                parts["mach"] = engine.hybrid_weight * float(mach[q, column])
+                if weighted:
+                    parts["mach"] = engine.hybrid_weight * float(mach[q, column])
             hit.explain = _explanation("hybrid" if hybrid else "formula", signals, parts)
 
 
 def _explain_ranked(
-    engine: SearchEngine,
-    labels: np.ndarray,
-    features: np.ndarray,
-    columns: list[list[int]],
-    hits: list[list[Hit]],
+    engine: SearchEngine, features: np.ndarray, columns: list[list[int]], hits: list[list[Hit]]
 ) -> None:
     """The learned ranker's features as signals, its SHAP values as contributions."""
     assert engine.ranker is not None

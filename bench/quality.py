@@ -50,7 +50,8 @@ from bench.peers import PEERS, directory_bytes, run_peer, write_problem
 from bench.provenance import command_line, machine, versions
 from bench.report import render_quality
 from bench.timing import RankRange, rank_all, single_query_ms
-from service.bundle import MANIFEST_NAME, Manifest
+from service.bundle import MANIFEST_NAME, Manifest, read_manifest
+from service.ranking import top_k
 from service.search.engine import SearchEngine
 from training.data import XCDataset, load_dataset
 from training.evaluate import EVAL_DEPTH, EvalSet
@@ -61,6 +62,7 @@ DATA_ROOT = REPO.parent / "shared" / "data"
 OURS, BASELINE, PEER = "ours", "baseline", "peer"
 BM25_NAME = "BM25 (bm25s, label text)"
 ZERO_SHOT = "zero-shot (untrained encoder)"
+RANKED_ASTRA = "ASTRA + learned ranker"
 PLOTTED = ("P@1", "P@5", "nDCG@10", "PSP@5", "R@10")
 # Keep one-character tokens: "2 x 4", "1/2 in." and "6 ft" carry meaning in product queries.
 TOKEN_PATTERN = r"(?u)\b\w+\b"
@@ -89,6 +91,7 @@ class OurModel:
     family: str = OURS
     hybrid_weight: float | None = None  # None: the bundle's own
     lexical_weight: float | None = None  # None: the bundle's own; 0: ASTRA's index alone
+    ranker: str = "off"  # on: ASTRA's learned ranker (row left out where the bundle has none)
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,11 @@ def our_models(
     hybrid_weight: float | None = None,
     lexical_weight: float | None = None,
 ) -> tuple[OurModel, ...]:
-    """ASTRA (with and without its lexical ranker), MACH and hybrid of one bundle, and the
-    untrained encoder as a baseline (alone, and with the same lexical ranker)."""
+    """ASTRA (with its learned ranker, with the formula and with the index alone), MACH and
+    hybrid of one bundle, and the untrained encoder as a baseline (alone, and with the same
+    lexical ranker)."""
     return (
+        OurModel(RANKED_ASTRA, bundle, "astra", OURS, None, lexical_weight, "on"),
         OurModel("ASTRA", bundle, "astra", OURS, None, lexical_weight),
         OurModel("ASTRA, index only (no lexical ranker)", bundle, "astra", OURS, None, 0.0),
         OurModel("MACH", bundle, "mach"),
@@ -314,15 +319,21 @@ def model_bytes(manifest: Manifest, model: str, lexical: bool) -> int:
 
 def score_bundle(
     spec: OurModel, bench: Benchmark, dataset: XCDataset, points: EvalSet, settings: RunSettings
-) -> dict[str, Any]:
-    """One of our models through the served path; training time from the bundle manifest."""
+) -> dict[str, Any] | None:
+    """One of our models through the served path; training time from the bundle manifest.
+    None for a learned-ranker row whose bundle has no ranker."""
+    path = settings.repo / spec.bundle
+    manifest = read_manifest(path)
+    if spec.ranker == "on" and (manifest.astra is None or manifest.astra.ranker is None):
+        print(f"{spec.name}: {spec.bundle} has no learned ranker; row left out", file=sys.stderr)
+        return None
     engine = SearchEngine.load(
-        settings.repo / spec.bundle,
+        path,
         hybrid_weight=spec.hybrid_weight,
         lexical_weight=spec.lexical_weight,
+        ranker=spec.ranker,
     )
     model = engine.resolve_model(spec.model)
-    manifest = engine.manifest
     if manifest.labels.count != dataset.num_labels:
         raise ValueError(
             f"{spec.bundle} has {manifest.labels.count} labels, "
@@ -354,7 +365,37 @@ def score_bundle(
         details["lexical_weight"] = engine.lexical_weight
     train_seconds = sum(r["seconds"] for r in records.values())
     size = model_bytes(manifest, model, engine.lexical_weight > 0)
-    return method_result(spec.family, points, ranking, (train_seconds, "manifest"), size, details)
+    if engine.ranker is not None:
+        size += sum(manifest.files[name].bytes for name in (engine.ranker.spec.file,))
+        details["ranker"] = {"trained_on": engine.ranker.spec.trained_on}
+    row = method_result(spec.family, points, ranking, (train_seconds, "manifest"), size, details)
+    if engine.ranker is not None and engine.ranker.spec.trained_on == bench.eval_split:
+        # The served ranker learned from these very points: its metrics come from rankers
+        # that never saw the query they score (the same cross-validation as training's).
+        row["metrics"] = ranker_cross_validated(path, dataset, bench.eval_split, points)
+        details["ranker"]["metrics"] = "cross-validated on the evaluation split (3 × 2 folds)"
+    return row
+
+
+def ranker_cross_validated(
+    bundle: Path, dataset: XCDataset, split: str, points: EvalSet
+) -> dict[str, float]:
+    """Every metric of ASTRA's learned ranker on `points`, each point scored by a ranker fitted
+    on the other fold (`training.ranker.cross_validated_scores`), averaged over the shuffles."""
+    from training import ranker as learned
+
+    engine = SearchEngine.load(bundle, ranker="on")
+    assert engine.ranker is not None
+    popularity = engine.ranker.popularity
+    labels, features, _ = learned.collect(engine, points.texts, popularity)
+    levels, gains = learned.grade_levels(dataset, split, points.texts, labels)
+    runs = []
+    given = engine.ranker.spec.params
+    params = {k: int(v) if float(v).is_integer() else v for k, v in given.items()}
+    for scores in learned.cross_validated_scores(features, levels, labels, gains, params):
+        _, ranked = top_k(np.where(labels >= 0, scores, -np.inf), labels, EVAL_DEPTH)
+        runs.append(points.score(ranked))
+    return {name: float(np.mean([run[name] for run in runs])) for name in runs[0]}
 
 
 # ----------------------------------------------------------------------------- TF-IDF peers
@@ -465,7 +506,8 @@ def run_benchmark(bench: Benchmark, dataset: XCDataset, settings: RunSettings) -
     points = EvalSet.of(dataset, bench.eval_split)
     methods: dict[str, dict[str, Any]] = {BM25_NAME: score_bm25(dataset, points, settings)}
     for spec in bench.models:
-        methods[spec.name] = score_bundle(spec, bench, dataset, points, settings)
+        if (row := score_bundle(spec, bench, dataset, points, settings)) is not None:
+            methods[spec.name] = row
     features: dict[str, Any] = {}
     if settings.peers:
         with tempfile.TemporaryDirectory(prefix="xc-peers-") as tmp:
@@ -560,8 +602,13 @@ def notes(settings: RunSettings) -> dict[str, str]:
         f"first {settings.single_queries} points after one warm-up query (top {EVAL_DEPTH}).",
         "model_mb": "ours: the bundle files the model reads (fp32 encoder, tokenizer, classifier "
         "vectors and index, the lexical ranker's postings when it is on, and/or MACH heads and "
-        "IDF), label titles and ids excluded; BM25: the "
+        "IDF, the learned ranker's ONNX file), label titles and ids excluded; BM25: the "
         "saved index; peers: the saved model plus the pickled TF-IDF vectorizer.",
+        "ranker": f"{RANKED_ASTRA}: the bundle's LambdaMART over ASTRA's lexical candidates "
+        "(`python -m training ranker`), which learns from the dev split; where the table is "
+        "scored on dev, its metrics are cross-validated (3 shuffles of 2 folds, each query "
+        "scored by a ranker fitted on the other fold, as training measures it), its timings "
+        "those of the served ranker. The rows without it rank by the formula (XC_RANKER=off).",
     }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from service.bundle import read_manifest
 from service.search.engine import SearchEngine
 from training.data import XCDataset
 from training.ranking_metrics import METRIC_NAMES, evaluate, inverse_propensities
@@ -66,10 +67,16 @@ def evaluate_bundle(
     lexical_weight: float | None = None,
     mach_precision: str = "fp32",
     encoder_size: str = "full",
+    ranker: str = "auto",
 ) -> dict[str, float]:
     """Metrics of a bundle's model on one split; also reports points and per-query time.
 
-    The weights default to the bundle's own."""
+    The weights default to the bundle's own. A learned ranker is never scored on the split it
+    learned from (dev: its figures there are the manifest's cross-validated ones): there the
+    formula ranks, so dev tuning of a bundle with a ranker tunes the formula's weights."""
+    spec = read_manifest(bundle_dir).astra
+    if spec is not None and spec.ranker is not None and spec.ranker.trained_on == split:
+        ranker = "off"
     engine = SearchEngine.load(
         bundle_dir,
         hybrid_weight=hybrid_weight,
@@ -77,6 +84,7 @@ def evaluate_bundle(
         lexical_weight=lexical_weight,
         mach_precision=mach_precision,
         encoder_size=encoder_size,
+        ranker=ranker,
     )
     engine.resolve_model(model)
     if engine.manifest.labels.count != dataset.num_labels:

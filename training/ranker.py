@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightgbm
 import numpy as np
@@ -33,6 +34,9 @@ from service.search.ranker import FEATURES, RANKER_INPUT
 from training.data import XCDataset, load_dataset
 from training.evaluate import EVAL_DEPTH, EvalSet
 from training.quantize import list_in_manifest
+
+if TYPE_CHECKING:
+    from training.shopdata import ShopDataSpec
 
 RANKER_FILE = "ranker.onnx"
 EXPLAIN_FILE = "ranker.lgb.txt"
@@ -134,16 +138,11 @@ def ranked_metrics(points: EvalSet, labels: np.ndarray, scores: np.ndarray) -> d
     return {name: round(metrics[name], 4) for name in METRICS}
 
 
-def cross_validated(
-    points: EvalSet,
-    features: np.ndarray,
-    levels: np.ndarray,
-    labels: np.ndarray,
-    gains: list[float],
-    params: dict,
-) -> dict[str, float]:
-    """Mean metrics over `SEEDS` shuffles of 2 folds, each fold scored by a ranker fitted on
-    the other."""
+def cross_validated_scores(
+    features: np.ndarray, levels: np.ndarray, labels: np.ndarray, gains: list[float], params: dict
+) -> list[np.ndarray]:
+    """Each of `SEEDS`' shuffles of 2 folds: every candidate's score [n, c] by a ranker fitted
+    on the other fold, so no query is scored by a ranker that saw it."""
     runs = []
     for seed in SEEDS:
         fold = np.random.default_rng(seed).permutation(len(labels)) % 2
@@ -153,7 +152,23 @@ def cross_validated(
             model = fit(features[train], levels[train], labels[train], gains, params)
             flat = features[test].reshape(-1, features.shape[2])
             scores[test] = model.predict(flat).reshape(labels[test].shape)
-        runs.append(ranked_metrics(points, labels, scores))
+        runs.append(scores)
+    return runs
+
+
+def cross_validated(
+    points: EvalSet,
+    features: np.ndarray,
+    levels: np.ndarray,
+    labels: np.ndarray,
+    gains: list[float],
+    params: dict,
+) -> dict[str, float]:
+    """`METRICS`, the mean over the shuffles of `cross_validated_scores`."""
+    runs = [
+        ranked_metrics(points, labels, scores)
+        for scores in cross_validated_scores(features, levels, labels, gains, params)
+    ]
     return {name: round(float(np.mean([run[name] for run in runs])), 4) for name in METRICS}
 
 
@@ -168,7 +183,7 @@ def export_ranker(model: lightgbm.Booster, path: Path) -> None:
     )
 
 
-def train_ranker(bundle_dir: Path, data: Path, params: dict | None = None) -> dict:
+def train_ranker(bundle_dir: Path, data: Path | ShopDataSpec, params: dict | None = None) -> dict:
     """Train, cross-validate and write a learned ranker into the bundle; returns the report."""
     params = dict(PARAMS if params is None else params)
     manifest = load_bundle(bundle_dir).manifest

@@ -223,3 +223,22 @@ def test_the_rankers_explanation_adds_up_to_its_score(ranked: Path, demo_data: P
             parts = hit.explain["contributions"]
             assert set(parts) == {*FEATURES, "bias"}
             assert sum(parts.values()) == pytest.approx(hit.score, rel=1e-4, abs=1e-4)
+
+
+def test_dev_figures_never_come_from_the_ranker_that_learned_on_dev(
+    ranked: Path, demo_bundle: Path, demo_data: Path
+) -> None:
+    """Tuning a bundle that has a ranker (MACH added on its encoder, say) tunes the formula: the
+    ranker scored on its own training queries would win every trial."""
+    from training.evaluate import evaluate_bundle
+
+    dataset = load_dataset(demo_data)
+    on_dev = evaluate_bundle(ranked, dataset, "dev", "astra")
+    assert on_dev["nDCG@10"] == pytest.approx(
+        evaluate_bundle(demo_bundle, dataset, "dev")["nDCG@10"]
+    )
+    served = SearchEngine.load(ranked)  # the service does serve it: dev is not its data
+    assert served.ranker is not None
+    on_tst = evaluate_bundle(ranked, dataset, "tst", "astra")
+    formula = evaluate_bundle(ranked, dataset, "tst", "astra", ranker="off")
+    assert on_tst["nDCG@10"] != pytest.approx(formula["nDCG@10"])  # elsewhere it ranks

@@ -10,17 +10,29 @@ PY     := $(VENV)/bin/python
 EXTRAS ?= cpu
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-# DATA=<dir in the XC text layout> serves that dataset; without it the generated demo catalog.
+# DATA=<dir in the XC text layout, fastText file, or a shop export's .toml> serves that dataset;
+# PRODUCTS=<file> INTERACTIONS=<file> (CSV, JSON lines or Parquet; SHOP_ARGS="--id-column sku
+# ..." maps their columns, README "Your own data") serve a shop's export; without either the
+# generated demo catalog.
 DATA   ?=
-NAME   ?= $(if $(DATA),$(notdir $(patsubst %/xc,%,$(abspath $(DATA)))),demo)
+PRODUCTS ?=
+INTERACTIONS ?=
+SHOP_ARGS ?=
+SOURCE := $(if $(PRODUCTS),$(PRODUCTS),$(DATA))
+dir_name = $(notdir $(patsubst %/,%,$(dir $(abspath $(1)))))
+NAME   ?= $(if $(PRODUCTS),$(call dir_name,$(PRODUCTS)),$(if $(filter %.toml,$(DATA)),$(call \
+	dir_name,$(DATA)),$(if $(DATA),$(notdir $(patsubst %/xc,%,$(abspath $(DATA)))),demo)))
+# The flags that name the data to every `python -m training` step.
+DATA_FLAGS = $(if $(PRODUCTS),--products $(PRODUCTS) $(if $(INTERACTIONS),--interactions \
+	$(INTERACTIONS)) $(SHOP_ARGS),--data $(if $(DATA),$(DATA),$(DEMO_DATA)))
 BUNDLE ?= models/$(NAME)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO_DATA := data/demo
 # Extra flags for `python -m training train` (e.g. TRAIN_ARGS="--epochs 4").
-TRAIN_ARGS ?= $(if $(DATA),,--epochs 1)
+TRAIN_ARGS ?= $(if $(SOURCE),,--epochs 1)
 # Flags for the MACH heads added to the bundle (MACH_ARGS=none builds ASTRA only).
-MACH_ARGS ?= $(if $(DATA),,--epochs 20 --repetitions 8)
+MACH_ARGS ?= $(if $(SOURCE),,--epochs 20 --repetitions 8)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -42,17 +54,19 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-$(DEMO_DATA)/lbl_X.txt: | $(STAMP)
+# The demo catalog in both shapes: the XC text layout and a shop's export (products.csv,
+# interactions.csv, test_interactions.csv, shopdata.toml).
+$(DEMO_DATA)/shopdata.toml: | $(STAMP)
 	$(PY) -m training demo --out $(DEMO_DATA)
 
-$(BUNDLE)/manifest.json: | $(STAMP) $(if $(DATA),,$(DEMO_DATA)/lbl_X.txt)
-	$(PY) -m training train --data $(if $(DATA),$(DATA),$(DEMO_DATA)) --out $(BUNDLE) $(TRAIN_ARGS)
+$(BUNDLE)/manifest.json: | $(STAMP) $(if $(SOURCE),,$(DEMO_DATA)/shopdata.toml)
+	$(PY) -m training train $(DATA_FLAGS) --out $(BUNDLE) $(TRAIN_ARGS)
 	$(if $(filter none,$(MACH_ARGS)),,$(PY) -m training train --model mach \
-	    --data $(if $(DATA),$(DATA),$(DEMO_DATA)) --encoder-from $(BUNDLE) --out $(BUNDLE) $(MACH_ARGS))
-	$(PY) -m training quantize --bundle $(BUNDLE) --data $(if $(DATA),$(DATA),$(DEMO_DATA))
+	    $(DATA_FLAGS) --encoder-from $(BUNDLE) --out $(BUNDLE) $(MACH_ARGS))
+	$(PY) -m training quantize --bundle $(BUNDLE) $(DATA_FLAGS)
 	$(if $(findstring --train-split trn,$(TRAIN_ARGS)),@echo "no learned ranker: dev is inside \
 	    the training data (--train-split trn)",$(PY) -m training ranker --bundle $(BUNDLE) \
-	    --data $(if $(DATA),$(DATA),$(DEMO_DATA)))
+	    $(DATA_FLAGS))
 
 bundle: $(BUNDLE)/manifest.json
 
@@ -113,7 +127,8 @@ test-fast: lint $(PG_STAMP)
 # `make bench` reproduces every table of BENCHMARKS.md (95 min on 2 cores; keep the machine
 # otherwise idle: most tables are timings). Its parts, run in this order:
 #   bench-quality  ours vs BM25, the untrained encoder and the XMC peers on Home Depot and
-#                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder;
+#                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder,
+#                  the learned ranker, product fields on the demo's export (bench.fields);
 #   bench-serving  HTTP load (fp32, int8), offline batch scoring, catalog upserts, the in-process
 #                  CPU baseline of the GPU benchmark, MACH decoding at 1M, 10M and 50M labels,
 #                  20 SIGKILL cycles during batch jobs and upserts (bench.faults), three
@@ -153,12 +168,13 @@ bench:
 	$(MAKE) bench-train-scale
 	$(PY) -m bench.report
 
-bench-quality: $(STAMP) $(PEERS_STAMP)
+bench-quality: $(STAMP) $(PEERS_STAMP) $(DEMO_DATA)/shopdata.toml
 	$(PY) -m bench.quality --dataset homedepot --dataset cooking --build-missing
 	$(PY) -m bench.parity --data $(HOMEDEPOT) --data $(COOKING)
 	$(PY) -m bench.int8 --bundle models/homedepot --data $(HOMEDEPOT)
 	$(PY) -m training distill --bundle models/homedepot --data $(HOMEDEPOT)
 	$(PY) -m bench.ranker --bundle models/homedepot --data $(HOMEDEPOT)
+	$(PY) -m bench.fields --data $(DEMO_DATA)/shopdata.toml
 
 bench-serving: $(STAMP)
 	$(PY) -m bench.load --bundle models/homedepot --data $(HOMEDEPOT) --name homedepot-fp32 \

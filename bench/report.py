@@ -435,6 +435,34 @@ def _cells(metrics: Mapping[str, float]) -> list[str]:
     return [f"{metrics[name]:.4f}" for name in RANKER_METRICS]
 
 
+def render_fields(record: dict[str, Any]) -> str:
+    """bench.fields' JSON: dev quality per text-field set, then BM25F weights on the best."""
+
+    def weights(row: Mapping[str, Any]) -> str:
+        return ", ".join(f"{name} {weight:g}" for name, weight in row["bm25_fields"].items())
+
+    rows = [
+        [" + ".join(row["text_fields"]), weights(row), f"{row['lexical_weight']:g}", *_cells(row)]
+        for row in (*record["field_sets"], *record["weighted"])
+    ]
+    headers = [
+        "label text (fields)",
+        "BM25 field weights",
+        "λ",
+        *(f"dev {m}" for m in RANKER_METRICS),
+    ]
+    best = record["field_sets"][record["best"]]
+    return (
+        f"{markdown_table(headers, rows)}\n\nASTRA with its lexical ranker (the formula), trained "
+        f"{record['epochs']} epoch(s) on the {record['dataset']} catalog's export "
+        f"(`{record['data']}`) once per field set, λ tuned on dev ({record['dev_points']:,} "
+        "queries) as `training train` tunes it; the last rows re-index the best set "
+        f"({' + '.join(best['text_fields'])}) with the other fields' BM25 weights changed "
+        f"(BM25F) and re-tune λ. {_generated_from('fields_' + record['dataset'] + '.json')} "
+        f"Written by `{record['command']}` on {record['date']}.\n"
+    )
+
+
 # The issue's throughput target is set at 32 concurrent clients (the "p99 at" column).
 TARGET_CLIENTS = 32
 
@@ -1101,6 +1129,7 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     "parity": ("parity.json", render_parity),
     "int8": ("int8_homedepot.json", render_int8),
     "ranker": ("ranker_homedepot.json", render_ranker),
+    "fields": ("fields_demo.json", render_fields),
     "load": (("load_homedepot-int8.json", "load_homedepot-fp32.json"), render_load),
     "load:stages": ("load_homedepot-int8.json", render_load_stages),
     "hot_path": ("hot_path.json", render_hot_path),

@@ -155,6 +155,11 @@ class LexicalSpec(BaseModel):
     weight: float = Field(
         0.5, ge=0.0, le=10.0, description="BM25's weight (normalised per query) beside the cosine"
     )
+    fields: dict[str, float] = Field(
+        default_factory=dict,
+        description="the product fields indexed and each one's weight (BM25F: weighted term "
+        "frequencies and lengths); empty: the label titles alone",
+    )
 
 
 class RankerSpec(BaseModel):

@@ -41,6 +41,12 @@ from training.demo import DEMO_SEED, generate_demo
 from training.device import DEVICES, PRECISIONS
 from training.distributed import Runtime, finish, start
 from training.mach.heads import MachConfig
+from training.shopdata import (
+    ShopDataSpec,
+    add_shop_data_arguments,
+    shop_data_spec_from_args,
+    write_xc_dir,
+)
 from training.student import StudentConfig
 
 CONFIGS = {"astra": AstraConfig, "mach": MachConfig}
@@ -91,6 +97,34 @@ def parse_reps(text: str | None, total: int) -> range:
     return reps
 
 
+def _add_data_flags(parser: argparse.ArgumentParser, text: str) -> None:
+    """`--data PATH`, or a shop's export given by flags (`--products ... --interactions ...`,
+    `training.shopdata`): `_data` says which."""
+    parser.add_argument("--data", type=Path, default=None, help=text)
+    add_shop_data_arguments(parser)
+
+
+def _data(args: argparse.Namespace, required: bool = True) -> Path | ShopDataSpec | None:
+    """The data the flags name: `--data`, or the shop export `--products`/`--data-config`
+    describe (not both); None where neither is given and none is required."""
+    spec = shop_data_spec_from_args(args)
+    if spec is not None and args.data is not None:
+        raise DataError("data: give --data or --products/--data-config, not both")
+    if spec is None and args.data is None and required:
+        raise DataError("data: required: --data PATH, or --products FILE --interactions FILE")
+    return spec if spec is not None else args.data
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    """`export-xc`: a dataset written in the XC text layout, for research tools."""
+    export = commands.add_parser(
+        "export-xc",
+        help="write a dataset (a shop's export, say) in the XC text layout (lbl_X.txt, ...)",
+    )
+    _add_data_flags(export, "the dataset to write")
+    export.add_argument("--out", type=Path, required=True, help="directory to write")
+
+
 def _add_distill_parser(commands: argparse._SubParsersAction) -> None:
     """The `distill` subcommand's flags."""
     distill = commands.add_parser(
@@ -99,7 +133,7 @@ def _add_distill_parser(commands: argparse._SubParsersAction) -> None:
         "and checked on dev (XC_ENCODER_SIZE)",
     )
     distill.add_argument("--bundle", type=Path, required=True)
-    distill.add_argument("--data", type=Path, required=True, help="the bundle's dataset")
+    _add_data_flags(distill, "the bundle's dataset")
     distill.add_argument(
         "--layers",
         default=",".join(map(str, StudentConfig().layers)),
@@ -116,24 +150,20 @@ def _add_bundle_step_parsers(commands: argparse._SubParsersAction) -> None:
         "lexical", help="add ASTRA's lexical (BM25) ranker to a bundle built without one"
     )
     lexical.add_argument("--bundle", type=Path, required=True)
-    lexical.add_argument(
-        "--data", type=Path, default=None, help="dataset the bundle was trained on: tune on dev"
-    )
+    _add_data_flags(lexical, "dataset the bundle was trained on: tune on dev")
     quantize = commands.add_parser(
         "quantize",
         help="add int8 copies of the encoder and MACH heads to a bundle (XC_ENCODER_PRECISION, "
         "XC_MACH_PRECISION)",
     )
     quantize.add_argument("--bundle", type=Path, required=True)
-    quantize.add_argument(
-        "--data", type=Path, default=None, help="report fp32/int8 parity and dev metrics on it"
-    )
+    _add_data_flags(quantize, "report fp32/int8 parity and dev metrics on it")
     ranker = commands.add_parser(
         "ranker",
         help="train a learned ranker of ASTRA's lexical candidates on dev, into the bundle",
     )
     ranker.add_argument("--bundle", type=Path, required=True)
-    ranker.add_argument("--data", type=Path, required=True, help="the bundle's dataset")
+    _add_data_flags(ranker, "the bundle's dataset")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=DEMO_SEED)
 
     train = commands.add_parser("train", help="train a model and write a bundle")
-    train.add_argument("--data", type=Path, required=True, help="dataset dir or fastText file")
+    _add_data_flags(train, "dataset: XC dir, fastText file, or a shop export's .toml")
     train.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     train.add_argument("--model", choices=["astra", "mach"], default="astra")
     train.add_argument("--index", choices=["auto", *INDEX_TYPES], default="auto")
@@ -191,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a bundle on a split")
     evaluate.add_argument("--bundle", type=Path, required=True)
-    evaluate.add_argument("--data", type=Path, required=True)
+    _add_data_flags(evaluate, "the bundle's dataset")
     evaluate.add_argument("--split", choices=["dev", "tst", "trn", "train"], default="dev")
     evaluate.add_argument("--model", choices=["astra", "mach", "hybrid"], default=None)
     evaluate.add_argument("--hybrid-weight", type=float, default=None)
@@ -199,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--lexical-weight", type=float, default=None)
     _add_bundle_step_parsers(commands)
     _add_distill_parser(commands)
+    _add_export_parser(commands)
     return parser
 
 
@@ -211,7 +242,7 @@ def _distill(args: argparse.Namespace) -> dict:
     except ValueError:
         raise ValueError(f"layers: expected integers like 0,2,4, got {args.layers!r}") from None
     config = StudentConfig(layers=layers, epochs=args.epochs, seed=args.seed)
-    return distill_bundle(args.bundle, args.data, config)
+    return distill_bundle(args.bundle, _data(args), config)
 
 
 def _train(args: argparse.Namespace, runtime: Runtime) -> dict | None:
@@ -222,7 +253,7 @@ def _train(args: argparse.Namespace, runtime: Runtime) -> dict | None:
         config = _config(args, "mach")
         assert isinstance(config, MachConfig)
         return train_mach_bundle(
-            data=args.data,
+            data=_data(args),
             out=args.out,
             config=config,
             reps=parse_reps(args.reps, config.repetitions),
@@ -233,7 +264,7 @@ def _train(args: argparse.Namespace, runtime: Runtime) -> dict | None:
     config = _config(args, "astra")
     assert isinstance(config, AstraConfig)
     return train_astra_bundle(
-        data=args.data,
+        data=_data(args),
         out=args.out,
         config=config,
         index_type=args.index,
@@ -262,22 +293,25 @@ def _run(args: argparse.Namespace) -> dict | None:
     if args.command == "quantize":
         from training.quantize import quantize_and_report  # onnxruntime.quantization: slow
 
-        return quantize_and_report(args.bundle, args.data)
+        return quantize_and_report(args.bundle, _data(args, required=False))
     if args.command == "distill":
         return _distill(args)
     if args.command == "ranker":
         from training.ranker import train_ranker
 
-        return train_ranker(args.bundle, args.data)
+        return train_ranker(args.bundle, _data(args))
     if args.command == "lexical":
         from training.pipeline import add_lexical_ranker
 
-        return add_lexical_ranker(args.bundle, args.data)
+        return add_lexical_ranker(args.bundle, _data(args, required=False))
+    if args.command == "export-xc":
+        dataset = load_dataset(_data(args))
+        return {"xc": str(write_xc_dir(dataset, args.out)), "summary": dataset.source or None}
     from training.evaluate import evaluate_bundle
 
     return evaluate_bundle(
         args.bundle,
-        load_dataset(args.data),
+        load_dataset(_data(args)),
         args.split,
         args.model,
         hybrid_weight=args.hybrid_weight,

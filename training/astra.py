@@ -468,12 +468,12 @@ def dev_metrics(model: AstraModel, tokenizer, num_labels: int, dev: EvalSet) -> 
     return dev.score(ranked)
 
 
-def reembed_cold_labels(model: AstraModel, label_tokenizer, label_titles: list[str]) -> None:
+def reembed_cold_labels(model: AstraModel, label_tokenizer, label_texts: list[str]) -> None:
     """Give products without training queries the trained encoder's view of their text (the
     others are served by their trained vectors)."""
     cold = np.flatnonzero(model.slots.cpu().numpy() < 0)
     vectors = embed_texts(
-        model.encoder, label_tokenizer, [label_titles[i] for i in cold], desc="re-embedding labels"
+        model.encoder, label_tokenizer, [label_texts[i] for i in cold], desc="re-embedding labels"
     )
     device = model.text_vectors.device
     model.text_vectors[torch.from_numpy(cold).to(device)] = torch.from_numpy(vectors).to(device)
@@ -539,7 +539,7 @@ def build_model(
     query_tokenizer = load_tokenizer(config.query_max_length)
     text_vectors = broadcast_array(
         cached_text_vectors(
-            encoder, label_tokenizer, dataset.label_titles, config.label_max_length, cache_dir
+            encoder, label_tokenizer, dataset.label_texts, config.label_max_length, cache_dir
         )
         if runtime.is_main
         else None,
@@ -611,7 +611,7 @@ def end_of_epoch(
     without a dev split)."""
     query_tokenizer, label_tokenizer = tokenizers
     if config.label_tower == "shared" and last_epoch:
-        reembed_cold_labels(model, label_tokenizer, dataset.label_titles)
+        reembed_cold_labels(model, label_tokenizer, dataset.label_texts)
     if dev is None or not dev.texts:
         return None
     return dev_metrics(model, query_tokenizer, dataset.num_labels, dev)
@@ -674,7 +674,7 @@ def train_astra(
                 sampler.refresh(model.all_classifiers())
             batch = data.batch([data.usable[i] for i in order[start : start + config.batch_size]])
             share = batch_loss(
-                towers, model, sampler, batch, tokenizers, dataset.label_titles, config, runtime
+                towers, model, sampler, batch, tokenizers, dataset.label_texts, config, runtime
             )
             result.losses.append(optimizer_step(share, model, optimizers, schedules, runtime))
             step += 1

@@ -1,12 +1,11 @@
-"""Dataset readers: the raw-text XC layout and the fastText format.
+"""Dataset readers: the raw-text XC layout and the fastText format; the entry to shop exports.
 
-Both formats load into an `XCDataset`: label texts and ids, a training `Split` and an optional
-test `Split`, plus the dataset's relevance threshold, whether weights are graded relevance and
-its propensity constants. A `Split` keeps every listed (label, weight) pair of every point; a
-pair is *positive* when its weight is >= the dataset's `positive_min_weight`.
+Both formats load into an `XCDataset` (`training.dataset`, re-exported here with `Split`,
+`DataError` and `is_dev_query`): label texts and ids, a training and an optional test split.
 
-Dev points are a deterministic slice of the training points (`is_dev_query`), so every tool
-that asks for the "dev" split of a dataset sees the same queries without a stored split file.
+`load_dataset` also loads a shop's own export (a products file and search logs as CSV, JSON
+lines or Parquet) described by a `.toml` spec file, or a directory holding `shopdata.toml`:
+`training.shopdata` reads it into the same `XCDataset`.
 
 Malformed input raises `DataError`, whose message names the file, the line where relevant and
 what is wrong. Files are read as UTF-8 and split on "\\n" only ("\\r\\n" endings are accepted).
@@ -14,20 +13,34 @@ what is wrong. Files are read as UTF-8 and split on "\\n" only ("\\r\\n" endings
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-SPLIT_NAMES: tuple[str, ...] = ("trn", "train", "dev", "tst")
-DEV_MODULUS = 8
+from training.dataset import SPLIT_NAMES, DataError, Split, XCDataset, is_dev_query
+
+if TYPE_CHECKING:
+    from training.shopdata import ShopDataSpec
+
+__all__ = [
+    "SPLIT_NAMES",
+    "DataError",
+    "Split",
+    "XCDataset",
+    "data_source",
+    "is_dev_query",
+    "load_dataset",
+    "read_fasttext",
+    "read_xc_dir",
+]
+
 FASTTEXT_PREFIX = "__label__"
+SHOP_SPEC_FILE = "shopdata.toml"
 
 _PAIR_RE = re.compile(r"(\d+)(?::([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?))?", re.ASCII)
 _HEADER_RE = re.compile(r"\s*(\d+)\s+(\d+)\s*", re.ASCII)
@@ -35,140 +48,6 @@ _FASTTEXT_LABEL_RE = re.compile(r"\s*__label__(\S*)")
 
 _EMPTY_LABELS = np.zeros(0, dtype=np.int64)
 _EMPTY_WEIGHTS = np.zeros(0, dtype=np.float32)
-
-
-class DataError(ValueError):
-    """A dataset file is missing or malformed; the message names the file (and line)."""
-
-
-@dataclass(eq=False)
-class Split:
-    """The points of one split: query texts with their listed labels and weights."""
-
-    texts: list[str]
-    labels: list[np.ndarray]
-    weights: list[np.ndarray]
-
-    def __post_init__(self) -> None:
-        if not len(self.texts) == len(self.labels) == len(self.weights):
-            raise ValueError(
-                f"Split needs as many label and weight arrays as texts, got {len(self.texts)} "
-                f"texts, {len(self.labels)} label arrays, {len(self.weights)} weight arrays"
-            )
-
-    def __len__(self) -> int:
-        """Number of points."""
-        return len(self.texts)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> Split:
-        """The points at `indices` (ints, or a boolean mask), in that order.
-
-        Label and weight arrays are shared with this split, not copied.
-        """
-        idx = np.asarray(indices)
-        if idx.dtype == np.bool_:
-            if idx.shape != (len(self),):
-                raise ValueError(f"boolean mask has shape {idx.shape}, expected ({len(self)},)")
-            idx = np.flatnonzero(idx)
-        elif idx.size == 0:
-            idx = idx.astype(np.int64)
-        elif not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"subset indices must be integers, got dtype {idx.dtype}")
-        picks = idx.ravel().tolist()
-        return Split(
-            texts=[self.texts[i] for i in picks],
-            labels=[self.labels[i] for i in picks],
-            weights=[self.weights[i] for i in picks],
-        )
-
-    def positives(self, min_weight: float) -> list[np.ndarray]:
-        """Per point, the label ids whose weight is >= `min_weight` (the relevant labels).
-
-        The threshold is compared in float32, the weights' own precision, so a threshold of
-        2.33 selects weights written as "2.33".
-        """
-        threshold = np.float32(min_weight)
-        return [lab[w >= threshold] for lab, w in zip(self.labels, self.weights, strict=True)]
-
-    def positive_gains(self, min_weight: float, graded: bool) -> list[np.ndarray]:
-        """Per point, the gains of `positives(min_weight)`: the weight if graded, else 1.0."""
-        threshold = np.float32(min_weight)
-        if graded:
-            return [w[w >= threshold] for w in self.weights]
-        return [np.ones(int(np.count_nonzero(w >= threshold)), np.float32) for w in self.weights]
-
-
-@dataclass(kw_only=True, eq=False)
-class XCDataset:
-    """A labelled dataset: label texts and ids, training and optional test points."""
-
-    name: str
-    label_titles: list[str]
-    label_ids: list[str]
-    trn: Split
-    tst: Split | None
-    positive_min_weight: float = 1.0
-    graded: bool = False
-    propensity_a: float = 0.55
-    propensity_b: float = 1.5
-    _dev_cache: tuple[Split, np.ndarray] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
-
-    def __post_init__(self) -> None:
-        if len(self.label_titles) != len(self.label_ids):
-            raise ValueError(
-                f"{len(self.label_titles)} label titles but {len(self.label_ids)} label ids"
-            )
-
-    @property
-    def num_labels(self) -> int:
-        """Size of the label space."""
-        return len(self.label_titles)
-
-    def dev_mask(self) -> np.ndarray:
-        """Boolean mask over `trn` marking its dev points (see `is_dev_query`)."""
-        if self._dev_cache is None or self._dev_cache[0] is not self.trn:
-            mask = np.fromiter((is_dev_query(t) for t in self.trn.texts), bool, len(self.trn))
-            self._dev_cache = (self.trn, mask)
-        return self._dev_cache[1]
-
-    def split(self, name: str) -> Split:
-        """A split by name: "trn" (all training points), "train" (trn minus dev), "dev", "tst".
-
-        Train and dev partition trn deterministically, so model selection never touches tst.
-        """
-        if name == "trn":
-            return self.trn
-        if name == "train":
-            return self.trn.subset(~self.dev_mask())
-        if name == "dev":
-            return self.trn.subset(self.dev_mask())
-        if name == "tst":
-            if self.tst is None:
-                raise DataError(f"dataset {self.name!r} has no tst split")
-            return self.tst
-        raise DataError(f"unknown split {name!r}; valid splits: {', '.join(SPLIT_NAMES)}")
-
-    def label_frequencies(self, split: Split) -> np.ndarray:
-        """Number of positive points per label in `split` (int64, length num_labels).
-
-        These are the N_l of the inverse-propensity formula used by PSP@k.
-        """
-        positives = split.positives(self.positive_min_weight)
-        flat = np.concatenate(positives) if positives else _EMPTY_LABELS
-        if flat.size and (flat.min() < 0 or flat.max() >= self.num_labels):
-            raise ValueError(f"label id out of range [0, {self.num_labels}) in split")
-        return np.bincount(flat.astype(np.int64), minlength=self.num_labels).astype(np.int64)
-
-
-def is_dev_query(query: str) -> bool:
-    """Whether a training query belongs to the dev split: sha1(utf-8) as an integer % 8 == 0.
-
-    A hash of the text (not a position) keeps the split stable when files are reordered.
-    """
-    digest = hashlib.sha1(query.encode("utf-8")).hexdigest()
-    return int(digest, 16) % DEV_MODULUS == 0
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -410,13 +289,36 @@ def read_fasttext(path: str | Path, test_path: str | Path | None = None) -> XCDa
     )
 
 
-def load_dataset(path: str | Path) -> XCDataset:
-    """Load a dataset by path: a directory with lbl_X.txt (XC layout) or a fastText file."""
-    target = Path(path)
+def load_dataset(source: str | Path | Mapping[str, Any] | ShopDataSpec) -> XCDataset:
+    """Load a dataset: a directory in the XC layout (with lbl_X.txt), a shop's export (a
+    `.toml` spec file, a directory holding `shopdata.toml`, a `ShopDataSpec`, or the spec as
+    `data_source` recorded it) or a fastText file."""
+    from training.shopdata import ShopDataSpec, load_shop_data  # pyarrow: only where needed
+
+    if isinstance(source, ShopDataSpec):
+        return load_shop_data(source).dataset
+    if isinstance(source, Mapping):
+        return load_shop_data(ShopDataSpec.from_json(source)).dataset
+    target = Path(source)
     if target.is_dir():
-        if not (target / "lbl_X.txt").is_file():
-            raise DataError(f"{target}: directory has no lbl_X.txt, so it is not an XC dataset")
-        return read_xc_dir(target)
+        if (target / "lbl_X.txt").is_file():
+            return read_xc_dir(target)
+        if (target / SHOP_SPEC_FILE).is_file():
+            return load_shop_data(ShopDataSpec.from_toml(target / SHOP_SPEC_FILE)).dataset
+        raise DataError(
+            f"{target}: directory has no lbl_X.txt (XC layout) and no {SHOP_SPEC_FILE} "
+            "(a shop's export), so it is not a dataset"
+        )
     if target.is_file():
+        if target.suffix.lower() == ".toml":
+            return load_shop_data(ShopDataSpec.from_toml(target)).dataset
         return read_fasttext(target)
     raise DataError(f"{target}: no such file or directory")
+
+
+def data_source(source: str | Path | ShopDataSpec) -> str | dict[str, Any]:
+    """How a bundle's manifest records where its data came from (`data_path`): the path, or a
+    spec given by flags as its settings; `load_dataset` reads either back."""
+    from training.shopdata import ShopDataSpec
+
+    return source.to_json() if isinstance(source, ShopDataSpec) else str(source)

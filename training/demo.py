@@ -12,10 +12,17 @@ and key attribute have weight 2 (positive, the threshold is 2.0); a few of the s
 have weight 1 (listed but not positive). About 15% of products are "new": no training query
 lists them, so the cold-start path (classifiers initialised from product text) is exercised.
 The same seed always gives byte-identical files.
+
+The same catalog is also written the way a shop exports its data (`write_shop_files`): a
+products file with fields (title, brand, category, type, attributes), interaction logs with
+counts per signal (a graded-3 pair as one purchase, 2 as one add-to-cart, 1 as one click) and
+the `shopdata.toml` mapping that reads them (`training.shopdata`), which rebuilds exactly the
+XC files above.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from dataclasses import dataclass
@@ -463,6 +470,76 @@ def _write_xy(path: Path, rows: list[dict[int, int]], num_labels: int) -> None:
     _write_lines(path, lines)
 
 
+# A graded pair as the one interaction that earns its grade under `SHOP_SIGNALS`.
+SIGNAL_OF_GRADE = {
+    SOURCE_WEIGHT: "purchases",
+    SIBLING_WEIGHT: "add_to_carts",
+    SAME_TYPE_WEIGHT: "clicks",
+}
+SHOP_SIGNALS = {"purchases": 3, "add_to_carts": 2, "clicks": 1}
+SHOP_CONFIG = "shopdata.toml"
+
+
+def _attributes(product: _Product) -> str:
+    """A product's attributes as a shop export writes them: "size: 20-Volt; colour: Yellow"."""
+    pairs = [
+        ("size", product.attribute),
+        ("material", product.material),
+        ("colour", product.colour),
+        ("pack", str(product.pack) if product.pack else ""),
+    ]
+    return "; ".join(f"{key}: {value}" for key, value in pairs if value)
+
+
+def _write_interactions(path: Path, queries: list[str], rows: list[dict[int, int]]) -> None:
+    """One row per graded (query, product) pair: the one signal that earns its grade."""
+    signals = list(SHOP_SIGNALS)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["query", "product_id", *signals])
+        for query, row in zip(queries, rows, strict=True):
+            for j, grade in sorted(row.items()):
+                counts = [int(SIGNAL_OF_GRADE[grade] == signal) for signal in signals]
+                writer.writerow([query, f"D{100001 + j}", *counts])
+
+
+def write_shop_files(
+    out: Path,
+    products: list[_Product],
+    trn: tuple[list[str], list[dict[int, int]]],
+    tst: tuple[list[str], list[dict[int, int]]],
+) -> None:
+    """The demo as a shop's exports: products.csv, interactions.csv, test_interactions.csv and
+    the mapping that reads them (`shopdata.toml`)."""
+    with (out / "products.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["id", "title", "brand", "category", "type", "attributes"])
+        for j, p in enumerate(products):
+            ptype = PRODUCT_TYPES[p.type_index]
+            row = [f"D{100001 + j}", p.title, p.brand, ptype.department, ptype.name]
+            writer.writerow([*row, _attributes(p)])
+    _write_interactions(out / "interactions.csv", *trn)
+    _write_interactions(out / "test_interactions.csv", *tst)
+    config = [
+        '# The demo catalog as a shop exports it (training.shopdata; README, "Your own data").',
+        f'name = "{DEMO_NAME}"',
+        'products = "products.csv"',
+        'interactions = "interactions.csv"',
+        'test_interactions = "test_interactions.csv"',
+        'id_column = "id"',
+        'title_column = "title"',
+        'text_fields = ["title"]',
+        'query_column = "query"',
+        'product_column = "product_id"',
+        f"positive_min_weight = {POSITIVE_MIN_WEIGHT}",
+        f"max_grade = {float(SOURCE_WEIGHT)}",
+        "",
+        "[signals]",
+        *[f"{name} = {float(weight)}" for name, weight in SHOP_SIGNALS.items()],
+    ]
+    _write_lines(out / SHOP_CONFIG, config)
+
+
 def generate_demo(out_dir: str | Path, num_products: int = 2000, seed: int = DEMO_SEED) -> Path:
     """Write the demo dataset (XC layout) into `out_dir` and return its path.
 
@@ -534,4 +611,5 @@ def generate_demo(out_dir: str | Path, num_products: int = 2000, seed: int = DEM
         "generator": "training.demo.generate_demo",
     }
     _write_lines(out / "dataset.json", [json.dumps(meta, indent=1)])
+    write_shop_files(out, products, (trn_queries, trn_rows), (tst_queries, tst_rows))
     return out

@@ -67,9 +67,11 @@ def write_bundle(
     index_type: str = "auto",
     training: dict[str, Any] | None = None,
     extra_files: dict[str, Path] | None = None,
+    lexical_fields: dict[str, tuple[float, list[str]]] | None = None,
 ) -> Manifest:
     """Write a complete ASTRA bundle to `out_dir` (replacing any bundle already there), its
-    lexical ranker included (at the default weight, until dev tuning sets it)."""
+    lexical ranker included (at the default weight, until dev tuning sets it), over the
+    titles or, where given, the products' `lexical_fields` (`XCDataset.lexical_fields`)."""
     if classifiers.shape != (len(label_titles), encoder.dim):
         raise ValueError(f"classifiers shape {classifiers.shape} does not match the labels")
     if out_dir.exists():
@@ -83,7 +85,7 @@ def write_bundle(
     write_lines(out_dir / LABEL_IDS_FILE, label_ids)
     index_spec = default_index_spec(len(label_titles), index_type, encoder.dim)
     AnnIndex(build_index(matrix, index_spec), index_spec).write(out_dir / index_spec.file)
-    lexical = write_lexical(out_dir, label_titles)
+    lexical = write_lexical(out_dir, label_titles, lexical_fields)
     for name, source in (extra_files or {}).items():
         shutil.copyfile(source, out_dir / name)
     created = utc_now()

@@ -19,23 +19,43 @@ from training.evaluate import evaluate_bundle
 LEXICAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def write_lexical(out_dir: Path, titles: list[str]) -> LexicalSpec:
-    """Index the titles into `out_dir` (default weight; the caller lists the file)."""
-    index = LexicalIndex.build(titles)
+def write_lexical(
+    out_dir: Path, titles: list[str], fields: dict[str, tuple[float, list[str]]] | None = None
+) -> LexicalSpec:
+    """Index the titles into `out_dir` (default weight; the caller lists the file), or with
+    `fields` (name → weight and each label's text) the fields, BM25F-style."""
+    fields = fields or {}
+    index = LexicalIndex.build(titles, fields=list(fields.values()))
     staged = out_dir / f".{LEXICAL_FILE}.tmp"
     index.save(staged)
     staged.replace(out_dir / LEXICAL_FILE)
-    return LexicalSpec(k1=index.k1, b=index.b, avgdl=index.avgdl, analyzer=index.analyzer.version)
+    return LexicalSpec(
+        k1=index.k1,
+        b=index.b,
+        avgdl=index.avgdl,
+        analyzer=index.analyzer.version,
+        fields={name: weight for name, (weight, _) in fields.items()},
+    )
 
 
-def add_lexical(bundle_dir: Path) -> LexicalSpec:
+def add_lexical(bundle_dir: Path, dataset: XCDataset | None = None) -> LexicalSpec:
     """Add the lexical ranker to an existing ASTRA bundle (replacing any it had, with the
-    current analyzer); a learned ranker of the old one's candidates is removed."""
+    current analyzer), over the bundle's titles or the `dataset`'s product fields where it has
+    them; a learned ranker of the old one's candidates is removed."""
     bundle = load_bundle(bundle_dir)  # verifies the bundle before touching it
     manifest = bundle.manifest
     if manifest.astra is None:
         raise ValueError(f"bundle: {bundle_dir} has no ASTRA section to add a lexical ranker to")
-    spec = write_lexical(bundle_dir, bundle.label_titles)
+    old = manifest.astra.lexical
+    fields = dataset.lexical_fields() if dataset is not None else {}
+    if old is not None and old.fields and not fields:
+        raise ValueError(
+            f"bundle: {bundle_dir}'s postings index the fields {sorted(old.fields)}, which the "
+            "bundle does not hold: give the data it was trained on (--data or --products ...)"
+        )
+    if dataset is not None and dataset.label_ids != bundle.label_ids:
+        raise ValueError(f"data: {dataset.name}'s products are not the bundle's {bundle_dir}")
+    spec = write_lexical(bundle_dir, bundle.label_titles, fields)
     ranker = manifest.astra.ranker
     if ranker is not None:  # it learned from the old postings' candidates: retrain it
         for name in (ranker.file, ranker.popularity, ranker.explain_file):

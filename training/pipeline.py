@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.bundle import Manifest, load_bundle, read_manifest, save_manifest
 from service.mach.features import NgramFeaturizer
 from service.search.encoder import QueryEncoder
 from training.astra import AstraConfig, train_astra
-from training.data import XCDataset, load_dataset
+from training.data import XCDataset, data_source, load_dataset
 from training.distributed import Runtime, barrier, gather_to_main
 from training.evaluate import evaluate_bundle
 from training.export import write_bundle
@@ -37,6 +37,9 @@ from training.mach.bundle import (
 )
 from training.mach.heads import HeadResult, MachConfig, stack_heads, train_mach
 from training.plots import plot_mach_curve, plot_training_curve
+
+if TYPE_CHECKING:
+    from training.shopdata import ShopDataSpec
 
 CURVE_FILE = "training_curve.png"
 MACH_CURVE_FILE = "mach_training_curve.png"
@@ -55,7 +58,7 @@ def runtime_meta(runtime: Runtime) -> dict[str, Any]:
 
 def train_astra_bundle(
     *,
-    data: Path,
+    data: Path | ShopDataSpec,
     out: Path,
     config: AstraConfig,
     index_type: str,
@@ -88,10 +91,12 @@ def train_astra_bundle(
         label_ids=dataset.label_ids,
         trained_labels=trained_labels,
         index_type=index_type,
+        lexical_fields=dataset.lexical_fields(),
         training={
             "model": "astra",
             "dataset": dataset.name,
-            "data_path": str(data),
+            "data_path": data_source(data),
+            **source_record(dataset),
             "split": config.train_split,
             "points": len(dataset.split(config.train_split)),
             "labels": dataset.num_labels,
@@ -107,6 +112,12 @@ def train_astra_bundle(
     )
     metrics = tune_on_dev(out, dataset, config.train_split)
     return {"bundle": str(out), "seconds": round(result.seconds, 1), **metrics}
+
+
+def source_record(dataset: XCDataset) -> dict[str, Any]:
+    """What a manifest's training section says of a shop's export: the rows read, refused and
+    deduplicated per file, and the relevance rule that made the pairs (`training.shopdata`)."""
+    return {"data_summary": dataset.source} if dataset.source else {}
 
 
 def _best(trials: dict[float, dict[str, float]]) -> float:
@@ -255,7 +266,7 @@ def _write_mach(
 
 def train_mach_bundle(
     *,
-    data: Path,
+    data: Path | ShopDataSpec,
     out: Path,
     config: MachConfig,
     reps: range,
@@ -288,7 +299,8 @@ def train_mach_bundle(
     results = sorted((r for part, _ in gathered for r in part), key=lambda r: r.rep)
     seconds = round(max(part_seconds for _, part_seconds in gathered), 1)  # the slowest rank
     meta = {
-        "data_path": str(data),
+        "data_path": data_source(data),
+        **source_record(dataset),
         "encoder_from": str(encoder_from) if encoder_from else None,
         "dataset": dataset.name,
         "split": config.train_split,
@@ -313,15 +325,17 @@ def merge_shards(shards: list[Path], out: Path, default_model: str | None) -> di
     return _write_mach(out, dataset, config, results, featurizer, meta, default_model)
 
 
-def add_lexical_ranker(bundle: Path, data: Path | None) -> dict[str, Any]:
-    """Add the lexical ranker to `bundle`; with `data`, tune the weights on its dev split."""
-    spec = add_lexical(bundle)
+def add_lexical_ranker(bundle: Path, data: Path | ShopDataSpec | None) -> dict[str, Any]:
+    """Add the lexical ranker to `bundle` (over the data's product fields, where it has them);
+    with `data`, tune the weights on its dev split."""
+    dataset = None if data is None else load_dataset(data)
+    spec = add_lexical(bundle, dataset)
     report: dict[str, Any] = {"bundle": str(bundle), "lexical": spec.model_dump()}
-    if data is not None:
+    if dataset is not None:
         manifest = read_manifest(bundle)
         astra = manifest.training.get("astra", manifest.training)
         split = astra.get("split", "trn")
-        report.update(tune_on_dev(bundle, load_dataset(data), split))
+        report.update(tune_on_dev(bundle, dataset, split))
         lexical = read_manifest(bundle).astra.lexical
         report["lexical"] = lexical.model_dump()
     return report

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -35,6 +36,9 @@ from service.search.encoder import QueryEncoder
 from service.search.engine import SearchEngine
 from training.data import load_dataset
 from training.evaluate import evaluate_bundle
+
+if TYPE_CHECKING:
+    from training.shopdata import ShopDataSpec
 
 INT8_ENCODER_FILE = "encoder.int8.onnx"
 INT8_HEADS_FILE = "mach_heads.int8.onnx"
@@ -213,7 +217,7 @@ def record_int8_check(bundle_dir: Path, fp32_ndcg: float, int8_ndcg: float) -> d
     return {**check.model_dump(), "passed": check.passed}
 
 
-def quantize_and_report(bundle_dir: Path, data: Path | None = None) -> dict:
+def quantize_and_report(bundle_dir: Path, data: Path | ShopDataSpec | None = None) -> dict:
     """Add the int8 encoder (and int8 MACH heads, when the bundle has MACH) to the bundle; with
     `data` (a dataset with a dev split), also their parity with fp32 on the dev queries and the
     dev metrics of both, so a user can see what the faster copy costs before serving it."""

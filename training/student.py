@@ -174,7 +174,7 @@ def distill_data(
     rng = np.random.default_rng(config.seed)
     count = min(config.titles, dataset.num_labels)
     picked = rng.choice(dataset.num_labels, size=count, replace=False)
-    titles = [dataset.label_titles[i] for i in picked]
+    titles = [dataset.label_texts[i] for i in picked]
     teacher_titles = embed_texts(teacher, tokenizer, titles, desc="full encoder: titles")
     return DistillData(
         queries=queries,

@@ -11,6 +11,7 @@ manifest records the student, its int8 check and the `StudentCheck` that decides
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from training.evaluate import evaluate_bundle
 from training.export import export_encoder
 from training.quantize import list_in_manifest, quantize_matmuls
 from training.student import StudentConfig, distill_data, train_student, trained_encoder
+
+if TYPE_CHECKING:
+    from training.shopdata import ShopDataSpec
 
 STUDENT_INT8_FILE = "encoder.student.int8.onnx"
 
@@ -44,7 +48,7 @@ def _dev_ndcg(bundle_dir: Path, dataset, size: str, precision: str) -> float:
     return float(metrics["nDCG@10"])
 
 
-def distill_bundle(bundle_dir: Path, data: Path, config: StudentConfig) -> dict:
+def distill_bundle(bundle_dir: Path, data: Path | ShopDataSpec, config: StudentConfig) -> dict:
     """Distil, write and check a student encoder for the bundle; returns the run's report."""
     manifest = load_bundle(bundle_dir).manifest  # verifies the bundle before touching it
     if manifest.astra is None:

@@ -113,6 +113,24 @@ UNIT_RULES = (
 Rule = tuple[str, re.Pattern[str], str]
 
 
+def field_counts(
+    analyzer: Analyzer, fields: Sequence[tuple[float, Sequence[str]]]
+) -> list[Counter[str]]:
+    """Each label's term frequencies summed over its fields, each field's counted `weight`
+    times (BM25F's weighted term frequency; the label's length is their sum)."""
+    sizes = {len(texts) for _, texts in fields}
+    if len(sizes) != 1:
+        raise ValueError(f"every field needs one text per label, got lengths {sorted(sizes)}")
+    counts: list[Counter[str]] = [Counter() for _ in range(sizes.pop())]
+    for weight, texts in fields:
+        if weight <= 0:
+            raise ValueError(f"field weights must be > 0, got {weight}")
+        for count, text in zip(counts, texts, strict=True):
+            for term, tf in Counter(analyzer.terms(text)).items():
+                count[term] += weight * tf
+    return counts
+
+
 def normalise_units(text: str, rules: Sequence[Rule] = UNIT_RULES) -> str:
     """Lower-cased `text` with dimensions, fractions and units spelled one way (`UNIT_RULES`;
     a benchmark may pass fewer to measure each)."""
@@ -197,11 +215,15 @@ class LexicalIndex:
         b: float = 0.75,
         analyzer_version: int = ANALYZER_VERSION,
         analyzer: Analyzer | None = None,
+        fields: Sequence[tuple[float, Sequence[str]]] = (),
     ) -> LexicalIndex:
         """Index the titles (label i is title i) with `Analyzer(analyzer_version)`, or with
-        `analyzer` where one is given (a benchmark's, with fewer rules)."""
+        `analyzer` where one is given (a benchmark's, with fewer rules). With `fields` (a weight
+        and each label's text, per field), the labels' fields are indexed instead, BM25F-style:
+        a term's frequency and a label's length are the fields' weighted sums."""
         analyzer = analyzer or Analyzer(analyzer_version)
-        counts = [Counter(analyzer.terms(title)) for title in titles]
+        counts = field_counts(analyzer, fields) if fields else None
+        counts = counts or [Counter(analyzer.terms(title)) for title in titles]
         lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
         avgdl = float(lengths.mean()) if len(lengths) else 0.0
         avgdl = avgdl if avgdl > 0 else 1.0
@@ -224,7 +246,8 @@ class LexicalIndex:
         indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
         words = counts_of = None
         if analyzer.version >= 3:
-            words, counts_of = title_words(titles, analyzer.normalise)
+            texts = [text for _, texts in fields for text in texts] if fields else titles
+            words, counts_of = title_words(texts, analyzer.normalise)
         return cls(
             terms=np.array(vocab, dtype=np.str_),
             idf=idf.astype(np.float32),

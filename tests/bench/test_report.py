@@ -374,3 +374,34 @@ def test_ranker_table_has_the_formula_and_each_feature_group() -> None:
     assert f"+{record['latency']['added_p50_ms']:.2f} ms" in table
     for step in record["normalisation"]:
         assert f"| {step['analyzer']} | {step['formula']['nDCG@10']:.4f} |" in table
+
+
+def test_fields_table_lists_each_field_set_and_the_bm25f_weights() -> None:
+    from bench.report import render_fields
+
+    def row(fields: list[str], ndcg: float, weights: dict[str, float] | None = None) -> dict:
+        return {
+            "text_fields": fields,
+            "nDCG@10": ndcg,
+            "P@1": 0.5,
+            "P@5": 0.2,
+            "lexical_weight": 0.5,
+            "bm25_fields": weights or {name: 1.0 for name in fields},
+        }
+
+    record = {
+        "dataset": "demo",
+        "data": "data/demo/shopdata.toml",
+        "epochs": 1,
+        "dev_points": 590,
+        "field_sets": [row(["title"], 0.51), row(["title", "category"], 0.53)],
+        "best": 1,
+        "weighted": [row(["title", "category"], 0.52, {"title": 1.0, "category": 0.5})],
+        "command": "python -m bench.fields",
+        "date": "2026-12-07",
+    }
+    text = render_fields(record)
+    assert "| title + category | title 1, category 1 | 0.5 | 0.5300 | 0.5000 | 0.2000 |" in text
+    assert "| title + category | title 1, category 0.5 | 0.5 | 0.5200 |" in text
+    assert "best set (title + category)" in text and "`bench/results/fields_demo.json`" in text
+    assert SECTIONS["fields"] == ("fields_demo.json", render_fields)

@@ -105,6 +105,31 @@ def test_a_repeated_query_term_counts_twice() -> None:
     np.testing.assert_allclose(index.pair_scores([twice], labels), 2 * single, rtol=1e-6)
 
 
+def test_fields_weigh_term_frequency_and_length_bm25f_style() -> None:
+    titles = ["Cordless Drill", "Hammer Drill", "Claw Hammer"]
+    brands = ["Ridgeline", "Ironbark", "Ridgeline"]
+    one = LexicalIndex.build(titles, fields=[(1.0, titles)])
+    plain = LexicalIndex.build(titles)
+    np.testing.assert_array_equal(one.terms, plain.terms)
+    for name in ("idf", "weights"):
+        np.testing.assert_allclose(getattr(one, name), getattr(plain, name), rtol=1e-6)
+    index = LexicalIndex.build(titles, fields=[(1.0, titles), (2.0, brands)])
+    labels = np.arange(3)[None, :]
+    (brand,) = index.match(["ridgeline"])
+    scores = index.pair_scores([brand], labels)[0]
+    assert scores[0] > 0 and scores[2] > 0 and scores[1] == 0  # the brand field is searched
+    # The weighted length: "Ridgeline" counts twice in labels 0 and 2, so tf 2 of length 4.
+    k1, b, avgdl = index.k1, index.b, index.avgdl
+    assert avgdl == pytest.approx((4 + 4 + 4) / 3)
+    idf = float(np.log1p((3 - 2 + 0.5) / (2 + 0.5)))
+    expected = idf * 2 / (2 + k1 * (1 - b + b * 4 / avgdl))
+    assert scores[0] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="one text per label"):
+        LexicalIndex.build(titles, fields=[(1.0, titles), (1.0, brands[:2])])
+    with pytest.raises(ValueError, match="> 0"):
+        LexicalIndex.build(titles, fields=[(0.0, titles)])
+
+
 def test_saved_index_loads_back_equal(tmp_path: Path) -> None:
     index = LexicalIndex.build(TITLES)
     index.save(tmp_path / LEXICAL_FILE)

@@ -166,12 +166,23 @@ def tune_on_dev(
         if model not in by_model:
             by_model[model] = evaluate_bundle(bundle, dataset, "dev", model)
     if default_model is None:
-        default_model = max(by_model, key=lambda m: by_model[m]["nDCG@10"])
+        default_model = _best_model(manifest, by_model)
     weights = {"source": "dev", **_weights_of(manifest), "default_model": default_model}
     metrics = {"dev": by_model[default_model], "dev_by_model": by_model, "weights": weights}
     update = {"metrics": metrics, "default_model": default_model}
     save_manifest(bundle, manifest.model_copy(update=update))
     return metrics
+
+
+def _best_model(manifest: Manifest, by_model: dict[str, dict[str, Any]]) -> str:
+    """The model with the best dev nDCG@10, or ASTRA where its learned ranker (served: it beat
+    the formula) has a better cross-validated one: its dev figures above are the formula's."""
+    best = max(by_model, key=lambda m: by_model[m]["nDCG@10"])
+    ranker = manifest.astra.ranker if manifest.astra is not None else None
+    if ranker is None or not ranker.beats_formula:
+        return best
+    ranked = ranker.metrics["cross_validated"]["nDCG@10"]
+    return "astra" if ranked > by_model[best]["nDCG@10"] else best
 
 
 def _weights_of(manifest: Manifest) -> dict[str, float]:

@@ -242,3 +242,21 @@ def test_dev_figures_never_come_from_the_ranker_that_learned_on_dev(
     on_tst = evaluate_bundle(ranked, dataset, "tst", "astra")
     formula = evaluate_bundle(ranked, dataset, "tst", "astra", ranker="off")
     assert on_tst["nDCG@10"] != pytest.approx(formula["nDCG@10"])  # elsewhere it ranks
+
+
+def test_mach_added_to_a_ranked_bundle_keeps_the_ranked_default_where_it_wins(
+    ranked: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    from tests.support.configs import SMALL_MACH
+
+    out = tmp_path / "both"
+    args = ["train", "--model", "mach", "--data", str(demo_data), "--out", str(out)]
+    assert main([*args, *SMALL_MACH, "--encoder-from", str(ranked)]) == 0
+    manifest = read_manifest(out)
+    spec = manifest.astra.ranker
+    assert spec is not None and spec.beats_formula
+    by_model = manifest.metrics["dev_by_model"]
+    best_formula = max(by_model, key=lambda m: by_model[m]["nDCG@10"])
+    ranked_wins = spec.metrics["cross_validated"]["nDCG@10"] > by_model[best_formula]["nDCG@10"]
+    assert manifest.default_model == ("astra" if ranked_wins else best_formula)
+    assert manifest.metrics["weights"]["default_model"] == manifest.default_model

@@ -5,10 +5,10 @@
 A shop's export has more than titles (brand, category, type, attributes; `training.shopdata`).
 This trains ASTRA on the demo catalog's export once per text-field set (`--text-fields`: the
 fields joined are what ASTRA embeds and what BM25 indexes), each tuned on dev as `training
-train` tunes it (the lexical weight λ by dev nDCG@10), then, on the best set, re-indexes the
-fields with per-field BM25 weights (BM25F: weighted term frequencies and lengths;
-`service.astra.lexical.field_counts`) and re-tunes λ. Everything is chosen on dev. Results go
-to `bench/results/fields_<dataset>.json` (BENCHMARKS.md, "Product fields").
+train` tunes it (the lexical weight λ by dev nDCG@10), then, on the best set with fields beside
+the title, re-indexes the fields with per-field BM25 weights (BM25F: weighted term frequencies
+and lengths; `service.astra.lexical.field_counts`) and re-tunes λ. Everything is chosen on dev.
+Results go to `bench/results/fields_<dataset>.json` (BENCHMARKS.md, "Product fields").
 
 The Home Depot data here has titles only (its description and attribute files are not in the
 shared data), so fields are measured on the generated demo catalog, whose titles already name
@@ -92,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(train_with_fields(args.data, fields, Path(tmp) / f"set{i}", args.epochs))
             print(rows[-1], file=sys.stderr)
         best = max(range(len(rows)), key=lambda i: rows[i]["nDCG@10"])
+        # Weights need fields beside the title: the best set that has some.
+        fielded = max(range(1, len(rows)), key=lambda i: rows[i]["nDCG@10"])
         weighted = []
         for scale in WEIGHT_SCALES:
-            copy = Path(tmp) / f"best-{scale}"
-            shutil.copytree(Path(tmp) / f"set{best}", copy)
-            weighted.append(reweighted(args.data, FIELD_SETS[best], copy, scale))
+            copy = Path(tmp) / f"weighted-{scale}"
+            shutil.copytree(Path(tmp) / f"set{fielded}", copy)
+            weighted.append(reweighted(args.data, FIELD_SETS[fielded], copy, scale))
             print(weighted[-1], file=sys.stderr)
     report = {
         "benchmark": "fields",
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "field_sets": rows,
         "best": best,
+        "weighted_set": fielded,
         "weighted": weighted,
     }
     write_report(report, args.out_dir / f"fields_{dataset.name}.json")

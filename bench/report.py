@@ -452,12 +452,14 @@ def render_fields(record: dict[str, Any]) -> str:
         *(f"dev {m}" for m in RANKER_METRICS),
     ]
     best = record["field_sets"][record["best"]]
+    weighted = record["field_sets"][record.get("weighted_set", record["best"])]
     return (
         f"{markdown_table(headers, rows)}\n\nASTRA with its lexical ranker (the formula), trained "
         f"{record['epochs']} epoch(s) on the {record['dataset']} catalog's export "
         f"(`{record['data']}`) once per field set, λ tuned on dev ({record['dev_points']:,} "
-        "queries) as `training train` tunes it; the last rows re-index the best set "
-        f"({' + '.join(best['text_fields'])}) with the other fields' BM25 weights changed "
+        f"queries) as `training train` tunes it; best: {' + '.join(best['text_fields'])}. The "
+        "last rows re-index the best set with fields beside the title "
+        f"({' + '.join(weighted['text_fields'])}) with those fields' BM25 weights changed "
         f"(BM25F) and re-tune λ. {_generated_from('fields_' + record['dataset'] + '.json')} "
         f"Written by `{record['command']}` on {record['date']}.\n"
     )

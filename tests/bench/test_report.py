@@ -403,5 +403,5 @@ def test_fields_table_lists_each_field_set_and_the_bm25f_weights() -> None:
     text = render_fields(record)
     assert "| title + category | title 1, category 1 | 0.5 | 0.5300 | 0.5000 | 0.2000 |" in text
     assert "| title + category | title 1, category 0.5 | 0.5 | 0.5200 |" in text
-    assert "best set (title + category)" in text and "`bench/results/fields_demo.json`" in text
+    assert "best: title + category" in text and "`bench/results/fields_demo.json`" in text
     assert SECTIONS["fields"] == ("fields_demo.json", render_fields)

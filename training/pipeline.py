@@ -111,7 +111,12 @@ def train_astra_bundle(
         extra_files={CURVE_FILE: curve},
     )
     metrics = tune_on_dev(out, dataset, config.train_split)
-    return {"bundle": str(out), "seconds": round(result.seconds, 1), **metrics}
+    return {
+        "bundle": str(out),
+        "seconds": round(result.seconds, 1),
+        **metrics,
+        **source_record(dataset),
+    }
 
 
 def source_record(dataset: XCDataset) -> dict[str, Any]:

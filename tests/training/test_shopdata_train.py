@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from service.bundle import read_manifest
 from tests.support.configs import TINY
@@ -45,8 +46,9 @@ def test_demo_shop_files_rebuild_the_xc_files(demo_data: Path, tmp_path: Path) -
         assert (out / name).read_bytes() == (demo_data / name).read_bytes(), name
 
 
+@pytest.mark.slow  # trains two bundles
 def test_shop_flags_train_the_bundle_the_exported_xc_trains(
-    demo_data: Path, tmp_path: Path
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shop = [
         *("--products", str(demo_data / "products.csv")),
@@ -57,7 +59,12 @@ def test_shop_flags_train_the_bundle_the_exported_xc_trains(
     xc = tmp_path / "xc"
     assert main(["export-xc", *shop, "--out", str(xc)]) == 0
     from_shop, from_xc = tmp_path / "from-shop", tmp_path / "from-xc"
+    capsys.readouterr()
     assert main(["train", *shop, "--out", str(from_shop), *TINY_FLAGS]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["data_summary"]["files"]["products"]["rows_read"] == len(
+        (demo_data / "lbl_X.txt").read_text().splitlines()
+    )
     assert main(["train", "--data", str(xc), "--out", str(from_xc), *TINY_FLAGS]) == 0
     for name in ("classifiers.npy", "labels.txt", "label_ids.txt", "lexical.npz"):
         assert (from_shop / name).read_bytes() == (from_xc / name).read_bytes(), name
@@ -75,6 +82,7 @@ def test_shop_flags_train_the_bundle_the_exported_xc_trains(
     json.dumps(training)  # the manifest's record stays plain JSON
 
 
+@pytest.mark.slow  # trains a bundle
 def test_product_fields_make_the_label_text_and_weigh_in_bm25(
     demo_data: Path, tmp_path: Path
 ) -> None:

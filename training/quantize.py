@@ -94,11 +94,14 @@ def quantize_heads(source: Path, target: Path, reps: int) -> None:
         onnx.helper.make_tensor_value_info(HIDDEN_OUTPUT, onnx.TensorProto.FLOAT, None)
     )
     staged = target.with_name(f".{target.name}.fp32")
-    onnx.save(model, staged)
+    # Heads past ONNX's 2 GB file limit came with their weights in a side file; so does the copy.
+    side = source.with_name(source.name + ".data").exists()
+    onnx.save(model, staged, save_as_external_data=side, location=f"{staged.name}.data")
     try:
         quantize_matmuls(staged, target)
     finally:
         staged.unlink()
+        staged.with_name(f"{staged.name}.data").unlink(missing_ok=True)
     quantised = sum(node.op_type == "MatMulInteger" for node in onnx.load(target).graph.node)
     if quantised < reps:
         target.unlink()

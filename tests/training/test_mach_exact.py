@@ -114,3 +114,40 @@ def test_auto_serves_int8_only_where_it_is_rescored_and_large() -> None:
     assert served_precision(spec(large), "auto") == "fp32"
     assert served_precision(spec(large // 2, **both), "int8") == "int8"  # asked for: served
     assert served_precision(spec(large, **both), "fp32") == "fp32"
+
+
+def test_heads_past_the_file_limit_keep_their_weights_beside_the_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50M labels make 2 GiB of fp32 heads, past ONNX's 2 GB file: they are exported with
+    their weights in `<file>.data`, served, quantised and written as rows like the others."""
+    import training.mach.bundle as mach_bundle
+
+    config = MachConfig(repetitions=2, buckets=BUCKETS, hidden=HIDDEN, ngram_dim=0, seed=0)
+    torch.manual_seed(0)
+    model = MachHeads([MachHead(DIM, config) for _ in range(2)], "bce").eval()
+    export_heads(model, DIM, tmp_path / "whole.onnx")
+    monkeypatch.setattr(mach_bundle, "EXTERNAL_DATA_BYTES", 0)
+    export_heads(model, DIM, tmp_path / "heads.onnx")
+    side = tmp_path / "heads.onnx.data"
+    assert side.stat().st_size > 0.9 * (tmp_path / "whole.onnx").stat().st_size
+    assert (tmp_path / "heads.onnx").stat().st_size < 0.1 * side.stat().st_size
+    queries = _queries(5)
+    (want,) = _run(tmp_path / "whole.onnx", queries, [HEADS_OUTPUT])
+    (got,) = _run(tmp_path / "heads.onnx", queries, [HEADS_OUTPUT])
+    np.testing.assert_array_equal(got, want)
+    quantize_heads(tmp_path / "heads.onnx", tmp_path / "heads.int8.onnx", 2)
+    write_exact_layer(tmp_path / "heads.onnx", tmp_path / "rows.npy", 2, BUCKETS)
+    _, hidden = _run(tmp_path / "heads.int8.onnx", queries, [HEADS_OUTPUT, HIDDEN_OUTPUT])
+    layer = ExactLayer(tmp_path / "rows.npy", 2, BUCKETS, HIDDEN)
+    every = np.broadcast_to(np.arange(BUCKETS), (2, BUCKETS))
+    for q in range(len(queries)):
+        got_q = layer.log_probs(hidden[:, q, :], every)
+        np.testing.assert_allclose(got_q, want[q], rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "heads.int8.onnx",
+        "heads.onnx",
+        "heads.onnx.data",
+        "rows.npy",
+        "whole.onnx",
+    ]

@@ -49,6 +49,10 @@ SHARD_FILE = "shard.json"
 SHARD_HEADS = "heads.pt"
 HEADS_INPUTS = ["embedding", "ngram_ids", "ngram_weights"]
 BASE_ENCODER_SPEC = EncoderSpec(max_length=32, dim=384)
+# One ONNX file holds at most 2 GB (protobuf's limit): heads with more weights than this keep
+# them in a side file beside the graph (ONNX external data, `<heads file>.data`), which ONNX
+# Runtime reads from the same directory and the manifest checksums like every file.
+EXTERNAL_DATA_BYTES = 1 << 30
 
 
 def encoder_dir(encoder_from: Path | None, cache_dir: Path) -> tuple[Path, EncoderSpec]:
@@ -95,7 +99,8 @@ def build_featurizer(texts: list[str], config: MachConfig) -> NgramFeaturizer | 
 
 
 def export_heads(heads: MachHeads, dim: int, path: Path) -> None:
-    """Export the stacked heads: embedding [n, d], n-grams [n, L] → log-probabilities [n, R, B]."""
+    """Export the stacked heads: embedding [n, d], n-grams [n, L] → log-probabilities [n, R, B]
+    (their weights in a side file past `EXTERNAL_DATA_BYTES`: 50M labels need 2 GiB)."""
     example = (
         torch.randn(2, dim),
         torch.tensor([[1, 2, 0], [3, 0, 0]], dtype=torch.long),
@@ -113,7 +118,8 @@ def export_heads(heads: MachHeads, dim: int, path: Path) -> None:
             dynamo=True,
             external_data=False,
         )
-    program.save(str(path))
+    weights = sum(p.numel() * p.element_size() for p in heads.parameters())
+    program.save(str(path), external_data=weights > EXTERNAL_DATA_BYTES)
 
 
 def write_shard(

@@ -64,6 +64,16 @@ def test_spec_defaults_and_validation(tmp_path: Path) -> None:
         ShopDataSpec(products=Path("p.csv"), min_count=-1)
     with pytest.raises(DataError, match="weight of 'clicks' must be a number >= 0"):
         ShopDataSpec(products=Path("p.csv"), signals={"clicks": -1})
+    fielded = ShopDataSpec(
+        products=Path("p.csv"), text_fields=("title", "brand"), field_weights={"brand": 0.5}
+    )
+    assert dict(fielded.field_weights) == {"brand": 0.5}
+    assert fielded.to_json()["field_weights"] == {"brand": 0.5}
+    assert ShopDataSpec.from_json(fielded.to_json()) == fielded
+    with pytest.raises(DataError, match="'category' is not one of text_fields"):
+        ShopDataSpec(products=Path("p.csv"), field_weights={"category": 2})
+    with pytest.raises(DataError, match="'title' must be a number > 0"):
+        ShopDataSpec(products=Path("p.csv"), field_weights={"title": 0})
 
 
 def test_toml_resolves_paths_against_its_directory(tmp_path: Path) -> None:

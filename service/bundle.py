@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.labels import LabelFileError, LabelLines, NumberedIds
 from service.precision import Int8Check, StudentCheck
 
 FORMAT_VERSION = 1
@@ -300,8 +302,8 @@ class Bundle:
 
     path: Path
     manifest: Manifest
-    label_titles: list[str]
-    label_ids: list[str]
+    label_titles: Sequence[str]  # memory-mapped (`service.labels`): read when shown
+    label_ids: Sequence[str]
     classifiers: np.ndarray | None
     mach_idf: np.ndarray | None
 
@@ -449,14 +451,12 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
             raise BundleError(f"{path}: sha256 {actual} does not match manifest {entry.sha256}")
 
 
-def _read_label_file(path: Path, count: int) -> list[str]:
+def _read_label_file(path: Path, count: int) -> LabelLines:
+    """A label file, memory-mapped and checked (`service.labels`)."""
     try:
-        lines = read_lines(path)
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"{path}: not UTF-8 ({exc})") from exc
-    if len(lines) != count:
-        raise BundleError(f"{path}: {len(lines)} lines, manifest says {count} labels")
-    return lines
+        return LabelLines(path, count)
+    except LabelFileError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
 
 
 def _load_float32(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -485,7 +485,7 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     if manifest.labels.ids:
         ids = _read_label_file(path / manifest.labels.ids, count)
     else:
-        ids = [str(i) for i in range(count)]
+        ids = NumberedIds(count)
     classifiers = None
     if manifest.astra:
         classifiers = _load_float32(

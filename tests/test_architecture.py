@@ -29,6 +29,7 @@ LAYERS = (
         "metrics",
         "device",
         "bundle",
+        "labels",
         "ranking",
         "validation",
         "storage",

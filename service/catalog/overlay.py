@@ -46,7 +46,7 @@ class CatalogOverlay:
         self._anchored = engine.index is not None and engine.mach is not None
         self._base_count = engine.manifest.labels.count
         self._dim = engine.manifest.encoder.dim
-        self._base_labels = {product: label for label, product in enumerate(self._ids)}
+        self._base_index: dict[str, int] | None = None  # built at the first change (`_base_label`)
         self._states: dict[str, str | None] = {}  # products unlike the bundle's: title or deleted
         self._new: set[str] = set()  # ids of live new products
         self._new_titles: dict[int, str] = {}  # trained label -> its new title
@@ -115,6 +115,14 @@ class CatalogOverlay:
 
     # --- changes -------------------------------------------------------------------------
 
+    def _base_label(self, product: str) -> int | None:
+        """The bundle's label of `product`, or None. The id → label map is built at the first
+        catalog change, not at load: at 50M products it is gigabytes a read-only replica never
+        needs."""
+        if self._base_index is None:
+            self._base_index = {product: label for label, product in enumerate(self._ids)}
+        return self._base_index.get(product)
+
     def changes_after(self, states: list[ProductState]) -> int:
         """How many products would differ from the bundle's once `states` are applied (the
         overlay's size: what `XC_MAX_CATALOG_CHANGES` bounds)."""
@@ -124,14 +132,14 @@ class CatalogOverlay:
         """The product's current title (None: no such product, or deleted)."""
         if product in self._states:
             return self._states[product]
-        label = self._base_labels.get(product)
+        label = self._base_label(product)
         return None if label is None else self._titles[label]
 
     def _needs_vector(self, state: ProductState) -> bool:
         """Whether ASTRA needs the title's embedding (not for the bundle's own title)."""
         if state.title is None or self._index is None:
             return False
-        label = self._base_labels.get(state.id)
+        label = self._base_label(state.id)
         return label is None or self._titles[label] != state.title
 
     def plan(self, products: list[tuple[str, str]]) -> tuple[list[ProductState], int, int]:
@@ -177,7 +185,7 @@ class CatalogOverlay:
 
     def _apply_one(self, state: ProductState) -> None:
         product, title = state.id, state.title
-        label = self._base_labels.get(product)
+        label = self._base_label(product)
         old = self._slot_of.pop(product, None)
         if old is not None:
             self._live[old] = False

@@ -1,0 +1,61 @@
+"""The bundle's label files, memory-mapped: the same lines as reading them whole, checked once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import service.labels as labels
+from service.bundle import read_lines, write_lines
+from service.labels import LabelFileError, LabelLines, NumberedIds
+
+TITLES = ["Cordless Drill 20-Volt", "Façade Paint 1 gal.", "", "Hammer – 16 oz.", "日本 saw"]
+
+
+def _written(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "labels.txt"
+    write_lines(path, lines)
+    return path
+
+
+def test_lines_are_the_files_lines_by_index_slice_and_iteration(tmp_path: Path) -> None:
+    path = _written(tmp_path, TITLES)
+    mapped = LabelLines(path, len(TITLES))
+    assert len(mapped) == len(TITLES) and list(mapped) == read_lines(path) == TITLES
+    assert mapped[1] == TITLES[1] and mapped[-1] == TITLES[-1] and mapped[2] == ""
+    assert mapped[1:4] == TITLES[1:4] and mapped[::-2] == TITLES[::-2]
+    assert mapped == TITLES and mapped != TITLES[:-1] and TITLES[0] in mapped
+    with pytest.raises(IndexError, match="label 5 out of range"):
+        mapped[5]
+
+
+def test_chunked_scans_find_every_line_and_decode_across_chunk_edges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(labels, "CHUNK", 3)  # splits "ç", "–" and "日本" across chunks
+    many = TITLES * 7
+    assert list(LabelLines(_written(tmp_path, many), len(many))) == many
+
+
+def test_a_bad_file_is_refused_when_loaded_not_when_queried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _written(tmp_path, TITLES)
+    with pytest.raises(LabelFileError, match="5 lines, manifest says 6 labels"):
+        LabelLines(path, 6)
+    path.write_bytes(b"ok\n\xff bad\nok\n")
+    monkeypatch.setattr(labels, "CHUNK", 2)
+    with pytest.raises(LabelFileError, match="not UTF-8"):
+        LabelLines(path, 3)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert list(LabelLines(empty, 0)) == []
+
+
+def test_numbered_ids_are_made_when_asked_for() -> None:
+    ids = NumberedIds(50_000_000)
+    assert len(ids) == 50_000_000 and ids[7] == "7" and ids[-1] == "49999999"
+    assert ids[:3] == ["0", "1", "2"] and NumberedIds(3) == ["0", "1", "2"]
+    with pytest.raises(IndexError):
+        ids[50_000_000]

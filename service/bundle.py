@@ -302,7 +302,7 @@ class Bundle:
 
     path: Path
     manifest: Manifest
-    label_titles: Sequence[str]  # memory-mapped (`service.labels`): read when shown
+    label_titles: Sequence[str]  # read by offset when shown (`service.labels`)
     label_ids: Sequence[str]
     classifiers: np.ndarray | None
     mach_idf: np.ndarray | None
@@ -452,7 +452,7 @@ def _verify_files(bundle_dir: Path, manifest: Manifest) -> None:
 
 
 def _read_label_file(path: Path, count: int) -> LabelLines:
-    """A label file, memory-mapped and checked (`service.labels`)."""
+    """A label file, checked and read by offset (`service.labels`)."""
     try:
         return LabelLines(path, count)
     except LabelFileError as exc:

@@ -1,19 +1,22 @@
-"""A bundle's label files (titles, ids), memory-mapped: a product's text is read when shown.
+"""A bundle's label files (titles, ids), read by offset: a product's text is read when shown.
 
 At 50M products the titles and ids held as Python strings take 8.2 GiB (BENCHMARKS.md, "MACH
 decoding"), sixteen times MACH's int8 model. `LabelLines` keeps only where each line ends (8
-bytes a label) and lets the kernel page in the text of the results a query returns. Each file is
-checked once when the bundle loads: UTF-8 throughout, as many lines as the manifest says, so a
-query never meets a bad title.
+bytes a label) and reads a line with one `pread` when a result shows it; the kernel's page cache
+keeps the lines queries return. Each file is checked once when the bundle loads: UTF-8
+throughout, as many lines as the manifest says, so a query never meets a bad title. `pread`
+rather than a memory map: a map of a file truncated under a running server kills it (SIGBUS),
+a read comes back short.
 """
 
 from __future__ import annotations
 
 import codecs
-import mmap
+import os
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import overload
+from typing import BinaryIO, overload
 
 import numpy as np
 
@@ -65,22 +68,20 @@ class LabelLines(_Texts):
 
     def __init__(self, path: Path, count: int) -> None:
         self.path = path
-        size = path.stat().st_size
-        self._data: mmap.mmap | bytes = b""
-        if size:
-            with path.open("rb") as handle:
-                self._data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        self._ends = _line_ends(self._data, size)
+        self._file = path.open("rb")  # held open: a file replaced by rename is still this one
+        weakref.finalize(self, self._file.close)
+        self._ends = _line_ends(self._file)
         if len(self._ends) != count:
             raise LabelFileError(f"{len(self._ends)} lines, manifest says {count} labels")
-        _check_utf8(self._data, size)
+        _check_utf8(self._file)
 
     def __len__(self) -> int:
         return len(self._ends)
 
     def _text(self, i: int) -> str:
         start = int(self._ends[i - 1]) + 1 if i else 0
-        return self._data[start : int(self._ends[i])].decode("utf-8")
+        raw = os.pread(self._file.fileno(), int(self._ends[i]) - start, start)
+        return raw.decode("utf-8", errors="replace")  # checked at load; short if cut since
 
 
 class NumberedIds(_Texts):
@@ -96,22 +97,30 @@ class NumberedIds(_Texts):
         return str(i)
 
 
-def _line_ends(data: mmap.mmap | bytes, size: int) -> np.ndarray:
-    """Offsets of every "\\n" (int64), found `CHUNK` bytes at a time."""
+def _chunks(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of the whole file, `CHUNK` bytes at a time, from its start."""
+    handle.seek(0)
+    offset = 0
+    while chunk := handle.read(CHUNK):
+        yield offset, chunk
+        offset += len(chunk)
+
+
+def _line_ends(handle: BinaryIO) -> np.ndarray:
+    """Offsets of every "\\n" (int64)."""
     ends = [np.zeros(0, np.int64)]
-    for start in range(0, size, CHUNK):
-        block = np.frombuffer(data, np.uint8, count=min(CHUNK, size - start), offset=start)
-        ends.append(np.flatnonzero(block == NEWLINE).astype(np.int64) + start)
-        del block  # a live view would keep the map from closing
+    for offset, chunk in _chunks(handle):
+        block = np.frombuffer(chunk, np.uint8)
+        ends.append(np.flatnonzero(block == NEWLINE).astype(np.int64) + offset)
     return np.concatenate(ends)
 
 
-def _check_utf8(data: mmap.mmap | bytes, size: int) -> None:
-    """Decode the whole file once, `CHUNK` bytes at a time, keeping nothing."""
+def _check_utf8(handle: BinaryIO) -> None:
+    """Decode the whole file once, keeping nothing."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        for start in range(0, size, CHUNK):
-            decoder.decode(data[start : start + CHUNK])
+        for _, chunk in _chunks(handle):
+            decoder.decode(chunk)
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
         raise LabelFileError(f"not UTF-8 ({exc})") from exc

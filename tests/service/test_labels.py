@@ -59,3 +59,14 @@ def test_numbered_ids_are_made_when_asked_for() -> None:
     assert ids[:3] == ["0", "1", "2"] and NumberedIds(3) == ["0", "1", "2"]
     with pytest.raises(IndexError):
         ids[50_000_000]
+
+
+def test_a_file_cut_under_a_running_server_reads_short_and_does_not_crash(tmp_path: Path) -> None:
+    path = _written(tmp_path, TITLES)
+    mapped = LabelLines(path, len(TITLES))
+    with path.open("r+b") as handle:
+        handle.truncate(5)
+    assert mapped[0] == TITLES[0][:5] and mapped[-1] == ""
+    (tmp_path / "new").mkdir()
+    _written(tmp_path / "new", ["other"]).replace(path)  # renamed over it: still reads its own
+    assert mapped[0] == TITLES[0][:5]

@@ -19,9 +19,14 @@ def _written(tmp_path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_lines_are_the_files_lines_by_index_slice_and_iteration(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held", [True, False], ids=["held in memory", "read by offset"])
+def test_lines_are_the_files_lines_by_index_slice_and_iteration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    monkeypatch.setattr(labels, "IN_MEMORY_BYTES", 1 << 20 if held else 0)
     path = _written(tmp_path, TITLES)
     mapped = LabelLines(path, len(TITLES))
+    assert (mapped._held is not None) is held
     assert len(mapped) == len(TITLES) and list(mapped) == read_lines(path) == TITLES
     assert mapped[1] == TITLES[1] and mapped[-1] == TITLES[-1] and mapped[2] == ""
     assert mapped[1:4] == TITLES[1:4] and mapped[::-2] == TITLES[::-2]
@@ -61,7 +66,10 @@ def test_numbered_ids_are_made_when_asked_for() -> None:
         ids[50_000_000]
 
 
-def test_a_file_cut_under_a_running_server_reads_short_and_does_not_crash(tmp_path: Path) -> None:
+def test_a_file_cut_under_a_running_server_reads_short_and_does_not_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(labels, "IN_MEMORY_BYTES", 0)  # read by offset, as a large file is
     path = _written(tmp_path, TITLES)
     mapped = LabelLines(path, len(TITLES))
     with path.open("r+b") as handle:

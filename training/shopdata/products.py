@@ -1,14 +1,13 @@
-"""A shop's products file read into the label space: ids, label texts and every column.
+"""A shop's products file read into the label space: ids and every column, per label.
 
 Each row is one product: a non-empty id and title are required, and a row without them is
 refused on its own. The same product exported twice (same id, same text fields) is kept once
 and counted; the same id with different text is refused, naming both lines, because which of
 the two the shop means cannot be guessed. Labels keep the order of first appearance.
 
-The label text is the `text_fields` joined with " " (empty values skipped, whitespace inside
-a value collapsed, so a multi-line description cannot break the one-line-per-label layout).
-Every other column is kept too, per label, for features that read the catalog (brand,
-category, attributes rendered as "key value; key value").
+The text fields come first, then every other column, per label (brand, category, attributes
+rendered as "key value; key value"); `training.shopdata` makes them the dataset's titles and
+text fields, and `XCDataset.label_texts` joins the text fields into what the models read.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ class Products:
     """The label space read from a products file, and the tally of reading it."""
 
     ids: list[str]
-    texts: list[str]
     fields: dict[str, list[str]]
     report: FileReport
     index: dict[str, int] = field(default_factory=dict)
@@ -40,12 +38,6 @@ class _Seen:
 
     location: str
     key: tuple[str, ...]
-
-
-def label_text(values: dict[str, str], text_fields: tuple[str, ...]) -> str:
-    """The text fields' values joined with " ", empty ones skipped, inner whitespace collapsed."""
-    parts = (" ".join(values.get(name, "").split()) for name in text_fields)
-    return " ".join(p for p in parts if p)
 
 
 def _parse(values: dict[str, Any], spec: ShopDataSpec) -> tuple[str, dict[str, str]]:
@@ -73,7 +65,7 @@ def _duplicate(product_id: str, seen: _Seen, key: tuple[str, ...], spec: ShopDat
 
 
 def read_products(spec: ShopDataSpec) -> Products:
-    """Read `spec.products` into label ids, label texts and per-label column values.
+    """Read `spec.products` into label ids and per-label column values.
 
     Raises DataError for a file-level problem or when no product is left.
     """
@@ -82,7 +74,7 @@ def read_products(spec: ShopDataSpec) -> Products:
     report = FileReport(table)
     seen: dict[str, _Seen] = {}
     rows: list[dict[str, str]] = []
-    products = Products(ids=[], texts=[], fields={}, report=report)
+    products = Products(ids=[], fields={}, report=report)
     for row in table.rows(required=(spec.id_column, *spec.text_fields)):
         report.rows_read += 1
         try:
@@ -101,7 +93,6 @@ def read_products(spec: ShopDataSpec) -> Products:
         seen[product_id] = _Seen(row.location, key)
         products.index[product_id] = len(products.ids)
         products.ids.append(product_id)
-        products.texts.append(label_text(rendered, spec.text_fields))
         rows.append(rendered)
     if not products.ids:
         raise DataError(

@@ -191,6 +191,11 @@ class RankerSpec(BaseModel):
         formula = self.metrics.get("formula", {}).get("nDCG@10")
         return learned is not None and formula is not None and learned > formula
 
+    def wins_over(self, ndcg10: float) -> bool:
+        """Whether ASTRA ranked by it should answer in place of a model with dev nDCG@10
+        `ndcg10`: it is served (`beats_formula`) and its cross-validated nDCG@10 is higher."""
+        return self.beats_formula and self.metrics["cross_validated"]["nDCG@10"] > ndcg10
+
 
 class AstraSpec(BaseModel):
     """ASTRA: one classifier vector per label, searched with the index (and, optionally,
@@ -331,7 +336,7 @@ def write_lines(path: Path, lines: list[str]) -> None:
     for i, line in enumerate(lines):
         if "\n" in line or "\r" in line:
             raise ValueError(f"{path.name}: line {i} contains a newline")
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8", newline="\n")
 
 
 def read_lines(path: Path) -> list[str]:

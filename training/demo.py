@@ -23,13 +23,19 @@ XC files above.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from service.bundle import write_lines
+from training.dataset import Split, XCDataset
+from training.shopdata.xc_export import write_xc_dir
+
 DEMO_SEED = 0
 DEMO_NAME = "demo"
+GENERATOR = "training.demo.generate_demo"  # recorded in dataset.json
 POSITIVE_MIN_WEIGHT = 2.0
 PROPENSITY_A = 0.6
 PROPENSITY_B = 2.6
@@ -457,17 +463,11 @@ def _labels_for(
     return labels
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
-    """Write one line per entry, UTF-8 with "\\n" endings (byte-identical across platforms)."""
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in lines))
-
-
-def _write_xy(path: Path, rows: list[dict[int, int]], num_labels: int) -> None:
-    """Write an XC `*_X_Y.txt` file: header, then sorted `label:weight` pairs per point."""
-    lines = [f"{len(rows)} {num_labels}"]
-    lines += [" ".join(f"{j}:{w}" for j, w in sorted(row.items())) for row in rows]
-    _write_lines(path, lines)
+def _split(queries: list[str], rows: list[dict[int, int]]) -> Split:
+    """Graded queries as a `Split`: each point's labels sorted, its grades as weights."""
+    labels = [np.array(sorted(row), np.int64) for row in rows]
+    weights = [np.array([row[j] for j in sorted(row)], np.float32) for row in rows]
+    return Split(texts=list(queries), labels=labels, weights=weights)
 
 
 # A graded pair as the one interaction that earns its grade under `SHOP_SIGNALS`.
@@ -537,7 +537,7 @@ def write_shop_files(
         "[signals]",
         *[f"{name} = {float(weight)}" for name, weight in SHOP_SIGNALS.items()],
     ]
-    _write_lines(out / SHOP_CONFIG, config)
+    write_lines(out / SHOP_CONFIG, config)
 
 
 def generate_demo(out_dir: str | Path, num_products: int = 2000, seed: int = DEMO_SEED) -> Path:
@@ -591,25 +591,17 @@ def generate_demo(out_dir: str | Path, num_products: int = 2000, seed: int = DEM
     trn_rows = [_labels_for(rng, queries[q], products, by_type, cold_set) for q in trn_queries]
     tst_rows = [_labels_for(rng, queries[q], products, by_type, set()) for q in tst_queries]
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_lines(out / "lbl_X.txt", [p.title for p in products])
-    _write_lines(out / "lbl_uid.txt", [f"D{100001 + j}" for j in range(num_products)])
-    _write_lines(out / "trn_X.txt", trn_queries)
-    _write_xy(out / "trn_X_Y.txt", trn_rows, num_products)
-    _write_lines(out / "tst_X.txt", tst_queries)
-    _write_xy(out / "tst_X_Y.txt", tst_rows, num_products)
-    meta = {
-        "name": DEMO_NAME,
-        "positive_min_weight": POSITIVE_MIN_WEIGHT,
-        "graded": True,
-        "propensity": {"A": PROPENSITY_A, "B": PROPENSITY_B},
-        "num_labels": num_products,
-        "trn_points": len(trn_queries),
-        "tst_points": len(tst_queries),
-        "seed": seed,
-        "generator": "training.demo.generate_demo",
-    }
-    _write_lines(out / "dataset.json", [json.dumps(meta, indent=1)])
+    dataset = XCDataset(
+        name=DEMO_NAME,
+        label_titles=[p.title for p in products],
+        label_ids=[f"D{100001 + j}" for j in range(num_products)],
+        trn=_split(trn_queries, trn_rows),
+        tst=_split(tst_queries, tst_rows),
+        positive_min_weight=POSITIVE_MIN_WEIGHT,
+        graded=True,
+        propensity_a=PROPENSITY_A,
+        propensity_b=PROPENSITY_B,
+    )
+    out = write_xc_dir(dataset, Path(out_dir), {"seed": seed, "generator": GENERATOR})
     write_shop_files(out, products, (trn_queries, trn_rows), (tst_queries, tst_rows))
     return out

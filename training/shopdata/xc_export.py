@@ -1,4 +1,4 @@
-"""Write an `XCDataset` in the raw-text XC layout, byte for byte as `training/demo.py` does.
+"""Write an `XCDataset` in the raw-text XC layout: the one writer of it (`training.demo` too).
 
 A shop's export read once can then be trained on, shared and diffed like any research
 dataset: lbl_X.txt, lbl_uid.txt, trn_X.txt, trn_X_Y.txt, tst_X.txt and tst_X_Y.txt (when there
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from service.bundle import write_lines
 from training.dataset import DataError, Split, XCDataset
 
 _CORE_META = (
@@ -26,12 +27,6 @@ _CORE_META = (
     "trn_points",
     "tst_points",
 )
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    """Write one line per entry, UTF-8 with "\\n" endings (byte-identical across platforms)."""
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        f.write("".join(line + "\n" for line in lines))
 
 
 def format_weight(weight: float) -> str:
@@ -78,11 +73,11 @@ def write_xc_dir(dataset: XCDataset, out: Path, extra_meta: dict[str, Any] | Non
         _check_one_line(split.texts, f"{name} query", out)
     lines = {name: _xy_lines(split, dataset.num_labels) for name, split in splits.items()}
     out.mkdir(parents=True, exist_ok=True)
-    _write_lines(out / "lbl_X.txt", dataset.label_texts)
-    _write_lines(out / "lbl_uid.txt", dataset.label_ids)
+    write_lines(out / "lbl_X.txt", dataset.label_texts)
+    write_lines(out / "lbl_uid.txt", dataset.label_ids)
     for name, split in splits.items():
-        _write_lines(out / f"{name}_X.txt", split.texts)
-        _write_lines(out / f"{name}_X_Y.txt", lines[name])
+        write_lines(out / f"{name}_X.txt", split.texts)
+        write_lines(out / f"{name}_X_Y.txt", lines[name])
     if dataset.tst is None:  # a tst split left by an earlier write would be read back as ours
         for stale in ("tst_X.txt", "tst_X_Y.txt"):
             (out / stale).unlink(missing_ok=True)
@@ -96,5 +91,7 @@ def write_xc_dir(dataset: XCDataset, out: Path, extra_meta: dict[str, Any] | Non
         "tst_points": len(dataset.tst) if dataset.tst is not None else 0,
         **(extra_meta or {}),
     }
-    _write_lines(out / "dataset.json", [json.dumps(meta, indent=1)])
+    (out / "dataset.json").write_text(
+        json.dumps(meta, indent=1) + "\n", encoding="utf-8", newline="\n"
+    )
     return out

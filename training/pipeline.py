@@ -184,10 +184,7 @@ def _best_model(manifest: Manifest, by_model: dict[str, dict[str, Any]]) -> str:
     the formula) has a better cross-validated one: its dev figures above are the formula's."""
     best = max(by_model, key=lambda m: by_model[m]["nDCG@10"])
     ranker = manifest.astra.ranker if manifest.astra is not None else None
-    if ranker is None or not ranker.beats_formula:
-        return best
-    ranked = ranker.metrics["cross_validated"]["nDCG@10"]
-    return "astra" if ranked > by_model[best]["nDCG@10"] else best
+    return "astra" if ranker is not None and ranker.wins_over(by_model[best]["nDCG@10"]) else best
 
 
 def _weights_of(manifest: Manifest) -> dict[str, float]:

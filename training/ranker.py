@@ -247,8 +247,7 @@ def _default_to_ranked_astra(bundle_dir: Path, spec: RankerSpec) -> dict:
     manifest = read_manifest(bundle_dir)
     default = manifest.default_model
     other = manifest.metrics.get("dev_by_model", {}).get(default, {}).get("nDCG@10")
-    learned = spec.metrics["cross_validated"]["nDCG@10"]
-    if default == "astra" or other is None or not spec.beats_formula or learned <= other:
+    if default == "astra" or other is None or not spec.wins_over(other):
         return {}
     fields = manifest.model_dump(exclude={"files", "format_version"})
     write_manifest(bundle_dir, {**fields, "default_model": "astra"})

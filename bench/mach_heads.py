@@ -40,7 +40,7 @@ from service.mach.decode import MachDecoder
 from service.mach.exact import OPEN_MARGIN, SHORTLIST, ExactLayer, MachScores, refined_top
 from service.mach.hash import HashFamily
 from service.mach.model import HEADS_OUTPUT, HIDDEN_OUTPUT
-from training.mach.bundle import export_heads
+from training.mach.bundle import export_heads, external_data_file
 from training.mach.heads import MachConfig, MachHead, MachHeads
 from training.quantize import quantize_heads, write_exact_layer
 
@@ -81,11 +81,6 @@ def _variant(
         "total_p50_ms": round(float(np.median(total)) * 1000, 3),
     }
     return timing, np.stack(ids)
-
-
-def _side(path: Path) -> Path:
-    """Where heads past ONNX's 2 GB file keep their weights (`export_heads`)."""
-    return path.with_name(path.name + ".data")
 
 
 def bench_shape(num_labels: int, args: argparse.Namespace, work: Path) -> dict:
@@ -132,11 +127,12 @@ def bench_shape(num_labels: int, args: argparse.Namespace, work: Path) -> dict:
         timing, decoded[name] = _variant(session, queries, decode, outputs)
         del session
         extra = exact_rows * row_bytes if name == "int8_exact" else 0
+        files = (path, external_data_file(path))  # the graph and, past 1 GiB, its weights
         result[name] = {
             **timing,
             "weight_bytes": weight_bytes,
             "exact_row_bytes": extra,
-            "file_bytes": sum(f.stat().st_size for f in (path, _side(path)) if f.exists()),
+            "file_bytes": sum(f.stat().st_size for f in files if f.exists()),
             "gb_per_s": round(weight_bytes / (timing["p50_ms"] / 1000) / 1e9, 1),
         }
     result["recall_at_10_int8_vs_fp32"] = recall_at_k(decoded["fp32"], decoded["int8"])

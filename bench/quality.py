@@ -366,25 +366,25 @@ def score_bundle(
     train_seconds = sum(r["seconds"] for r in records.values())
     size = model_bytes(manifest, model, engine.lexical_weight > 0)
     if engine.ranker is not None:
-        size += sum(manifest.files[name].bytes for name in (engine.ranker.spec.file,))
+        size += manifest.files[engine.ranker.spec.file].bytes
         details["ranker"] = {"trained_on": engine.ranker.spec.trained_on}
     row = method_result(spec.family, points, ranking, (train_seconds, "manifest"), size, details)
     if engine.ranker is not None and engine.ranker.spec.trained_on == bench.eval_split:
         # The served ranker learned from these very points: its metrics come from rankers
         # that never saw the query they score (the same cross-validation as training's).
-        row["metrics"] = ranker_cross_validated(path, dataset, bench.eval_split, points)
+        row["metrics"] = ranker_cross_validated(engine, dataset, bench.eval_split, points)
         details["ranker"]["metrics"] = "cross-validated on the evaluation split (3 × 2 folds)"
     return row
 
 
 def ranker_cross_validated(
-    bundle: Path, dataset: XCDataset, split: str, points: EvalSet
+    engine: SearchEngine, dataset: XCDataset, split: str, points: EvalSet
 ) -> dict[str, float]:
-    """Every metric of ASTRA's learned ranker on `points`, each point scored by a ranker fitted
-    on the other fold (`training.ranker.cross_validated_scores`), averaged over the shuffles."""
+    """Every metric of the engine's learned ranker on `points`, each point scored by a ranker
+    fitted on the other fold (`training.ranker.cross_validated_scores`), averaged over the
+    shuffles; the candidates and features are the engine's, as it served the row."""
     from training import ranker as learned
 
-    engine = SearchEngine.load(bundle, ranker="on")
     assert engine.ranker is not None
     popularity = engine.ranker.popularity
     labels, features, _ = learned.collect(engine, points.texts, popularity)

@@ -36,6 +36,7 @@ from service.search.encoder import QueryEncoder
 from service.search.engine import SearchEngine
 from training.data import load_dataset
 from training.evaluate import evaluate_bundle
+from training.mach.bundle import external_data_file
 
 if TYPE_CHECKING:
     from training.shopdata import ShopDataSpec
@@ -95,13 +96,13 @@ def quantize_heads(source: Path, target: Path, reps: int) -> None:
     )
     staged = target.with_name(f".{target.name}.fp32")
     # Heads past ONNX's 2 GB file limit came with their weights in a side file; so does the copy.
-    side = source.with_name(source.name + ".data").exists()
-    onnx.save(model, staged, save_as_external_data=side, location=f"{staged.name}.data")
+    side = external_data_file(source).exists()
+    onnx.save(model, staged, save_as_external_data=side, location=external_data_file(staged).name)
     try:
         quantize_matmuls(staged, target)
     finally:
         staged.unlink()
-        staged.with_name(f"{staged.name}.data").unlink(missing_ok=True)
+        external_data_file(staged).unlink(missing_ok=True)
     quantised = sum(node.op_type == "MatMulInteger" for node in onnx.load(target).graph.node)
     if quantised < reps:
         target.unlink()

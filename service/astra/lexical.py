@@ -222,8 +222,10 @@ class LexicalIndex:
         and each label's text, per field), the labels' fields are indexed instead, BM25F-style:
         a term's frequency and a label's length are the fields' weighted sums."""
         analyzer = analyzer or Analyzer(analyzer_version)
-        counts = field_counts(analyzer, fields) if fields else None
-        counts = counts or [Counter(analyzer.terms(title)) for title in titles]
+        if fields:
+            counts = field_counts(analyzer, fields)
+        else:
+            counts = [Counter(analyzer.terms(title)) for title in titles]
         lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
         avgdl = float(lengths.mean()) if len(lengths) else 0.0
         avgdl = avgdl if avgdl > 0 else 1.0

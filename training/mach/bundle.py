@@ -55,6 +55,12 @@ BASE_ENCODER_SPEC = EncoderSpec(max_length=32, dim=384)
 EXTERNAL_DATA_BYTES = 1 << 30
 
 
+def external_data_file(heads_file: Path) -> Path:
+    """Where heads past `EXTERNAL_DATA_BYTES` keep their weights: `<heads file>.data`, the name
+    the exporter gives it."""
+    return heads_file.with_name(heads_file.name + ".data")
+
+
 def encoder_dir(encoder_from: Path | None, cache_dir: Path) -> tuple[Path, EncoderSpec]:
     """Directory holding the ONNX encoder and tokenizer the heads are trained on, and its spec.
 

@@ -168,6 +168,31 @@ def truth_recall(truth: list[np.ndarray], found: np.ndarray) -> float:
     )
 
 
+def certify_depth(decoder: MachDecoder, scores: np.ndarray, exact_ids: np.ndarray) -> dict:
+    """How deep into each repetition's buckets an exact decoder must read to prove its top-k.
+
+    Opening the d best buckets of every repetition bounds every label left unseen by the sum
+    over r of each repetition's (d+1)-th best bucket score (its bucket in r is at best that
+    one): the threshold rule (Fagin's TA) has proved the top-k once that bound falls to the
+    k-th exact score. The smallest such d, as a fraction of B, and the labels the open buckets
+    hold, K·(1 - (1 - d/B)^R), say what any decoder that is exact by proof must read.
+    """
+    fractions, candidates = [], []
+    reps, buckets = decoder.reps, decoder.buckets
+    for query, ids in zip(scores, exact_ids, strict=True):
+        kth = decoder.label_buckets(ids[-1:])[0]  # [R]
+        kth_score = float(query[np.arange(reps), kth].sum(dtype=np.float64))
+        bound = -np.sort(-query, axis=1).sum(axis=0, dtype=np.float64)  # [B] non-increasing
+        depth = int(np.argmax(bound <= kth_score + 1e-4))
+        fractions.append(depth / buckets)
+        candidates.append(decoder.num_labels * (1 - (1 - depth / buckets) ** reps))
+    return {
+        "fraction_of_buckets_p50": float(np.median(fractions)),
+        "fraction_of_buckets_max": float(np.max(fractions)),
+        "candidates_p50": round(float(np.median(candidates))),
+    }
+
+
 def bench_scenario(
     decoder: MachDecoder, scenario: str, args: argparse.Namespace, seed: int
 ) -> dict:
@@ -183,6 +208,7 @@ def bench_scenario(
 
     exact_ids, exact = timings(lambda s: decoder.exact(s, K_TOP), scores[:n_exact], f"{tag} exact")
     exact["truth_at_10"] = truth_recall(truth[:n_exact], exact_ids)
+    exact["certify"] = certify_depth(decoder, scores[:n_exact], exact_ids)
 
     fast = []
     for hits in args.min_hits:

@@ -639,6 +639,93 @@ def render_mach_decode(record: dict[str, Any]) -> str:
     return f"{markdown_table(headers, rows)}\n\n{note} {_generated_from('mach_decode.json')}\n"
 
 
+def render_mach_decode_proof(record: dict[str, Any]) -> str:
+    """bench.mach_decode's JSON, both scenarios: what the served fast decoder keeps of exact
+    decoding, and how much an exact decoder would have to read to prove its top 10."""
+    rows = []
+    for result in record["results"]:
+        for scenario in result["scenarios"]:
+            certify = scenario["exact_ms"].get("certify")
+            if certify is None:  # runs before session 15 did not measure it
+                continue
+            served = next(
+                (f for f in scenario["fast"] if f["top_buckets"] == SERVED_TOP_BUCKETS), None
+            )
+            share = certify["fraction_of_buckets_p50"]
+            rows.append(
+                [
+                    f"{result['labels']:,}",
+                    scenario["scenario"],
+                    "—" if served is None else f"{served['recall_at_10']:.3f}",
+                    "—" if served is None else f"{served['truth_at_10']:.3f}",
+                    f"{share * result['buckets']:,.0f} of {result['buckets']:,} ({share:.2%})",
+                    f"{certify['candidates_p50']:,}"
+                    f" ({certify['candidates_p50'] / result['labels']:.1%})",
+                    f"{scenario['exact_ms']['n1']['p50']:.1f}",
+                ]
+            )
+    headers = [
+        "K",
+        "scenario",
+        f"fast (top {SERVED_TOP_BUCKETS}) recall@10 vs exact",
+        "fast: generator's labels found",
+        "buckets per head to prove exact's top 10 (p50)",
+        "labels those buckets hold",
+        "exact ms",
+    ]
+    return f"{markdown_table(headers, rows)}\n\n{_generated_from('mach_decode.json')}\n"
+
+
+def render_mach_served(record: dict[str, Any]) -> str:
+    """bench.mach_served's JSON: a whole `python -m service` process serving MACH at K labels,
+    its memory after load and after queries, and search latency over HTTP."""
+    rows = []
+    for result in record["results"]:
+        loaded, queried = result["memory_after_load_mib"], result["memory_after_queries_mib"]
+        stages = result["stage_ms"]
+        one_vs_all = result["labels"] * DIM_ONE_VS_ALL * 4 / MIB_BYTES
+        rows.append(
+            [
+                f"{result['labels']:,}",
+                f"{result['buckets']:,}",
+                result["model_info"]["mach"]["precision"]
+                + (" + fp32 rows" if result["model_info"]["mach"]["exact"] else ""),
+                f"{sum(result['file_bytes'].values()) / 1e9:,.2f}",
+                f"{result['ready_s']:.1f}",
+                f"{loaded['VmRSS']:,.0f} ({loaded['RssAnon']:,.0f} + {loaded['RssFile']:,.0f})",
+                f"{queried['VmRSS']:,.0f} ({queried['RssAnon']:,.0f} + {queried['RssFile']:,.0f})",
+                f"{queried['VmHWM']:,.0f}",
+                f"{one_vs_all:,.0f} ({one_vs_all / queried['VmRSS']:.0f}×)",
+                f"{result['http_ms']['p50']:.1f} / {result['http_ms']['p90']:.1f}",
+                f"{stages['encode']['p50_ms']:.1f} + {stages['retrieve']['p50_ms']:.1f}",
+            ]
+        )
+    headers = [
+        "K",
+        "B",
+        "heads served",
+        "bundle GB on disk",
+        "load s (start to ready)",
+        "RSS MiB after load (anon + file)",
+        "RSS MiB after queries (anon + file)",
+        "peak RSS MiB",
+        "one-vs-all layer MiB (× the process)",
+        "HTTP p50 / p90 ms",
+        "server: encode + retrieve p50 ms",
+    ]
+    return (
+        f"{markdown_table(headers, rows)}\n\nOne server process, `XC_THREADS=1`, cache off, "
+        f"{record['queries']} distinct queries one after another (`model: mach`, k = 10); R = 16, "
+        f"hidden 128, random weights. {_generated_from('mach_served.json')} Command: "
+        f"`{record['command']}`, {record['date'][:10]}, load average "
+        f"{record['machine']['load_average'][0]} at the start.\n"
+    )
+
+
+# The dimension of the one-vs-all layer MACH's memory is compared with (MiniLM's 384).
+DIM_ONE_VS_ALL = 384
+
+
 def _astra_index_mib(scale: dict[str, Any], labels: int, kind: str) -> str:
     """ASTRA's index of type `kind` at `labels`: measured where bench.scale built it there,
     else the bytes per label of its largest measured size times K (marked so)."""
@@ -1145,7 +1232,9 @@ SECTIONS: dict[str, tuple[str | tuple[str, ...], Renderer]] = {
     ),
     "mach_decode": ("mach_decode.json", render_mach_decode),
     "mach_decode:memory": (("mach_decode.json", "scale.json"), render_mach_memory),
+    "mach_decode:proof": ("mach_decode.json", render_mach_decode_proof),
     "mach_heads": ("mach_heads.json", render_mach_heads),
+    "mach_served": ("mach_served.json", render_mach_served),
     "astra_optimizer": ("astra_optimizer.json", render_astra_optimizer),
     "astra_train_scale": ("astra_train_scale.json", render_astra_train_scale),
     "batch": ("batch_homedepot.json", render_batch),

@@ -94,7 +94,9 @@ def quantize_heads(source: Path, target: Path, reps: int) -> None:
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(HIDDEN_OUTPUT, onnx.TensorProto.FLOAT, None)
     )
-    staged = target.with_name(f".{target.name}.fp32")
+    # One leading dot: ONNX refuses an external-data location holding "..", and the bundle's
+    # staged target (`quantize_mach_heads`) already starts with one.
+    staged = target.with_name(f".{target.name.lstrip('.')}.fp32")
     # Heads past ONNX's 2 GB file limit came with their weights in a side file; so does the copy.
     side = external_data_file(source).exists()
     onnx.save(model, staged, save_as_external_data=side, location=external_data_file(staged).name)

@@ -14,7 +14,7 @@ It starts `python -m service` on it (`XC_THREADS=1`, the cache off, `XC_MACH_PRE
 times how long it takes to answer /readyz, reads the process's memory (VmRSS, its anonymous and
 file-backed parts, and VmHWM, the peak during load), sends `--queries` distinct searches one
 after another (`model: mach`, k = 10), and reads the memory again with the server's own stage
-times from /metrics. Results go to `bench/results/mach_served.json` (BENCHMARKS.md, "MACH
+times from /metrics. Results go to `bench/results/mach_served.json` and `.png` (BENCHMARKS.md, "MACH
 decoding"); the bundle is deleted after each K unless `--keep`.
 """
 
@@ -226,6 +226,36 @@ def measure(num_labels: int, args: argparse.Namespace) -> dict:
     return result
 
 
+def plot(record: dict, path: Path) -> None:
+    """Memory (anonymous, file-backed) and HTTP latency of the served process against K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = record["results"]
+    sizes = [r["labels"] for r in results]
+    fig, (memory, latency) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, name in (("RssAnon", "anonymous (the process's own)"), ("RssFile", "file-backed")):
+        memory.plot(sizes, [r["memory_after_queries_mib"][key] for r in results], "o-", label=name)
+    memory.plot(
+        sizes, [r["labels"] * 384 * 4 / MIB for r in results], "k--", label="one-vs-all layer"
+    )
+    memory.set(
+        xscale="log", yscale="log", xlabel="labels K", ylabel="MiB", title="memory after queries"
+    )
+    memory.legend()
+    for key, name in (("p50", "HTTP p50"), ("p90", "HTTP p90")):
+        latency.plot(sizes, [r["http_ms"][key] for r in results], "o-", label=name)
+    stages = [r["stage_ms"]["retrieve"]["p50_ms"] for r in results]
+    latency.plot(sizes, stages, "s--", label="server: MACH layer + decoding p50")
+    latency.set(xscale="log", xlabel="labels K", ylabel="ms", title="one search at a time")
+    latency.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure each K and write the JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench.mach_served", description=__doc__)
@@ -240,7 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the bundles after measuring")
     parser.add_argument("--model-info", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=RESULTS / "mach_served.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from --out")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return 0
     with tempfile.TemporaryDirectory(prefix="xc-mach-served-") as tmp:
         args.work = args.work or Path(tmp)
         args.data_dir = Path(tmp) / "data"
@@ -253,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
     }
     args.out.write_text(json.dumps(record, indent=2) + "\n")
+    plot(record, args.out.with_suffix(".png"))
     return 0
 
 

@@ -31,6 +31,7 @@ from training.data import load_dataset
 from training.evaluate import EvalSet
 from training.ranker import (
     PARAMS,
+    RankerRows,
     collect,
     cross_validated,
     grade_levels,
@@ -101,7 +102,9 @@ def normalisation_ablation(bundle: Path, data: Path) -> list[dict]:
             {
                 "analyzer": name,
                 "formula": ranked_metrics(points, labels, formula),
-                "dev_cv": cross_validated(points, features, levels, labels, gains, PARAMS),
+                "dev_cv": cross_validated(
+                    points, RankerRows(labels, features, levels), gains, PARAMS
+                ),
             }
         )
         print(json.dumps(results[-1]), flush=True)
@@ -115,8 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset with a dev split")
     parser.add_argument("--queries", type=int, default=1000, help="dev queries timed")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--stack-from", type=Path, default=None, help="as `python -m training ranker` takes it"
+    )
     args = parser.parse_args(argv)
-    trained = train_ranker(args.bundle, args.data)
+    trained = train_ranker(args.bundle, args.data, stack_from=args.stack_from)
     texts = load_dataset(args.data).split("dev").texts[: args.queries]
     report = {
         "date": date.today().isoformat(),

@@ -400,8 +400,16 @@ def render_ranker(record: dict[str, Any]) -> str:
     """bench.ranker's JSON: the formula against the learned ranker with its feature groups
     added in turn (cross-validated on dev), and what ranking costs a query."""
     rows = [["the formula: cosine + λ·BM25 / max (served before)", *_cells(record["formula"])]]
+    stacked = record.get("stacked")  # runs since session 15 may also learn from half of train
+    if "dev_only" in record:
+        rows.append(
+            ["learned ranker: all features, learning from dev alone", *_cells(record["dev_only"])]
+        )
+    learned = "learned ranker" + (
+        f" + {stacked['queries']:,} `{stacked['split']}` queries" if stacked else ""
+    )
     for step in record["ablation"]:
-        rows.append([f"learned ranker: {step['features']}", *_cells(step["dev_cv"])])
+        rows.append([f"{learned}: {step['features']}", *_cells(step["dev_cv"])])
     table = markdown_table(["ranking", *(f"dev {name}" for name in RANKER_METRICS)], rows)
     steps = record.get("normalisation") or []
     if steps:
@@ -422,7 +430,14 @@ def render_ranker(record: dict[str, Any]) -> str:
         f"are {record['shuffles']} shuffles of {record['folds']}-fold cross-validation on dev "
         "(each query scored by a ranker that never saw it), the formula scored on the same "
         f"queries, all with the {encoder['size']} {encoder['precision']} encoder as served. "
-        f"Ranking one query in process ({latency['queries']:,} dev queries, taking turns): "
+        + (
+            f"The stacked rows: the {stacked['queries']:,} queries of `{stacked['split']}` scored "
+            f"by `{stacked['bundle']}`, fitted on the other half of train, in every fold's "
+            "training data; the analyzer table's rankers learn from dev alone. "
+            if stacked
+            else ""
+        )
+        + f"Ranking one query in process ({latency['queries']:,} dev queries, taking turns): "
         f"p50 {latency['formula']['p50_ms']:.2f} ms with the formula, "
         f"{latency['ranker']['p50_ms']:.2f} ms with the ranker (+{latency['added_p50_ms']:.2f} "
         f"ms: features {latency['features']['p50_ms']:.2f}, model "
@@ -658,7 +673,8 @@ def render_mach_decode_proof(record: dict[str, Any]) -> str:
                     scenario["scenario"],
                     "—" if served is None else f"{served['recall_at_10']:.3f}",
                     "—" if served is None else f"{served['truth_at_10']:.3f}",
-                    f"{share * result['buckets']:,.0f} of {result['buckets']:,} ({share:.2%})",
+                    f"{share * result['buckets']:,.0f} of {result['buckets']:,}"
+                    f" ({100 * share:.3g}%)",
                     f"{certify['candidates_p50']:,}"
                     f" ({certify['candidates_p50'] / result['labels']:.1%})",
                     f"{scenario['exact_ms']['n1']['p50']:.1f}",
@@ -695,7 +711,8 @@ def render_mach_served(record: dict[str, Any]) -> str:
                 f"{loaded['VmRSS']:,.0f} ({loaded['RssAnon']:,.0f} + {loaded['RssFile']:,.0f})",
                 f"{queried['VmRSS']:,.0f} ({queried['RssAnon']:,.0f} + {queried['RssFile']:,.0f})",
                 f"{queried['VmHWM']:,.0f}",
-                f"{one_vs_all:,.0f} ({one_vs_all / queried['VmRSS']:.0f}×)",
+                f"{one_vs_all:,.0f} ({one_vs_all / queried['VmRSS']:.0f}×, "
+                f"{one_vs_all / queried['RssAnon']:.0f}×)",
                 f"{result['http_ms']['p50']:.1f} / {result['http_ms']['p90']:.1f}",
                 f"{stages['encode']['p50_ms']:.1f} + {stages['retrieve']['p50_ms']:.1f}",
             ]
@@ -709,7 +726,7 @@ def render_mach_served(record: dict[str, Any]) -> str:
         "RSS MiB after load (anon + file)",
         "RSS MiB after queries (anon + file)",
         "peak RSS MiB",
-        "one-vs-all layer MiB (× the process)",
+        "one-vs-all layer MiB (× the process's RSS, × its anon)",
         "HTTP p50 / p90 ms",
         "server: encode + retrieve p50 ms",
     ]

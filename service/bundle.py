@@ -164,6 +164,19 @@ class LexicalSpec(BaseModel):
     )
 
 
+class StackedRowsSpec(BaseModel):
+    """Rows a learned ranker learned from beside dev: the queries of one half of `train`, scored
+    by a bundle fitted on the other half, to which they are as new as dev is to this bundle
+    (`python -m training ranker --stack-from`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    bundle: str = Field(description="the helper bundle's directory, as given")
+    name: str
+    version: str
+    split: str = Field(description="the half of train whose queries were scored")
+    queries: int = Field(ge=1)
+
+
 class RankerSpec(BaseModel):
     """A learned ranker over the lexical ranker's candidates (see `service.search.ranker`)."""
 
@@ -176,6 +189,9 @@ class RankerSpec(BaseModel):
     features: list[str] = Field(description="feature names, in the order the model reads them")
     trained_on: str = Field(description="the split whose graded pairs trained it")
     queries: int = Field(ge=1, description="queries it was trained on")
+    stacked: StackedRowsSpec | None = Field(
+        None, description="more training queries, scored by a bundle fitted on half of train"
+    )
     params: dict[str, float] = Field(description="LightGBM parameters and boosting rounds")
     metrics: dict[str, Any] = Field(
         default_factory=dict,

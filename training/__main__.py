@@ -21,7 +21,8 @@ the training split and checked on dev (`XC_ENCODER_SIZE`).
 `lexical` adds ASTRA's BM25 ranker to a bundle built without one (with `--data`, it tunes its
 weight and the hybrid's on the dev split, as `train` does).
 `ranker` trains a learned ranker (LambdaMART) of ASTRA's lexical candidates on the dev split's
-graded pairs, cross-validates it against the formula and writes it into the bundle
+graded pairs (and, with `--stack-from`, on half of train's as a bundle fitted on the other half
+scores them), cross-validates it against the formula and writes it into the bundle
 (`training.ranker`).
 """
 
@@ -163,6 +164,13 @@ def _add_bundle_step_parsers(commands: argparse._SubParsersAction) -> None:
         help="train a learned ranker of ASTRA's lexical candidates on dev, into the bundle",
     )
     ranker.add_argument("--bundle", type=Path, required=True)
+    ranker.add_argument(
+        "--stack-from",
+        type=Path,
+        default=None,
+        help="a bundle of the same recipe fitted on one half of train (--train-split train-a): "
+        "the ranker also learns from the other half's queries as it scores them",
+    )
     _add_data_flags(ranker, "the bundle's dataset")
 
 
@@ -299,7 +307,7 @@ def _run(args: argparse.Namespace) -> dict | None:
     if args.command == "ranker":
         from training.ranker import train_ranker
 
-        return train_ranker(args.bundle, _data(args))
+        return train_ranker(args.bundle, _data(args), stack_from=args.stack_from)
     if args.command == "lexical":
         from training.pipeline import add_lexical_ranker
 

@@ -22,7 +22,11 @@ from typing import Any
 
 import numpy as np
 
-SPLIT_NAMES: tuple[str, ...] = ("trn", "train", "dev", "tst")
+SPLIT_NAMES: tuple[str, ...] = ("trn", "train", "dev", "tst", "train-a", "train-b")
+# The two halves of `train` (by the same hash as dev): a bundle fitted on one half scores the
+# other half's queries as if they were new, which is what a learned ranker can learn from
+# beside dev (`python -m training ranker --stack-from`).
+TRAIN_HALVES: tuple[str, str] = ("train-a", "train-b")
 DEV_MODULUS = 8
 
 _EMPTY_LABELS = np.zeros(0, dtype=np.int64)
@@ -160,7 +164,8 @@ class XCDataset:
         return self._dev_cache[1]
 
     def split(self, name: str) -> Split:
-        """A split by name: "trn" (all training points), "train" (trn minus dev), "dev", "tst".
+        """A split by name: "trn" (all training points), "train" (trn minus dev), "dev", "tst",
+        and "train-a" / "train-b", the halves of train (`train_half`).
 
         Train and dev partition trn deterministically, so model selection never touches tst.
         """
@@ -170,6 +175,9 @@ class XCDataset:
             return self.trn.subset(~self.dev_mask())
         if name == "dev":
             return self.trn.subset(self.dev_mask())
+        if name in TRAIN_HALVES:
+            half = np.fromiter((train_half(t) == name for t in self.trn.texts), bool, len(self.trn))
+            return self.trn.subset(~self.dev_mask() & half)
         if name == "tst":
             if self.tst is None:
                 raise DataError(f"dataset {self.name!r} has no tst split")
@@ -188,10 +196,20 @@ class XCDataset:
         return np.bincount(flat.astype(np.int64), minlength=self.num_labels).astype(np.int64)
 
 
+def _query_hash(query: str) -> int:
+    """sha1 of the query's UTF-8 as an integer: what the splits are cut by."""
+    return int(hashlib.sha1(query.encode("utf-8")).hexdigest(), 16)
+
+
+def train_half(query: str) -> str:
+    """ "train-a" or "train-b": the next bit of the hash after dev's (`is_dev_query`), so the
+    halves are as stable as dev when files are reordered."""
+    return TRAIN_HALVES[(_query_hash(query) // DEV_MODULUS) % 2]
+
+
 def is_dev_query(query: str) -> bool:
     """Whether a training query belongs to the dev split: sha1(utf-8) as an integer % 8 == 0.
 
     A hash of the text (not a position) keeps the split stable when files are reordered.
     """
-    digest = hashlib.sha1(query.encode("utf-8")).hexdigest()
-    return int(digest, 16) % DEV_MODULUS == 0
+    return _query_hash(query) % DEV_MODULUS == 0

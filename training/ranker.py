@@ -11,6 +11,13 @@ ranker written into the bundle is then fitted on all of dev. Features are comput
 `service.search.ranker.candidate_features` through the engine exactly as served (the bundle's
 default encoder size and precision), so training and serving cannot disagree.
 
+Dev is small (1,046 Home Depot queries), so `--stack-from` gives the ranker more to learn from
+without the leak: a bundle of the same recipe fitted on one half of train (`--train-split
+train-a`) scores the other half's queries, which are as new to it as dev is to the ranked bundle,
+with its own popularity and the encoder the ranked bundle serves (`stacked_rows`). Those rows
+are in every fold's training data and in the final fit; dev alone is still what it is scored on,
+and the manifest names the helper (`astra.ranker.stacked`).
+
 The ablation adds the feature groups in turn (`GROUPS`) and cross-validates each set the same
 way. Everything lands in the manifest (`astra.ranker`) and the command's JSON. Where the ranked
 ASTRA beats the bundle's default model on dev (the demo's hybrid, say), ASTRA becomes the
@@ -20,6 +27,7 @@ default.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,11 +35,19 @@ import lightgbm
 import numpy as np
 from tqdm import tqdm
 
-from service.bundle import RankerSpec, load_bundle, read_manifest, write_manifest
+from service.bundle import (
+    BundleError,
+    RankerSpec,
+    StackedRowsSpec,
+    load_bundle,
+    read_manifest,
+    write_manifest,
+)
 from service.ranking import top_k
 from service.search.engine import SearchEngine
 from service.search.ranker import FEATURES, RANKER_INPUT
 from training.data import XCDataset, load_dataset
+from training.dataset import TRAIN_HALVES
 from training.evaluate import EVAL_DEPTH, EvalSet
 from training.quantize import list_in_manifest
 
@@ -100,22 +116,121 @@ def _pad(rows: list[np.ndarray], width: int, value: float) -> np.ndarray:
     return np.concatenate(padded)
 
 
+def relevance_gains(dataset: XCDataset, splits: list[str]) -> np.ndarray:
+    """The distinct positive gains of `splits`, ascending: level i > 0 of LightGBM's relevance
+    is the i-th of them."""
+    gains = np.concatenate([g for split in splits for g in EvalSet.of(dataset, split).gains])
+    unique = np.unique(gains.round(4))
+    if len(unique) > 30:
+        raise ValueError(
+            f"{len(unique)} distinct relevance gains; LightGBM ranks at most 30 levels"
+        )
+    return unique
+
+
 def grade_levels(
-    dataset: XCDataset, split: str, texts: list[str], labels: np.ndarray
+    dataset: XCDataset,
+    split: str,
+    texts: list[str],
+    labels: np.ndarray,
+    gains: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[float]]:
     """LightGBM's integer relevance [n, c] of each candidate and the gain of each level: level
-    i > 0 is the i-th smallest positive gain, as nDCG counts it (`EvalSet`); 0 is the rest."""
+    i > 0 is the i-th smallest positive gain, as nDCG counts it (`EvalSet`); 0 is the rest.
+    `gains` (default: the split's own, `relevance_gains`) puts several splits on one scale."""
     points = EvalSet.of(dataset, split)
     assert points.texts == texts
-    gains = np.unique(np.concatenate(points.gains).round(4))
-    if len(gains) > 30:
-        raise ValueError(f"{len(gains)} distinct relevance gains; LightGBM ranks at most 30 levels")
+    gains = relevance_gains(dataset, [split]) if gains is None else gains
     levels = np.zeros(labels.shape, np.int32)
     for i, (truth, gain) in enumerate(zip(points.truth, points.gains, strict=True)):
         level = np.searchsorted(gains, gain.round(4)) + 1
         level_of = dict(zip(truth.tolist(), level.tolist(), strict=True))
         levels[i] = [level_of.get(label, 0) for label in labels[i].tolist()]
     return levels, [0.0, *gains.tolist()]
+
+
+@dataclass(frozen=True)
+class RankerRows:
+    """Queries' candidates as the ranker learns them: labels [n, c] (-1 pads), features
+    [n, c, F] and integer relevance levels [n, c]."""
+
+    labels: np.ndarray
+    features: np.ndarray
+    levels: np.ndarray
+
+    def columns(self, cols: list[int]) -> RankerRows:
+        """The same rows with only the features `cols`."""
+        return RankerRows(self.labels, self.features[..., cols], self.levels)
+
+    def subset(self, mask: np.ndarray) -> RankerRows:
+        """The queries `mask` selects."""
+        return RankerRows(self.labels[mask], self.features[mask], self.levels[mask])
+
+    def joined(self, other: RankerRows | None) -> RankerRows:
+        """These queries followed by `other`'s (of the same width), or these alone."""
+        if other is None:
+            return self
+        return RankerRows(
+            np.concatenate([self.labels, other.labels]),
+            np.concatenate([self.features, other.features]),
+            np.concatenate([self.levels, other.levels]),
+        )
+
+    def aligned(self, other: RankerRows | None) -> tuple[RankerRows, RankerRows | None]:
+        """These rows and `other`'s padded to one width (the wider's), to be learned together."""
+        if other is None:
+            return self, None
+        width = max(self.labels.shape[1], other.labels.shape[1])
+        return self.widened(width), other.widened(width)
+
+    def widened(self, width: int) -> RankerRows:
+        """Padded to `width` candidates per query."""
+        return RankerRows(
+            _pad([self.labels], width, -1),
+            _pad([self.features], width, 0.0),
+            _pad([self.levels], width, 0),
+        )
+
+
+def stacked_rows(
+    stack_from: Path, dataset: XCDataset, engine: SearchEngine, gains: np.ndarray
+) -> tuple[RankerRows, StackedRowsSpec]:
+    """The queries of the half of train that `stack_from` was not fitted on, scored by it with
+    the encoder `engine` serves and its own popularity: rows a ranker of `engine`'s bundle can
+    learn from as it learns from dev. ValueError when the helper is not such a bundle."""
+    manifest = load_bundle(stack_from).manifest
+    split = str(manifest.training.get("astra", manifest.training).get("split"))
+    if split not in TRAIN_HALVES:
+        raise ValueError(
+            f"stack-from: {stack_from} was fitted on {split!r}; give a bundle fitted on one half "
+            "of train (python -m training train --train-split train-a)"
+        )
+    fitted_on = manifest.training.get("astra", manifest.training).get("dataset")
+    if manifest.labels.count != dataset.num_labels or fitted_on != dataset.name:
+        raise ValueError(
+            f"stack-from: {stack_from} was fitted on {fitted_on!r} ({manifest.labels.count} "
+            f"labels), the data is {dataset.name!r} ({dataset.num_labels})"
+        )
+    size, precision = engine.encoder.size, engine.encoder.precision
+    try:  # the features must come from the encoder the ranked bundle serves
+        helper = SearchEngine.load(stack_from, precision=precision, encoder_size=size, ranker="off")
+    except BundleError as exc:
+        raise ValueError(
+            f"stack-from: {stack_from} cannot compute features as the bundle serves them "
+            f"({size} encoder, {precision}): {exc}"
+        ) from exc
+    other = TRAIN_HALVES[1 - TRAIN_HALVES.index(split)]
+    points = EvalSet.of(dataset, other)
+    labels, features, _ = collect(helper, points.texts, popularity(dataset, split))
+    levels, _ = grade_levels(dataset, other, points.texts, labels, gains)
+    spec = StackedRowsSpec(
+        bundle=str(stack_from),
+        name=manifest.name,
+        version=manifest.version,
+        split=other,
+        queries=len(points.texts),
+    )
+    return RankerRows(labels, features, levels), spec
 
 
 def fit(
@@ -139,35 +254,38 @@ def ranked_metrics(points: EvalSet, labels: np.ndarray, scores: np.ndarray) -> d
 
 
 def cross_validated_scores(
-    features: np.ndarray, levels: np.ndarray, labels: np.ndarray, gains: list[float], params: dict
+    rows: RankerRows, gains: list[float], params: dict, extra: RankerRows | None = None
 ) -> list[np.ndarray]:
-    """Each of `SEEDS`' shuffles of 2 folds: every candidate's score [n, c] by a ranker fitted
-    on the other fold, so no query is scored by a ranker that saw it."""
+    """Each of `SEEDS`' shuffles of 2 folds: every candidate's score [n, c] of `rows` by a
+    ranker fitted on the other fold (and on all of `extra`, rows from outside these queries), so
+    no query is scored by a ranker that saw it."""
+    width = rows.labels.shape[1]
+    wide, extra = rows.aligned(extra)
     runs = []
     for seed in SEEDS:
-        fold = np.random.default_rng(seed).permutation(len(labels)) % 2
-        scores = np.zeros(labels.shape)
+        fold = np.random.default_rng(seed).permutation(len(wide.labels)) % 2
+        scores = np.zeros(wide.labels.shape)
         for held in (0, 1):
             train, test = fold != held, fold == held
-            model = fit(features[train], levels[train], labels[train], gains, params)
-            flat = features[test].reshape(-1, features.shape[2])
-            scores[test] = model.predict(flat).reshape(labels[test].shape)
-        runs.append(scores)
+            learn = wide.subset(train).joined(extra)
+            model = fit(learn.features, learn.levels, learn.labels, gains, params)
+            flat = wide.features[test].reshape(-1, wide.features.shape[2])
+            scores[test] = model.predict(flat).reshape(wide.labels[test].shape)
+        runs.append(scores[:, :width])
     return runs
 
 
 def cross_validated(
     points: EvalSet,
-    features: np.ndarray,
-    levels: np.ndarray,
-    labels: np.ndarray,
+    rows: RankerRows,
     gains: list[float],
     params: dict,
+    extra: RankerRows | None = None,
 ) -> dict[str, float]:
     """`METRICS`, the mean over the shuffles of `cross_validated_scores`."""
     runs = [
-        ranked_metrics(points, labels, scores)
-        for scores in cross_validated_scores(features, levels, labels, gains, params)
+        ranked_metrics(points, rows.labels, scores)
+        for scores in cross_validated_scores(rows, gains, params, extra)
     ]
     return {name: round(float(np.mean([run[name] for run in runs])), 4) for name in METRICS}
 
@@ -183,8 +301,15 @@ def export_ranker(model: lightgbm.Booster, path: Path) -> None:
     )
 
 
-def train_ranker(bundle_dir: Path, data: Path | ShopDataSpec, params: dict | None = None) -> dict:
-    """Train, cross-validate and write a learned ranker into the bundle; returns the report."""
+def train_ranker(
+    bundle_dir: Path,
+    data: Path | ShopDataSpec,
+    params: dict | None = None,
+    stack_from: Path | None = None,
+) -> dict:
+    """Train, cross-validate and write a learned ranker into the bundle; returns the report.
+    With `stack_from` (a bundle fitted on one half of train), the ranker also learns from the
+    other half's queries as that bundle scores them (`stacked_rows`)."""
     params = dict(PARAMS if params is None else params)
     manifest = load_bundle(bundle_dir).manifest
     if manifest.astra is None or manifest.astra.lexical is None:
@@ -203,15 +328,24 @@ def train_ranker(bundle_dir: Path, data: Path | ShopDataSpec, params: dict | Non
     engine = SearchEngine.load(bundle_dir, precision="auto", encoder_size="auto", ranker="off")
     points = EvalSet.of(dataset, "dev")
     labels, features, formula = collect(engine, points.texts, popular)
-    levels, gains = grade_levels(dataset, "dev", points.texts, labels)
+    # one scale of relevance levels for dev and, when stacking, whichever half the helper scores
+    scale = relevance_gains(dataset, ["dev", *(TRAIN_HALVES if stack_from else ())])
+    levels, gains = grade_levels(dataset, "dev", points.texts, labels, scale)
+    extra = stacked = None
+    if stack_from is not None:
+        extra, stacked = stacked_rows(stack_from, dataset, engine, scale)
+    rows = RankerRows(labels, features, levels)
     ablation = []
     for depth in range(1, len(GROUPS) + 1):
         names = [name for _, group in GROUPS[:depth] for name in group]
         cols = [FEATURES.index(name) for name in names]
-        scored = cross_validated(points, features[..., cols], levels, labels, gains, params)
+        more = extra.columns(cols) if extra is not None else None
+        scored = cross_validated(points, rows.columns(cols), gains, params, more)
         ablation.append({"features": GROUPS[depth - 1][0], "dev_cv": scored})
         log.info("ranker ablation", extra={"features": GROUPS[depth - 1][0], **scored})
-    model = fit(features, levels, labels, gains, params)
+    wide, more = rows.aligned(extra)
+    learn = wide.joined(more)
+    model = fit(learn.features, learn.levels, learn.labels, gains, params)
     metrics = {
         "formula": ranked_metrics(points, labels, formula),
         "cross_validated": ablation[-1]["dev_cv"],
@@ -220,6 +354,8 @@ def train_ranker(bundle_dir: Path, data: Path | ShopDataSpec, params: dict | Non
         "shuffles": len(SEEDS),
         "encoder": {"size": engine.encoder.size, "precision": engine.encoder.precision},
     }
+    if extra is not None:  # what the stacked rows add: the same ranker learning from dev alone
+        metrics["dev_only"] = cross_validated(points, rows, gains, params)
     staged = bundle_dir / f".{RANKER_FILE}.tmp"
     export_ranker(model, staged)
     staged.replace(bundle_dir / RANKER_FILE)
@@ -233,12 +369,14 @@ def train_ranker(bundle_dir: Path, data: Path | ShopDataSpec, params: dict | Non
         features=list(FEATURES),
         trained_on="dev",
         queries=len(points.texts),
+        stacked=stacked,
         params={k: float(v) for k, v in params.items()},
         metrics=metrics,
     )
     list_in_manifest(bundle_dir, read_manifest(bundle_dir), "astra", ranker=spec)
     switched = _default_to_ranked_astra(bundle_dir, spec)
-    return {"bundle": str(bundle_dir), "dataset": dataset.name, **metrics, **switched}
+    report = {"bundle": str(bundle_dir), "dataset": dataset.name, **metrics, **switched}
+    return report | ({"stacked": stacked.model_dump()} if stacked else {})
 
 
 def _default_to_ranked_astra(bundle_dir: Path, spec: RankerSpec) -> dict:

@@ -162,10 +162,12 @@ def distill_data(
     classifiers: np.ndarray,
     max_length: int,
     config: StudentConfig,
+    split_name: str = "train",
 ) -> DistillData:
-    """The training split's queries that have positives, and a seeded sample of titles, each
-    with the full encoder's embeddings (computed once, before training)."""
-    split = dataset.split("train")
+    """The bundle's training split's queries that have positives (`split_name`: the queries its
+    classifier vectors were fitted on, so the student learns nothing they did not), and a seeded
+    sample of titles, each with the full encoder's embeddings (computed once, before training)."""
+    split = dataset.split(split_name)
     positives = split.positives(dataset.positive_min_weight)
     keep = [i for i, p in enumerate(positives) if len(p)]
     queries = [split.texts[i] for i in keep]

@@ -228,6 +228,44 @@ def test_mach_tables_from_the_real_json_show_exact_the_fewest_buckets_and_the_de
     assert "B/label at" in memory
 
 
+def test_the_proof_table_has_a_row_per_size_and_scenario_with_its_depth() -> None:
+    from bench.report import render_mach_decode_proof
+
+    record = json.loads((RESULTS / "mach_decode.json").read_text())
+    table = render_mach_decode_proof(record)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    measured = [
+        (r, s) for r in record["results"] for s in r["scenarios"] if "certify" in s["exact_ms"]
+    ]
+    assert len(rows) == 1 + len(measured)
+    for result, scenario in measured:
+        certify = scenario["exact_ms"]["certify"]
+        share = certify["fraction_of_buckets_p50"]
+        assert f"| {result['labels']:,} | {scenario['scenario']} |" in table
+        assert (
+            f"of {result['buckets']:,} ({100 * share:.3g}%) | {certify['candidates_p50']:,} ("
+            in table
+        )
+
+
+def test_the_served_table_shows_memory_parts_latency_and_the_one_vs_all_ratio() -> None:
+    from bench.report import render_mach_served
+
+    record = json.loads((RESULTS / "mach_served.json").read_text())
+    table = render_mach_served(record)
+    for result in record["results"]:
+        queried = result["memory_after_queries_mib"]
+        one_vs_all = result["labels"] * 384 * 4 / (1 << 20)
+        assert f"| {result['labels']:,} | {result['buckets']:,} |" in table
+        assert (
+            f"{queried['VmRSS']:,.0f} ({queried['RssAnon']:,.0f} + {queried['RssFile']:,.0f})"
+            in table
+        )
+        assert f", {one_vs_all / queried['RssAnon']:.0f}×)" in table
+        assert f"| {result['http_ms']['p50']:.1f} / {result['http_ms']['p90']:.1f} |" in table
+    assert "`bench/results/mach_served.json`" in table
+
+
 def test_served_top_buckets_is_the_training_default() -> None:
     from training.mach.heads import MachConfig
 

@@ -186,6 +186,32 @@ def test_named_splits_partition_trn(tmp_path: Path) -> None:
         ds.split("valid")
 
 
+def test_the_halves_of_train_partition_it_by_the_next_bit_of_the_hash(tmp_path: Path) -> None:
+    texts = [f"query {i}" for i in range(200)]
+    path = _xc(
+        tmp_path,
+        trn_X__txt="".join(t + "\n" for t in texts),
+        trn_X_Y__txt="200 3\n" + "".join(f"{i % 3}\n" for i in range(200)),
+    )
+    ds = read_xc_dir(path)
+    a, b = ds.split("train-a").texts, ds.split("train-b").texts
+    assert 0 < len(a) < len(ds.split("train")) and not set(a) & set(b)
+    assert sorted(a + b) == sorted(ds.split("train").texts)
+    for text in ds.split("train").texts:
+        digest = int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest(), "big")
+        assert (text in a) == ((digest // 8) % 2 == 0), text
+    # a reordered file cuts the same halves
+    shuffled = texts[::-1]
+    again = read_xc_dir(
+        _xc(
+            tmp_path / "again",
+            trn_X__txt="".join(t + "\n" for t in shuffled),
+            trn_X_Y__txt="200 3\n" + "".join("0\n" for _ in shuffled),
+        )
+    )
+    assert sorted(again.split("train-a").texts) == sorted(a)
+
+
 # ---------------------------------------------------------------- XC layout, errors
 
 

@@ -260,3 +260,95 @@ def test_mach_added_to_a_ranked_bundle_keeps_the_ranked_default_where_it_wins(
     ranked_wins = spec.metrics["cross_validated"]["nDCG@10"] > by_model[best_formula]["nDCG@10"]
     assert manifest.default_model == ("astra" if ranked_wins else best_formula)
     assert manifest.metrics["weights"]["default_model"] == manifest.default_model
+
+
+def test_folds_with_stacked_rows_learn_from_all_of_them_and_never_from_the_held_fold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cross_validated_scores` with `extra`: every fit sees every stacked row and only the
+    other fold of the scored queries; scores keep the queries' own width."""
+    from training import ranker as learned
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(40 * 3).reshape(40, 3)  # 40 queries, 3 candidates each, all distinct
+    extra_labels = 1000 + np.arange(10 * 5).reshape(10, 5)  # wider: 5 candidates
+    extra = learned.RankerRows(
+        extra_labels, rng.random((10, 5, 2)), rng.integers(0, 2, (10, 5)).astype(np.int32)
+    )
+    seen: list[set[int]] = []
+
+    class Model:
+        def predict(self, flat: np.ndarray) -> np.ndarray:
+            return flat[:, 0]
+
+    def fake_fit(features, levels, fit_labels, gains, params):
+        assert features.shape[1] == 5 and fit_labels.shape[1] == 5  # one width for both
+        seen.append({int(x) for x in fit_labels.ravel() if x >= 0})
+        return Model()
+
+    monkeypatch.setattr(learned, "fit", fake_fit)
+    features = rng.random((40, 3, 2))
+    levels = np.zeros((40, 3), np.int32)
+    rows = learned.RankerRows(labels, features, levels)
+    runs = learned.cross_validated_scores(rows, [0.0, 1.0], {}, extra)
+    assert len(seen) == 2 * len(learned.SEEDS)
+    stacked = set(extra_labels.ravel().tolist())
+    for i, (run, seed) in enumerate(zip(runs, learned.SEEDS, strict=True)):
+        assert run.shape == labels.shape
+        np.testing.assert_array_equal(run, features[..., 0])
+        fold = np.random.default_rng(seed).permutation(40) % 2
+        for held, learned_from in zip((0, 1), seen[2 * i : 2 * i + 2], strict=True):
+            assert stacked <= learned_from
+            assert not set(labels[fold == held].ravel().tolist()) & learned_from
+            assert set(labels[fold != held].ravel().tolist()) <= learned_from
+
+
+@pytest.fixture(scope="module")
+def half_bundle(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo recipe fitted on the first half of train only."""
+    from tests.support.configs import demo_train_args
+
+    out = tmp_path_factory.mktemp("half") / "demo-half-a"
+    assert (
+        main(demo_train_args(demo_data, out, "--batch-size", "32", "--train-split", "train-a")) == 0
+    )
+    return out
+
+
+def test_a_ranker_also_learns_from_the_half_a_helper_bundle_scores(
+    ranked: Path, half_bundle: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    from training.evaluate import EvalSet
+
+    out = tmp_path / "stacked"
+    shutil.copytree(ranked, out)
+    args = ["ranker", "--bundle", str(out), "--data", str(demo_data)]
+    assert main([*args, "--stack-from", str(half_bundle)]) == 0
+    spec = read_manifest(out).astra.ranker
+    helper = read_manifest(half_bundle)
+    assert spec.stacked is not None and spec.stacked.split == "train-b"
+    assert (spec.stacked.name, spec.stacked.version) == (helper.name, helper.version)
+    assert spec.stacked.queries == len(EvalSet.of(load_dataset(demo_data), "train-b").texts)
+    assert set(spec.metrics["dev_only"]) == {"nDCG@10", "P@1", "P@5"}
+    assert spec.metrics["dev_only"] == read_manifest(ranked).astra.ranker.metrics["cross_validated"]
+    # more rows, another model: the served ranker is not the one that learned from dev alone
+    assert (out / RANKER_FILE).read_bytes() != (ranked / RANKER_FILE).read_bytes()
+    served = SearchEngine.load(out, ranker="on")
+    assert served.ranker is not None and served.search(["cordless drill"], 5)[0]
+
+
+def test_a_helper_fitted_on_all_of_train_is_refused(
+    ranked: Path,
+    demo_bundle: Path,
+    demo_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "stacked"
+    shutil.copytree(ranked, out)
+    args = ["ranker", "--bundle", str(out), "--data", str(demo_data)]
+    assert main([*args, "--stack-from", str(demo_bundle)]) == 2
+    assert (
+        "was fitted on 'train'; give a bundle fitted on one half of train"
+        in capsys.readouterr().err
+    )

@@ -157,3 +157,31 @@ def test_a_product_put_while_the_student_serves_is_found_by_either_encoder(
             [hit] = client.post("/search", json=search).json()["results"]
             assert hit["id"] == "NEW-1"
             assert hit["score"] == pytest.approx(1.0 + info["lexical"]["weight"], abs=1e-4)
+
+
+def test_the_student_learns_from_the_queries_the_bundle_was_fitted_on(
+    demo_bundle: Path, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle fitted on half of train distils on that half: the other half's queries stay as
+    new to its student as to its classifier vectors (what `training ranker --stack-from` needs)."""
+    import training.student_bundle as student_bundle
+    from service.bundle import write_manifest
+
+    copy = tmp_path / "half"
+    shutil.copytree(demo_bundle, copy)
+    fields = read_manifest(copy).model_dump(exclude={"files", "format_version"})
+    fields["training"]["split"] = "train-a"
+    write_manifest(copy, fields)
+    asked: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_distill_data(teacher, dataset, classifiers, max_length, config, split):
+        asked.append(split)
+        raise Stop
+
+    monkeypatch.setattr(student_bundle, "distill_data", fake_distill_data)
+    with pytest.raises(Stop):
+        distill_bundle(copy, demo_data, StudentConfig(epochs=1))
+    assert asked == ["train-a"]

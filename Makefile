@@ -124,7 +124,7 @@ test-docker:
 test-fast: lint $(PG_STAMP)
 	XC_TESTS_NEED_POSTGRES=1 $(PY) -m pytest -m "not slow"
 
-# `make bench` reproduces every table of BENCHMARKS.md (95 min on 2 cores; keep the machine
+# `make bench` reproduces every table of BENCHMARKS.md (about 2.5 h on 2 cores; keep the machine
 # otherwise idle: most tables are timings). Its parts, run in this order:
 #   bench-quality  ours vs BM25, the untrained encoder and the XMC peers on Home Depot and
 #                  cooking (absent bundles are trained first), ONNX parity, the int8 encoder,

@@ -405,10 +405,18 @@ def test_ranker_table_has_the_formula_and_each_feature_group() -> None:
     table = render_ranker(record)
     formula = record["formula"]
     assert f"| {formula['nDCG@10']:.4f} | {formula['P@1']:.4f} | {formula['P@5']:.4f} |" in table
+    stacked = record.get("stacked")
+    name = "learned ranker" + (
+        f" + {stacked['queries']:,} `{stacked['split']}` queries" if stacked else ""
+    )
     for step in record["ablation"]:
         cv = step["dev_cv"]
-        row = f"| learned ranker: {step['features']} | {cv['nDCG@10']:.4f} | {cv['P@1']:.4f} |"
+        row = f"| {name}: {step['features']} | {cv['nDCG@10']:.4f} | {cv['P@1']:.4f} |"
         assert row in table
+    if stacked:  # the same ranker learning from dev alone, beside it
+        alone = record["dev_only"]
+        assert f"learning from dev alone | {alone['nDCG@10']:.4f} | {alone['P@1']:.4f} |" in table
+        assert f"scored by `{stacked['bundle']}`" in table
     assert f"+{record['latency']['added_p50_ms']:.2f} ms" in table
     for step in record["normalisation"]:
         assert f"| {step['analyzer']} | {step['formula']['nDCG@10']:.4f} |" in table

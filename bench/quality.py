@@ -388,16 +388,12 @@ def ranker_cross_validated(
     assert engine.ranker is not None
     spec = engine.ranker.spec
     labels, features, _ = learned.collect(engine, points.texts, engine.ranker.popularity)
-    extra = None
-    if spec.stacked is None:
-        levels, gains = learned.grade_levels(dataset, split, points.texts, labels)
-    else:  # it also learned from half of train, as its helper bundle scores it: so do the folds
-        scale = learned.relevance_gains(dataset, [split, *learned.TRAIN_HALVES])
-        levels, gains = learned.grade_levels(dataset, split, points.texts, labels, scale)
-        extra, _ = learned.stacked_rows(Path(spec.stacked.bundle), dataset, engine, scale)
+    # where it also learned from half of train, as its helper bundle scores it, so do the folds
+    helper = Path(spec.stacked.bundle) if spec.stacked else None
+    found = (labels, features)
+    rows, gains, extra, _ = learned.learning_rows(engine, dataset, split, points, found, helper)
     runs = []
     params = {k: int(v) if float(v).is_integer() else v for k, v in spec.params.items()}
-    rows = learned.RankerRows(labels, features, levels)
     for scores in learned.cross_validated_scores(rows, gains, params, extra):
         _, ranked = top_k(np.where(labels >= 0, scores, -np.inf), labels, EVAL_DEPTH)
         runs.append(points.score(ranked))

@@ -302,6 +302,12 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
 
     @property
+    def astra_training(self) -> dict[str, Any]:
+        """What ASTRA's training recorded (split, dataset, ...): `training.astra` in bundles
+        that hold MACH too, the whole `training` record in ASTRA-only bundles."""
+        return self.training.get("astra", self.training)
+
+    @property
     def models(self) -> list[str]:
         """Models the bundle can answer with: its kinds, plus hybrid when it holds both."""
         kinds = list(self.kinds)

@@ -116,7 +116,7 @@ class XCDataset:
     text_fields: dict[str, list[str]] = field(default_factory=dict)
     field_weights: dict[str, float] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
-    _dev_cache: tuple[Split, np.ndarray] | None = field(
+    _residue_cache: tuple[Split, np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -156,16 +156,23 @@ class XCDataset:
         """Size of the label space."""
         return len(self.label_titles)
 
+    def _residues(self) -> np.ndarray:
+        """Each `trn` query's `split_residue`, hashed once: dev and the halves of train are
+        both read from it."""
+        if self._residue_cache is None or self._residue_cache[0] is not self.trn:
+            texts = self.trn.texts
+            residues = np.fromiter((split_residue(t) for t in texts), np.int64, len(texts))
+            self._residue_cache = (self.trn, residues)
+        return self._residue_cache[1]
+
     def dev_mask(self) -> np.ndarray:
         """Boolean mask over `trn` marking its dev points (see `is_dev_query`)."""
-        if self._dev_cache is None or self._dev_cache[0] is not self.trn:
-            mask = np.fromiter((is_dev_query(t) for t in self.trn.texts), bool, len(self.trn))
-            self._dev_cache = (self.trn, mask)
-        return self._dev_cache[1]
+        return self._residues() % DEV_MODULUS == 0
 
     def split(self, name: str) -> Split:
         """A split by name: "trn" (all training points), "train" (trn minus dev), "dev", "tst",
-        and "train-a" / "train-b", the halves of train (`train_half`).
+        and "train-a" / "train-b", the halves of train (by the bit of `split_residue` above
+        dev's, so they are as stable as dev when files are reordered).
 
         Train and dev partition trn deterministically, so model selection never touches tst.
         """
@@ -176,7 +183,7 @@ class XCDataset:
         if name == "dev":
             return self.trn.subset(self.dev_mask())
         if name in TRAIN_HALVES:
-            half = np.fromiter((train_half(t) == name for t in self.trn.texts), bool, len(self.trn))
+            half = self._residues() // DEV_MODULUS == TRAIN_HALVES.index(name)
             return self.trn.subset(~self.dev_mask() & half)
         if name == "tst":
             if self.tst is None:
@@ -196,15 +203,10 @@ class XCDataset:
         return np.bincount(flat.astype(np.int64), minlength=self.num_labels).astype(np.int64)
 
 
-def _query_hash(query: str) -> int:
-    """sha1 of the query's UTF-8 as an integer: what the splits are cut by."""
-    return int(hashlib.sha1(query.encode("utf-8")).hexdigest(), 16)
-
-
-def train_half(query: str) -> str:
-    """ "train-a" or "train-b": the next bit of the hash after dev's (`is_dev_query`), so the
-    halves are as stable as dev when files are reordered."""
-    return TRAIN_HALVES[(_query_hash(query) // DEV_MODULUS) % 2]
+def split_residue(query: str) -> int:
+    """sha1 of the query's UTF-8 as an integer, modulo 2·DEV_MODULUS: what the splits are cut
+    by (dev below DEV_MODULUS's multiples, the halves of train by the bit above)."""
+    return int(hashlib.sha1(query.encode("utf-8")).hexdigest(), 16) % (2 * DEV_MODULUS)
 
 
 def is_dev_query(query: str) -> bool:
@@ -212,4 +214,4 @@ def is_dev_query(query: str) -> bool:
 
     A hash of the text (not a position) keeps the split stable when files are reordered.
     """
-    return _query_hash(query) % DEV_MODULUS == 0
+    return split_residue(query) % DEV_MODULUS == 0

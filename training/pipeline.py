@@ -346,8 +346,7 @@ def add_lexical_ranker(bundle: Path, data: Path | ShopDataSpec | None) -> dict[s
     report: dict[str, Any] = {"bundle": str(bundle), "lexical": spec.model_dump()}
     if dataset is not None:
         manifest = read_manifest(bundle)
-        astra = manifest.training.get("astra", manifest.training)
-        split = astra.get("split", "trn")
+        split = manifest.astra_training.get("split", "trn")
         report.update(tune_on_dev(bundle, dataset, split))
         lexical = read_manifest(bundle).astra.lexical
         report["lexical"] = lexical.model_dump()

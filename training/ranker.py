@@ -198,14 +198,14 @@ def stacked_rows(
     """The queries of the half of train that `stack_from` was not fitted on, scored by it with
     the encoder `engine` serves and its own popularity: rows a ranker of `engine`'s bundle can
     learn from as it learns from dev. ValueError when the helper is not such a bundle."""
-    manifest = load_bundle(stack_from).manifest
-    split = str(manifest.training.get("astra", manifest.training).get("split"))
+    manifest = read_manifest(stack_from)  # SearchEngine.load below verifies its files
+    split = str(manifest.astra_training.get("split"))
     if split not in TRAIN_HALVES:
         raise ValueError(
             f"stack-from: {stack_from} was fitted on {split!r}; give a bundle fitted on one half "
             "of train (python -m training train --train-split train-a)"
         )
-    fitted_on = manifest.training.get("astra", manifest.training).get("dataset")
+    fitted_on = manifest.astra_training.get("dataset")
     if manifest.labels.count != dataset.num_labels or fitted_on != dataset.name:
         raise ValueError(
             f"stack-from: {stack_from} was fitted on {fitted_on!r} ({manifest.labels.count} "
@@ -231,6 +231,26 @@ def stacked_rows(
         queries=len(points.texts),
     )
     return RankerRows(labels, features, levels), spec
+
+
+def learning_rows(
+    engine: SearchEngine,
+    dataset: XCDataset,
+    split: str,
+    points: EvalSet,
+    candidates: tuple[np.ndarray, np.ndarray],
+    stack_from: Path | None,
+) -> tuple[RankerRows, list[float], RankerRows | None, StackedRowsSpec | None]:
+    """What a ranker of `engine`'s bundle learns from: `points`' candidates (labels, features)
+    with their relevance levels, the gain of each level, and, with `stack_from`, the helper's
+    rows (`stacked_rows`) and what they are, all on one scale of levels."""
+    labels, features = candidates
+    scale = relevance_gains(dataset, [split, *(TRAIN_HALVES if stack_from else ())])
+    levels, gains = grade_levels(dataset, split, points.texts, labels, scale)
+    extra = stacked = None
+    if stack_from is not None:
+        extra, stacked = stacked_rows(stack_from, dataset, engine, scale)
+    return RankerRows(labels, features, levels), gains, extra, stacked
 
 
 def fit(
@@ -328,13 +348,8 @@ def train_ranker(
     engine = SearchEngine.load(bundle_dir, precision="auto", encoder_size="auto", ranker="off")
     points = EvalSet.of(dataset, "dev")
     labels, features, formula = collect(engine, points.texts, popular)
-    # one scale of relevance levels for dev and, when stacking, whichever half the helper scores
-    scale = relevance_gains(dataset, ["dev", *(TRAIN_HALVES if stack_from else ())])
-    levels, gains = grade_levels(dataset, "dev", points.texts, labels, scale)
-    extra = stacked = None
-    if stack_from is not None:
-        extra, stacked = stacked_rows(stack_from, dataset, engine, scale)
-    rows = RankerRows(labels, features, levels)
+    found = (labels, features)
+    rows, gains, extra, stacked = learning_rows(engine, dataset, "dev", points, found, stack_from)
     ablation = []
     for depth in range(1, len(GROUPS) + 1):
         names = [name for _, group in GROUPS[:depth] for name in group]

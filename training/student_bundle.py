@@ -62,8 +62,7 @@ def distill_bundle(bundle_dir: Path, data: Path | ShopDataSpec, config: StudentC
     teacher = trained_encoder(bundle_dir)
     classifiers = np.load(bundle_dir / manifest.astra.classifiers)
     max_length = manifest.encoder.max_length
-    astra_training = manifest.training.get("astra", manifest.training)
-    split = str(astra_training.get("split", "train"))
+    split = str(manifest.astra_training.get("split", "train"))
     inputs = distill_data(teacher, dataset, classifiers, max_length, config, split)
     student, training = train_student(teacher, inputs, classifiers, max_length, config)
     spec = _write_student(bundle_dir, student, len(config.layers), training)

@@ -205,8 +205,7 @@ def _stage_base(
         shutil.copyfile(encoder_from / name, staging / name)
     base = base_manifest.model_dump(exclude={"files", "format_version", "mach"})
     base["kinds"] = [kind for kind in base_manifest.kinds if kind != "mach"]
-    astra_training = base_manifest.training.get("astra", base_manifest.training)
-    base["training"] = {"astra": astra_training} if base_manifest.astra else {}
+    base["training"] = {"astra": base_manifest.astra_training} if base_manifest.astra else {}
     return base, base_manifest.encoder
 
 

@@ -35,12 +35,19 @@ def test_lines_are_the_files_lines_by_index_slice_and_iteration(
         mapped[5]
 
 
-def test_chunked_scans_find_every_line_and_decode_across_chunk_edges(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("held", [True, False], ids=["held in memory", "read by offset"])
+@pytest.mark.parametrize("count", [1, 15, 16, 17, 35, 48])
+def test_chunked_scans_find_every_line_and_decode_across_chunk_and_block_edges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: bool, count: int
 ) -> None:
     monkeypatch.setattr(labels, "CHUNK", 3)  # splits "ç", "–" and "日本" across chunks
-    many = TITLES * 7
-    assert list(LabelLines(_written(tmp_path, many), len(many))) == many
+    monkeypatch.setattr(labels, "IN_MEMORY_BYTES", 1 << 20 if held else 0)
+    many = (TITLES * 10)[:count]
+    mapped = LabelLines(_written(tmp_path, many), count)
+    assert list(mapped) == many
+    assert [mapped[i] for i in range(count)] == many
+    # Only each block's last line end is kept: half a byte a line, not 8.
+    assert len(mapped._block_ends) == -(-count // labels.BLOCK_LINES)
 
 
 def test_a_bad_file_is_refused_when_loaded_not_when_queried(

@@ -388,10 +388,10 @@ def ranker_cross_validated(
     assert engine.ranker is not None
     spec = engine.ranker.spec
     labels, features, _ = learned.collect(engine, points.texts, engine.ranker.popularity)
-    # where it also learned from half of train, as its helper bundle scores it, so do the folds
-    helper = Path(spec.stacked.bundle) if spec.stacked else None
+    # where it also learned from halves of train, as its helper bundles score them, so do the folds
+    helpers = [Path(helper.bundle) for helper in spec.stacked]
     found = (labels, features)
-    rows, gains, extra, _ = learned.learning_rows(engine, dataset, split, points, found, helper)
+    rows, gains, extra, _ = learned.learning_rows(engine, dataset, split, points, found, helpers)
     runs = []
     params = {k: int(v) if float(v).is_integer() else v for k, v in spec.params.items()}
     for scores in learned.cross_validated_scores(rows, gains, params, extra):

@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=1000, help="dev queries timed")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
-        "--stack-from", type=Path, default=None, help="as `python -m training ranker` takes it"
+        "--stack-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="as `python -m training ranker` takes it",
     )
     args = parser.parse_args(argv)
     trained = train_ranker(args.bundle, args.data, stack_from=args.stack_from)

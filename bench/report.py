@@ -396,17 +396,24 @@ def render_int8(record: dict[str, Any]) -> str:
 RANKER_METRICS = ("nDCG@10", "P@1", "P@5")
 
 
+def _stacked_helpers(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The helper bundles a ranker also learned from: none before session 15, one object in
+    session 15's runs, a list since."""
+    stacked = record.get("stacked") or []
+    return [stacked] if isinstance(stacked, dict) else stacked
+
+
 def render_ranker(record: dict[str, Any]) -> str:
     """bench.ranker's JSON: the formula against the learned ranker with its feature groups
     added in turn (cross-validated on dev), and what ranking costs a query."""
     rows = [["the formula: cosine + λ·BM25 / max (served before)", *_cells(record["formula"])]]
-    stacked = record.get("stacked")  # runs since session 15 may also learn from half of train
+    stacked = _stacked_helpers(record)
     if "dev_only" in record:
         rows.append(
             ["learned ranker: all features, learning from dev alone", *_cells(record["dev_only"])]
         )
-    learned = "learned ranker" + (
-        f" + {stacked['queries']:,} `{stacked['split']}` queries" if stacked else ""
+    learned = "learned ranker" + "".join(
+        f" + {helper['queries']:,} `{helper['split']}` queries" for helper in stacked
     )
     for step in record["ablation"]:
         rows.append([f"{learned}: {step['features']}", *_cells(step["dev_cv"])])
@@ -431,9 +438,14 @@ def render_ranker(record: dict[str, Any]) -> str:
         "(each query scored by a ranker that never saw it), the formula scored on the same "
         f"queries, all with the {encoder['size']} {encoder['precision']} encoder as served. "
         + (
-            f"The stacked rows: the {stacked['queries']:,} queries of `{stacked['split']}` scored "
-            f"by `{stacked['bundle']}`, fitted on the other half of train, in every fold's "
-            "training data; the analyzer table's rankers learn from dev alone. "
+            "The stacked rows: "
+            + "; ".join(
+                f"the {helper['queries']:,} queries of `{helper['split']}` scored by "
+                f"`{helper['bundle']}`, fitted on the other half of train"
+                for helper in stacked
+            )
+            + ", in every fold's training data; the analyzer table's rankers learn from dev "
+            "alone. "
             if stacked
             else ""
         )

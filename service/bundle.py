@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.labels import LabelFileError, LabelLines, NumberedIds
 from service.precision import Int8Check, StudentCheck
@@ -189,10 +189,21 @@ class RankerSpec(BaseModel):
     features: list[str] = Field(description="feature names, in the order the model reads them")
     trained_on: str = Field(description="the split whose graded pairs trained it")
     queries: int = Field(ge=1, description="queries it was trained on")
-    stacked: StackedRowsSpec | None = Field(
-        None, description="more training queries, scored by a bundle fitted on half of train"
+    stacked: list[StackedRowsSpec] = Field(
+        default_factory=list,
+        description="more training queries: each half of train's, scored by a bundle fitted on "
+        "the other half (one helper before session 16, written as one object)",
     )
     params: dict[str, float] = Field(description="LightGBM parameters and boosting rounds")
+
+    @field_validator("stacked", mode="before")
+    @classmethod
+    def _one_helper_as_a_list(cls, value: object) -> object:
+        """A manifest of session 15 names its one helper as an object, or null."""
+        if value is None:
+            return []
+        return [value] if isinstance(value, dict) else value
+
     metrics: dict[str, Any] = Field(
         default_factory=dict,
         description="what it scored when it was made, cross-validated on the training split, "

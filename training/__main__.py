@@ -167,9 +167,11 @@ def _add_bundle_step_parsers(commands: argparse._SubParsersAction) -> None:
     ranker.add_argument(
         "--stack-from",
         type=Path,
-        default=None,
-        help="a bundle of the same recipe fitted on one half of train (--train-split train-a): "
-        "the ranker also learns from the other half's queries as it scores them",
+        nargs="+",
+        default=[],
+        help="bundles of the same recipe fitted on one half of train each (--train-split "
+        "train-a, train-b): the ranker also learns from the other half's queries as each scores "
+        "them",
     )
     _add_data_flags(ranker, "the bundle's dataset")
 

@@ -14,9 +14,10 @@ default encoder size and precision), so training and serving cannot disagree.
 Dev is small (1,046 Home Depot queries), so `--stack-from` gives the ranker more to learn from
 without the leak: a bundle of the same recipe fitted on one half of train (`--train-split
 train-a`) scores the other half's queries, which are as new to it as dev is to the ranked bundle,
-with its own popularity and the encoder the ranked bundle serves (`stacked_rows`). Those rows
-are in every fold's training data and in the final fit; dev alone is still what it is scored on,
-and the manifest names the helper (`astra.ranker.stacked`).
+with its own popularity and the encoder the ranked bundle serves (`stacked_rows`); a second
+helper fitted on the other half (`train-b`) scores the first half's. Those rows are in every
+fold's training data and in the final fit; dev alone is still what it is scored on, and the
+manifest names the helpers (`astra.ranker.stacked`).
 
 The ablation adds the feature groups in turn (`GROUPS`) and cross-validates each set the same
 way. Everything lands in the manifest (`astra.ranker`) and the command's JSON. Where the ranked
@@ -27,6 +28,7 @@ default.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -239,17 +241,27 @@ def learning_rows(
     split: str,
     points: EvalSet,
     candidates: tuple[np.ndarray, np.ndarray],
-    stack_from: Path | None,
-) -> tuple[RankerRows, list[float], RankerRows | None, StackedRowsSpec | None]:
+    stack_from: Sequence[Path] = (),
+) -> tuple[RankerRows, list[float], RankerRows | None, list[StackedRowsSpec]]:
     """What a ranker of `engine`'s bundle learns from: `points`' candidates (labels, features)
-    with their relevance levels, the gain of each level, and, with `stack_from`, the helper's
-    rows (`stacked_rows`) and what they are, all on one scale of levels."""
+    with their relevance levels, the gain of each level, and, with `stack_from`, the helpers'
+    rows (`stacked_rows`, one helper a half of train) and what they are, all on one scale of
+    levels."""
     labels, features = candidates
     scale = relevance_gains(dataset, [split, *(TRAIN_HALVES if stack_from else ())])
     levels, gains = grade_levels(dataset, split, points.texts, labels, scale)
-    extra = stacked = None
-    if stack_from is not None:
-        extra, stacked = stacked_rows(stack_from, dataset, engine, scale)
+    fitted_on = [read_manifest(helper).astra_training.get("split") for helper in stack_from]
+    if len(set(fitted_on)) < len(fitted_on):
+        raise ValueError(
+            f"stack-from: {', '.join(map(str, stack_from))} were fitted on "
+            f"{', '.join(map(str, fitted_on))}; give one bundle fitted on each half of train"
+        )
+    extra: RankerRows | None = None
+    stacked: list[StackedRowsSpec] = []
+    for helper in stack_from:
+        rows, spec = stacked_rows(helper, dataset, engine, scale)
+        extra = rows if extra is None else RankerRows.joined(*extra.aligned(rows))
+        stacked.append(spec)
     return RankerRows(labels, features, levels), gains, extra, stacked
 
 
@@ -325,11 +337,11 @@ def train_ranker(
     bundle_dir: Path,
     data: Path | ShopDataSpec,
     params: dict | None = None,
-    stack_from: Path | None = None,
+    stack_from: Sequence[Path] = (),
 ) -> dict:
     """Train, cross-validate and write a learned ranker into the bundle; returns the report.
-    With `stack_from` (a bundle fitted on one half of train), the ranker also learns from the
-    other half's queries as that bundle scores them (`stacked_rows`)."""
+    With `stack_from` (bundles fitted on one half of train each), the ranker also learns from
+    the other half's queries as each scores them (`stacked_rows`)."""
     params = dict(PARAMS if params is None else params)
     manifest = load_bundle(bundle_dir).manifest
     if manifest.astra is None or manifest.astra.lexical is None:
@@ -391,7 +403,7 @@ def train_ranker(
     list_in_manifest(bundle_dir, read_manifest(bundle_dir), "astra", ranker=spec)
     switched = _default_to_ranked_astra(bundle_dir, spec)
     report = {"bundle": str(bundle_dir), "dataset": dataset.name, **metrics, **switched}
-    return report | ({"stacked": stacked.model_dump()} if stacked else {})
+    return report | ({"stacked": [spec.model_dump() for spec in stacked]} if stacked else {})
 
 
 def _default_to_ranked_astra(bundle_dir: Path, spec: RankerSpec) -> dict:

@@ -304,37 +304,65 @@ def test_folds_with_stacked_rows_learn_from_all_of_them_and_never_from_the_held_
 
 
 @pytest.fixture(scope="module")
-def half_bundle(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo recipe fitted on the first half of train only."""
+def half_bundles(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The demo recipe fitted on each half of train alone (train-a, then train-b)."""
     from tests.support.configs import demo_train_args
 
-    out = tmp_path_factory.mktemp("half") / "demo-half-a"
-    assert (
-        main(demo_train_args(demo_data, out, "--batch-size", "32", "--train-split", "train-a")) == 0
-    )
-    return out
+    halves = []
+    for half in ("train-a", "train-b"):
+        out = tmp_path_factory.mktemp("half") / f"demo-{half}"
+        args = demo_train_args(demo_data, out, "--batch-size", "32", "--train-split", half)
+        assert main(args) == 0
+        halves.append(out)
+    return halves
 
 
-def test_a_ranker_also_learns_from_the_half_a_helper_bundle_scores(
-    ranked: Path, half_bundle: Path, demo_data: Path, tmp_path: Path
+def test_a_ranker_also_learns_from_the_halves_its_helper_bundles_score(
+    ranked: Path, half_bundles: list[Path], demo_data: Path, tmp_path: Path
 ) -> None:
     from training.evaluate import EvalSet
 
-    out = tmp_path / "stacked"
-    shutil.copytree(ranked, out)
-    args = ["ranker", "--bundle", str(out), "--data", str(demo_data)]
-    assert main([*args, "--stack-from", str(half_bundle)]) == 0
-    spec = read_manifest(out).astra.ranker
-    helper = read_manifest(half_bundle)
-    assert spec.stacked is not None and spec.stacked.split == "train-b"
-    assert (spec.stacked.name, spec.stacked.version) == (helper.name, helper.version)
-    assert spec.stacked.queries == len(EvalSet.of(load_dataset(demo_data), "train-b").texts)
-    assert set(spec.metrics["dev_only"]) == {"nDCG@10", "P@1", "P@5"}
-    assert spec.metrics["dev_only"] == read_manifest(ranked).astra.ranker.metrics["cross_validated"]
-    # more rows, another model: the served ranker is not the one that learned from dev alone
-    assert (out / RANKER_FILE).read_bytes() != (ranked / RANKER_FILE).read_bytes()
-    served = SearchEngine.load(out, ranker="on")
-    assert served.ranker is not None and served.search(["cordless drill"], 5)[0]
+    dataset = load_dataset(demo_data)
+    args = ["ranker", "--bundle", str(ranked), "--data", str(demo_data)]
+    served = []
+    for helpers in (half_bundles[:1], half_bundles):
+        out = tmp_path / f"stacked-{len(helpers)}"
+        shutil.copytree(ranked, out)
+        assert main([*args, "--bundle", str(out), "--stack-from", *map(str, helpers)]) == 0
+        spec = read_manifest(out).astra.ranker
+        # each helper scores the half it was not fitted on
+        assert [stacked.split for stacked in spec.stacked] == ["train-b", "train-a"][: len(helpers)]
+        for stacked, helper in zip(spec.stacked, helpers, strict=True):
+            fitted = read_manifest(helper)
+            assert (stacked.name, stacked.version) == (fitted.name, fitted.version)
+            assert stacked.queries == len(EvalSet.of(dataset, stacked.split).texts)
+        assert set(spec.metrics["dev_only"]) == {"nDCG@10", "P@1", "P@5"}
+        dev_alone = read_manifest(ranked).astra.ranker.metrics["cross_validated"]
+        assert spec.metrics["dev_only"] == dev_alone
+        served.append((out / RANKER_FILE).read_bytes())
+        engine = SearchEngine.load(out, ranker="on")
+        assert engine.ranker is not None and engine.search(["cordless drill"], 5)[0]
+    # more rows, another model each time: not the ranker that learned from dev alone
+    assert len({*served, (ranked / RANKER_FILE).read_bytes()}) == 3
+
+
+def test_two_helpers_for_the_same_half_are_refused(
+    ranked: Path, half_bundles: list[Path], demo_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["ranker", "--bundle", str(ranked), "--data", str(demo_data), "--stack-from"]
+    assert main([*args, str(half_bundles[0]), str(half_bundles[0])]) == 2
+    assert "give one bundle fitted on each half of train" in capsys.readouterr().err
+
+
+def test_a_manifest_naming_one_helper_as_an_object_still_loads() -> None:
+    from service.bundle import RankerSpec
+
+    helper = {"bundle": "h", "name": "h", "version": "1", "split": "train-b", "queries": 3}
+    base = {"file": "r", "popularity": "p", "features": [], "trained_on": "dev", "queries": 1}
+    base |= {"params": {}}
+    assert RankerSpec.model_validate(base | {"stacked": helper}).stacked[0].split == "train-b"
+    assert RankerSpec.model_validate(base | {"stacked": None}).stacked == []
+    assert RankerSpec.model_validate(base).stacked == []
 
 
 def test_a_helper_fitted_on_all_of_train_is_refused(

@@ -144,7 +144,7 @@ test-fast: lint $(PG_STAMP)
 # then bench.report rewrites the generated tables from the results JSON. bench-serving needs the
 # bundles and the int8 encoder that bench-quality leaves. K = 10M is its own target, added to the
 # same results (about 30 min, 13 GB of memory), and so is the graph over 8-bit vectors at 100K,
-# 1M and 2M with its curves fitted to 10M (bench-scale-sq8, about 40 min).
+# 1M, 2M and 5M with its curves fitted to 10M (bench-scale-sq8, about 2 h, 5M alone over 1 h).
 # The peer libraries get their own venv: libpecos pins numpy<2, which .venv must not be given;
 # its declared torch/transformers deps serve XR-Transformer only, hence --no-deps.
 PEERS_VENV  := .venv-peers
@@ -262,8 +262,8 @@ bench-train-scale: $(STAMP)
 	$(PY) -m bench.report
 
 bench-scale-sq8: $(STAMP)
-	$(PY) -m bench.scale --sizes 100000 1000000 2000000 --types flat hnsw_sq8 --mach-queries 0 \
-	    --merge
+	$(PY) -m bench.scale --sizes 100000 1000000 2000000 5000000 --types flat hnsw_sq8 \
+	    --mach-queries 0 --merge
 	$(PY) -m bench.report
 
 clean:

@@ -33,8 +33,9 @@ HNSW_DEFAULTS = {"M": 32, "ef_construction": 200, "ef_search": 128}
 # HNSW efSearch by catalog size, (up to this many labels, efSearch): the smallest that reached
 # recall@10 >= 0.95 at the sizes bench/scale.py measured (128 gives 0.997 at 100K, 256 0.964 at
 # 1M, 1024 0.958 at 2M). Beyond 2M nothing measured reaches 0.95 within 10 ms on this synthetic
-# space: the last row is the deepest search that stays near that budget (fitted: about 0.90 in
-# 8 ms at 10M, BENCHMARKS.md "Index choice by catalog size").
+# space: the last row is the deepest search that stays near that budget (0.871 in 8.2 ms
+# measured at 5M; fitted: at most about 0.83 in 9.5 ms at 10M, BENCHMARKS.md "Index choice by
+# catalog size").
 HNSW_EF_SEARCH_BY_SIZE = ((250_000, 128), (1_000_000, 256), (2_000_000, 1024))
 IVF_NPROBE = 64
 # IVF-PQ: nbits-bit codes of m sub-vectors of PQ_DIMS_PER_CODE dims; refine_k·k candidates
@@ -64,8 +65,8 @@ def auto_index_type(num_labels: int) -> str:
     measured: recall@10 0.997 in 1.1 ms at 100K, 0.969 in 3.2 ms at 1M (efSearch 256, see
     `hnsw_ef_search`), where IVF-Flat needs 19 ms for 0.87 and IVF-PQ tops out near 0.8. From
     1M labels the graph over 8-bit vectors is as good for less than half the time and memory,
-    and it stays ahead of IVF-PQ at 10M (fitted recall about 0.9 against IVF-PQ's measured 0.60
-    at 29 ms, in 6.1 GiB against 7.7). So: exact up to EXACT_MAX_LABELS, HNSW up to
+    and it stays ahead of IVF-PQ at 10M (fitted recall about 0.83 in 9.5 ms against IVF-PQ's
+    measured 0.60 at 29 ms, in 6.1 GiB against 7.7). So: exact up to EXACT_MAX_LABELS, HNSW up to
     HNSW_FP32_MAX_LABELS, hnsw_sq8 beyond. IVF-Flat and IVF-PQ build in minutes where a 10M
     graph takes hours on 2 cores: `--index` picks them.
     """

@@ -233,14 +233,15 @@ def plot(record: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.report import one_vs_all_mib  # the table's figure, drawn
+
     results = record["results"]
     sizes = [r["labels"] for r in results]
     fig, (memory, latency) = plt.subplots(1, 2, figsize=(10, 4))
     for key, name in (("RssAnon", "anonymous (the process's own)"), ("RssFile", "file-backed")):
         memory.plot(sizes, [r["memory_after_queries_mib"][key] for r in results], "o-", label=name)
-    memory.plot(
-        sizes, [r["labels"] * 384 * 4 / MIB for r in results], "k--", label="one-vs-all layer"
-    )
+    one_vs_all = [one_vs_all_mib(r["labels"]) for r in results]
+    memory.plot(sizes, one_vs_all, "k--", label="one-vs-all layer")
     memory.set(
         xscale="log", yscale="log", xlabel="labels K", ylabel="MiB", title="memory after queries"
     )

@@ -711,7 +711,7 @@ def render_mach_served(record: dict[str, Any]) -> str:
     for result in record["results"]:
         loaded, queried = result["memory_after_load_mib"], result["memory_after_queries_mib"]
         stages = result["stage_ms"]
-        one_vs_all = result["labels"] * DIM_ONE_VS_ALL * 4 / MIB_BYTES
+        one_vs_all = one_vs_all_mib(result["labels"])
         rows.append(
             [
                 f"{result['labels']:,}",
@@ -753,6 +753,11 @@ def render_mach_served(record: dict[str, Any]) -> str:
 
 # The dimension of the one-vs-all layer MACH's memory is compared with (MiniLM's 384).
 DIM_ONE_VS_ALL = 384
+
+
+def one_vs_all_mib(labels: int) -> float:
+    """MiB of a one-vs-all output layer over `labels` (labels x DIM_ONE_VS_ALL fp32)."""
+    return labels * DIM_ONE_VS_ALL * 4 / MIB_BYTES
 
 
 def _astra_index_mib(scale: dict[str, Any], labels: int, kind: str) -> str:

@@ -196,6 +196,12 @@ class RankerSpec(BaseModel):
     )
     params: dict[str, float] = Field(description="LightGBM parameters and boosting rounds")
 
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what it scored when it was made, cross-validated on the training split, "
+        "against the formula on the same queries",
+    )
+
     @field_validator("stacked", mode="before")
     @classmethod
     def _one_helper_as_a_list(cls, value: object) -> object:
@@ -203,12 +209,6 @@ class RankerSpec(BaseModel):
         if value is None:
             return []
         return [value] if isinstance(value, dict) else value
-
-    metrics: dict[str, Any] = Field(
-        default_factory=dict,
-        description="what it scored when it was made, cross-validated on the training split, "
-        "against the formula on the same queries",
-    )
 
     @property
     def beats_formula(self) -> bool:

@@ -169,21 +169,17 @@ class RankerRows:
         return RankerRows(self.labels[mask], self.features[mask], self.levels[mask])
 
     def joined(self, other: RankerRows | None) -> RankerRows:
-        """These queries followed by `other`'s (of the same width), or these alone."""
+        """These queries followed by `other`'s, both padded to the wider's candidates, or these
+        alone."""
         if other is None:
             return self
-        return RankerRows(
-            np.concatenate([self.labels, other.labels]),
-            np.concatenate([self.features, other.features]),
-            np.concatenate([self.levels, other.levels]),
-        )
-
-    def aligned(self, other: RankerRows | None) -> tuple[RankerRows, RankerRows | None]:
-        """These rows and `other`'s padded to one width (the wider's), to be learned together."""
-        if other is None:
-            return self, None
         width = max(self.labels.shape[1], other.labels.shape[1])
-        return self.widened(width), other.widened(width)
+        ours, theirs = self.widened(width), other.widened(width)
+        return RankerRows(
+            np.concatenate([ours.labels, theirs.labels]),
+            np.concatenate([ours.features, theirs.features]),
+            np.concatenate([ours.levels, theirs.levels]),
+        )
 
     def widened(self, width: int) -> RankerRows:
         """Padded to `width` candidates per query."""
@@ -260,7 +256,7 @@ def learning_rows(
     stacked: list[StackedRowsSpec] = []
     for helper in stack_from:
         rows, spec = stacked_rows(helper, dataset, engine, scale)
-        extra = rows if extra is None else RankerRows.joined(*extra.aligned(rows))
+        extra = rows if extra is None else extra.joined(rows)
         stacked.append(spec)
     return RankerRows(labels, features, levels), gains, extra, stacked
 
@@ -291,19 +287,17 @@ def cross_validated_scores(
     """Each of `SEEDS`' shuffles of 2 folds: every candidate's score [n, c] of `rows` by a
     ranker fitted on the other fold (and on all of `extra`, rows from outside these queries), so
     no query is scored by a ranker that saw it."""
-    width = rows.labels.shape[1]
-    wide, extra = rows.aligned(extra)
     runs = []
     for seed in SEEDS:
-        fold = np.random.default_rng(seed).permutation(len(wide.labels)) % 2
-        scores = np.zeros(wide.labels.shape)
+        fold = np.random.default_rng(seed).permutation(len(rows.labels)) % 2
+        scores = np.zeros(rows.labels.shape)
         for held in (0, 1):
             train, test = fold != held, fold == held
-            learn = wide.subset(train).joined(extra)
+            learn = rows.subset(train).joined(extra)
             model = fit(learn.features, learn.levels, learn.labels, gains, params)
-            flat = wide.features[test].reshape(-1, wide.features.shape[2])
-            scores[test] = model.predict(flat).reshape(wide.labels[test].shape)
-        runs.append(scores[:, :width])
+            flat = rows.features[test].reshape(-1, rows.features.shape[2])
+            scores[test] = model.predict(flat).reshape(rows.labels[test].shape)
+        runs.append(scores)
     return runs
 
 
@@ -370,8 +364,7 @@ def train_ranker(
         scored = cross_validated(points, rows.columns(cols), gains, params, more)
         ablation.append({"features": GROUPS[depth - 1][0], "dev_cv": scored})
         log.info("ranker ablation", extra={"features": GROUPS[depth - 1][0], **scored})
-    wide, more = rows.aligned(extra)
-    learn = wide.joined(more)
+    learn = rows.joined(extra)
     model = fit(learn.features, learn.levels, learn.labels, gains, params)
     metrics = {
         "formula": ranked_metrics(points, labels, formula),

@@ -35,6 +35,7 @@ LAYERS = (
         "storage",
         "database",
         "precision",
+        "heap",
     },
     {"astra", "mach"},
     {"search"},

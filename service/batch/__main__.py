@@ -27,6 +27,7 @@ from service.batch.ray_scoring import DEFAULT_BLOCK, DEFAULT_WORKERS, RayUnavail
 from service.batch.requests import BatchInputError, BatchRequest, parse_requests
 from service.batch.scoring import DEFAULT_CHUNK, Counts, ResumeMismatch, score_to_file
 from service.bundle import BundleError
+from service.heap import settle_heap
 from service.search.engine import SearchEngine
 from service.settings import Settings
 
@@ -98,6 +99,7 @@ def score(args: argparse.Namespace, settings: Settings, requests: list[BatchRequ
             progress=progress,
         )
     engine = SearchEngine.load(settings.bundle, threads=settings.threads, **engine_options)
+    settle_heap()
     return score_to_file(
         engine,
         requests,

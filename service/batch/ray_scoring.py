@@ -38,6 +38,7 @@ from service.batch.scoring import (
     score_chunk,
 )
 from service.bundle import BundleError
+from service.heap import settle_heap
 from service.search.engine import SearchEngine
 from service.storage import fsync_dir
 
@@ -75,6 +76,7 @@ class BlockScorer:
         self.engine: SearchEngine | None = None
         try:
             self.engine = SearchEngine.load(bundle, **engine_options)
+            settle_heap()
         except BundleError as exc:  # reported by `ready`, so the driver can name the file
             self.error = str(exc)
         self.max_query_tokens = max_query_tokens

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from service import registry
-from service.registry import release_c_heap, settle_heap
+from service import heap
+from service.heap import release_c_heap, settle_heap
 
 STATUS = Path("/proc/self/status")
 # Sixteen int8 weight matrices of 2 MiB (32 MiB), prepacked into a second copy at load: the
@@ -55,7 +55,7 @@ def int8_matmul_model(path: Path) -> None:
 
 
 @pytest.mark.skipif(
-    not STATUS.exists() or registry._malloc_trim() is None, reason="needs Linux with glibc"
+    not STATUS.exists() or heap._malloc_trim() is None, reason="needs Linux with glibc"
 )
 def test_settling_after_a_load_returns_the_weights_copy_onnx_runtime_freed(tmp_path):
     path = tmp_path / "int8.onnx"
@@ -75,6 +75,6 @@ def test_settling_after_a_load_returns_the_weights_copy_onnx_runtime_freed(tmp_p
 
 
 def test_without_malloc_trim_settling_still_works(monkeypatch):
-    monkeypatch.setattr(registry, "_malloc_trim", lambda: None)
+    monkeypatch.setattr(heap, "_malloc_trim", lambda: None)
     assert release_c_heap() is False
     settle_heap()  # collects and freezes as before, trims nothing

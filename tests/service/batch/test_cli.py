@@ -156,6 +156,28 @@ def test_cli_exit_codes(
     assert not out.exists()
 
 
+def test_cli_settles_the_heap_once_the_engine_is_loaded(
+    demo_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI keeps its engine for the whole file: what loading freed goes back first."""
+    loaded_when_settled: list[bool] = []
+    load = SearchEngine.load
+
+    def recording_load(*args: Any, **kwargs: Any) -> SearchEngine:
+        engine = load(*args, **kwargs)
+        loaded_when_settled.append(False)
+        return engine
+
+    monkeypatch.setattr(SearchEngine, "load", recording_load)
+    monkeypatch.setattr(
+        "service.batch.__main__.settle_heap", lambda: loaded_when_settled.append(True)
+    )
+    good = write_jsonl(tmp_path / "good.jsonl", [{"custom_id": "a", "query": "drill"}])
+    out = tmp_path / "out.jsonl"
+    assert main(["--bundle", str(demo_bundle), "--input", str(good), "--output", str(out)]) == 0
+    assert loaded_when_settled == [False, True]
+
+
 @pytest.mark.slow
 def test_cli_killed_mid_run_resumes_to_the_same_output(
     demo_bundle: Path, queries: list[str], tmp_path: Path

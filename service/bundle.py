@@ -195,7 +195,6 @@ class RankerSpec(BaseModel):
         "the other half (one helper before session 16, written as one object)",
     )
     params: dict[str, float] = Field(description="LightGBM parameters and boosting rounds")
-
     metrics: dict[str, Any] = Field(
         default_factory=dict,
         description="what it scored when it was made, cross-validated on the training split, "

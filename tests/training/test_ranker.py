@@ -323,7 +323,7 @@ def test_a_ranker_also_learns_from_the_halves_its_helper_bundles_score(
     from training.evaluate import EvalSet
 
     dataset = load_dataset(demo_data)
-    args = ["ranker", "--bundle", str(ranked), "--data", str(demo_data)]
+    args = ["ranker", "--data", str(demo_data)]
     served = []
     for helpers in (half_bundles[:1], half_bundles):
         out = tmp_path / f"stacked-{len(helpers)}"

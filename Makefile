@@ -144,7 +144,8 @@ test-fast: lint $(PG_STAMP)
 # then bench.report rewrites the generated tables from the results JSON. bench-serving needs the
 # bundles and the int8 encoder that bench-quality leaves. K = 10M is its own target, added to the
 # same results (about 30 min, 13 GB of memory), and so is the graph over 8-bit vectors at 100K,
-# 1M, 2M and 5M with its curves fitted to 10M (bench-scale-sq8, about 2 h, 5M alone over 1 h).
+# 1M, 2M and 5M with its curves fitted to 10M (bench-scale-sq8, about 2 h, 5M alone over 1 h),
+# and the scan of 4-bit PQ codes from 100K to 10M (bench-scale-pq4, about 30 min, 12 GB).
 # The peer libraries get their own venv: libpecos pins numpy<2, which .venv must not be given;
 # its declared torch/transformers deps serve XR-Transformer only, hence --no-deps.
 PEERS_VENV  := .venv-peers
@@ -160,8 +161,8 @@ HOMEDEPOT := ../shared/data/homedepot/xc
 COOKING   := ../shared/data/cooking/xc
 SCALE_CALIBRATE := $(if $(wildcard models/homedepot/manifest.json),--calibrate models/homedepot)
 
-.PHONY: bench bench-quality bench-serving bench-scale bench-10m bench-scale-sq8 bench-train-scale \
-	bench-fleet bench-peers
+.PHONY: bench bench-quality bench-serving bench-scale bench-10m bench-scale-sq8 bench-scale-pq4 \
+	bench-train-scale bench-fleet bench-peers
 bench:
 	$(MAKE) bench-quality
 	$(MAKE) bench-serving
@@ -263,6 +264,11 @@ bench-train-scale: $(STAMP)
 
 bench-scale-sq8: $(STAMP)
 	$(PY) -m bench.scale --sizes 100000 1000000 2000000 5000000 --types flat hnsw_sq8 \
+	    --mach-queries 0 --merge
+	$(PY) -m bench.report
+
+bench-scale-pq4: $(STAMP)
+	$(PY) -m bench.scale --sizes 100000 1000000 2000000 5000000 10000000 --types pq4_scan \
 	    --mach-queries 0 --merge
 	$(PY) -m bench.report
 

@@ -778,7 +778,10 @@ def _astra_index_mib(scale: dict[str, Any], labels: int, kind: str) -> str:
 
 def render_mach_memory(records: dict[str, Any]) -> str:
     """bench.mach_decode's memory figures: MACH's layer and tables against a one-vs-all layer
-    and against ASTRA's largest-catalog index (bench.scale's hnsw_sq8)."""
+    and against the index ASTRA's service picks at that K (`auto_index_type`; its bytes from
+    bench.scale, carried from its largest measured size where it was not built at that K)."""
+    from service.astra.index import auto_index_type
+
     record, scale = records["mach_decode.json"], records["scale.json"]
     rows = []
     for result in record["results"]:
@@ -791,7 +794,8 @@ def render_mach_memory(records: dict[str, Any]) -> str:
                 f"{memory['table_and_inverted_index']:,.1f} MiB, "
                 f"{result.get('membership', 'table')} ({memory['mach_total']:,.1f} MiB in all)",
                 f"{memory['one_vs_all_output_layer']:,.1f} MiB ({ratio:.1f}×)",
-                _astra_index_mib(scale, result["labels"], "hnsw_sq8"),
+                f"{(kind := auto_index_type(result['labels']))}: "
+                + _astra_index_mib(scale, result["labels"], kind),
             ]
         )
     headers = [
@@ -799,7 +803,7 @@ def render_mach_memory(records: dict[str, Any]) -> str:
         "MACH output layer (R·hidden·B fp32)",
         "+ bucket membership (a table and inverted index, or computed)",
         "one-vs-all output layer (K·d fp32)",
-        "ASTRA's index (hnsw_sq8)",
+        "ASTRA's index (the service's choice at K)",
     ]
     generated = _generated_from("mach_decode.json", "scale.json")
     return f"{markdown_table(headers, rows)}\n\n{generated}\n"

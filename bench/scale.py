@@ -1,4 +1,4 @@
-"""Index cost as the label space grows: FAISS flat, HNSW, IVF-Flat, IVF-PQ and MACH, K up to 10^7.
+"""Index cost as the label space grows: FAISS flat, HNSW, IVF, a 4-bit PQ scan and MACH, K to 10^7.
 
     python -m bench.scale                                  # K = 20K, 100K, 1M (`make bench`)
     python -m bench.scale --sizes 10000000 --merge         # adds K = 10M (`make bench-10m`)
@@ -9,7 +9,7 @@ tree plus a continuous manifold, fitted to the Home Depot classifier vectors) an
 queries. Exact top-10 by blocked exact search (FAISS knn over blocks of labels) is the ground
 truth. Every index is built by `service.astra.index.build_index` and searched through
 `AnnIndex.search`, the serving path, at a sweep of its search setting (HNSW efSearch, IVF
-nprobe, IVF-PQ nprobe x refine_k) and reported with:
+nprobe, IVF-PQ nprobe x refine_k, the 4-bit PQ scan's refine_k) and reported with:
 
 - recall@10 against the exact top-10, over all queries;
 - single-query latency (p50, p99 over `--latency-queries` queries, one at a time, FAISS on one
@@ -18,9 +18,9 @@ nprobe, IVF-PQ nprobe x refine_k) and reported with:
 - build time (all cores) and memory (the serialised index's bytes).
 
 Above 2M labels vectors are kept as float16 (10^7 x 384 fp32 is 15 GB, more than this
-machine can hold twice), the exact scan is an fp16 flat index, and only the exact scan and
-IVF-PQ are built unless --types says otherwise (HNSW and IVF-Flat at 10^7 need the fp32
-vectors and, for HNSW, hours of build on 2 cores).
+machine can hold twice), the exact scan is an fp16 flat index, and only the exact scan, IVF-PQ
+and the 4-bit PQ scan are built unless --types says otherwise (HNSW and IVF-Flat at 10^7 need
+the fp32 vectors and, for HNSW, hours of build on 2 cores).
 
 MACH at the same K (`bench.mach_decode`'s graded scenario and code, R = 16, B the power of
 two nearest K/256): output layer (R·hidden·B fp32) plus decoder table memory, and the time of
@@ -76,9 +76,10 @@ SWEEPS: dict[str, list[dict[str, int]]] = {
     "hnsw_sq8": [{"ef_search": ef} for ef in (64, 128, 256, 512, 1024)],
     "ivf_flat": [{"nprobe": n} for n in (4, 8, 16, 32, 64, 128, 256, 512)],
     "ivf_pq": [{"nprobe": n, "refine_k": r} for n in (16, 64, 256, 512) for r in (1, 4, 16)],
+    "pq4_scan": [{"refine_k": r} for r in (16, 64, 256, 512, 1024)],
 }
 ALL_TYPES = tuple(SWEEPS)
-LARGE_TYPES = ("flat", "ivf_pq")
+LARGE_TYPES = ("flat", "ivf_pq", "pq4_scan")
 LIBRARIES = ("faiss-cpu", "numpy", "matplotlib")
 
 

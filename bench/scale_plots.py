@@ -78,9 +78,15 @@ def plot_latency_by_k(report: dict[str, Any], target: float, path: Path) -> None
             memory["MACH (layer + table)"].append((k, mach["memory_mib"]["mach_total"]))
         memory["one-vs-all layer (K·d fp32)"].append((k, size["one_vs_all"]["memory_mib"]))
     fig, (lat_ax, mem_ax) = plt.subplots(1, 2, figsize=(11, 4.4))
+    # One colour per series name across both panels (more series than the default cycle has).
+    names = list(dict.fromkeys([*latency, *memory]))
+    pairs = plt.get_cmap("tab20").colors  # ten hues, each dark then light
+    palette = [*pairs[::2], *pairs[1::2]]
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     for ax, data in ((lat_ax, latency), (mem_ax, memory)):
         for name, points in data.items():
-            ax.plot(*zip(*sorted(points), strict=True), "o-", label=name, markersize=4)
+            xy = zip(*sorted(points), strict=True)
+            ax.plot(*xy, "o-", label=name, markersize=4, color=colour[name])
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short spans
         ax.set_yscale("log")

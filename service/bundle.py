@@ -133,7 +133,7 @@ class IndexSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     file: str = INDEX_FILE
-    type: Literal["flat", "hnsw", "hnsw_sq8", "ivf_flat", "ivf_pq"]
+    type: Literal["flat", "hnsw", "hnsw_sq8", "ivf_flat", "ivf_pq", "pq4_scan"]
     metric: Literal["inner_product"] = "inner_product"
     params: dict[str, int] = {}
 

@@ -225,7 +225,9 @@ class IndexInfo(BaseModel):
     """ASTRA's nearest-neighbour index over the classifier vectors."""
 
     type: str = Field(
-        description="FAISS index kind: flat (exact), hnsw, hnsw_sq8, ivf_flat or ivf_pq."
+        description=(
+            "FAISS index kind: flat (exact), hnsw, hnsw_sq8, ivf_flat, ivf_pq or pq4_scan."
+        )
     )
     metric: str = Field(description="Similarity the index ranks by.")
     params: dict[str, int] = Field(description="Index parameters (HNSW: M, ef_construction, ...).")

@@ -2,10 +2,11 @@
 
 One definition of the index serves both sides: training builds it to mine hard negatives and
 writes it into the bundle, the service reads it back. Small catalogs get an exact flat index,
-mid-sized ones HNSW (whose search depth is raised to at least k on every call), the largest
-HNSW over 8-bit vectors; IVF-Flat and IVF-PQ (re-ranked against an fp16 copy) are there to be
-asked for: see `auto_index_type` for the rule and the figures behind it (`bench/scale.py`,
-BENCHMARKS.md "Index choice by catalog size").
+mid-sized ones HNSW (whose search depth is raised to at least k on every call), then HNSW over
+8-bit vectors, and the largest a scan of 4-bit PQ codes re-ranked against 8-bit vectors;
+IVF-Flat and IVF-PQ (re-ranked against an fp16 copy) are there to be asked for: see
+`auto_index_type` for the rule and the figures behind it (`bench/scale.py`, BENCHMARKS.md
+"Index choice by catalog size").
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ EXACT_MAX_LABELS = 20_000
 # recall of the fp32 graph in less than half the time (0.964 in 1.3 ms against 0.969 in 3.2 ms
 # at efSearch 256), in 656 bytes a label against 1,808, and built in 10 min against 24.
 HNSW_FP32_MAX_LABELS = 1_000_000
+# Above this many, the 8-bit graph no longer reaches recall@10 0.95 (0.958 in 6.3 ms at 2M, 0.871
+# in 8.2 ms at 5M at efSearch 1024) and takes an hour and more to build on 2 cores (63 min at
+# 5M); the 4-bit PQ scan does (0.962 in 16 ms at 5M) and builds in under a minute.
+HNSW_SQ8_MAX_LABELS = 2_000_000
 # FAISS's GPU k-selection handles k up to this (GPU_MAX_SELECTION_K).
 GPU_MAX_K = 2048
 # Vectors beyond this many fp32 bytes are held as fp16 on the GPU (half the memory, scores
@@ -51,28 +56,46 @@ ADD_CHUNK = 1 << 18
 # QT_8bit: a per-dimension [min, max] range learnt on a sample of SQ_TRAIN_POINTS vectors), a
 # quarter of the fp32 vectors' bytes for a small loss of recall.
 SQ_TRAIN_POINTS = 100_000
-INDEX_TYPES = ("flat", "hnsw", "hnsw_sq8", "ivf_flat", "ivf_pq")
+# pq4_scan: every label's 4-bit PQ code is scanned (FAISS IndexPQFastScan, m sub-vectors of
+# about PQ4_DIMS_PER_CODE dims, 16 centroids each: m / 2 bytes a label, scored from lookup tables
+# held in SIMD registers), and refine_k·k candidates are re-ranked against 8-bit vectors (as
+# hnsw_sq8 holds them). No graph or cell can miss a label, so recall does not fall with K the
+# way it does for HNSW and IVF on the synthetic space; the cost is a scan that grows with K
+# (24 ms a query at 10M on one core here, 416 bytes a label with the 8-bit copy) and a build
+# of a minute instead of hours.
+PQ4_DIMS_PER_CODE = 6
+# refine_k by catalog size, (up to this many labels, refine_k): the smallest that reached
+# recall@10 >= 0.95 where bench/scale.py measured it (0.968 at 100K, 0.959 at 1M, 0.979 at 2M,
+# 0.962 at 5M, 0.959 at 10M in 30 ms); beyond 10M unmeasured, the last row holds.
+PQ4_REFINE_K_BY_SIZE = ((100_000, 16), (1_000_000, 64), (5_000_000, 256), (10_000_000, 512))
+INDEX_TYPES = ("flat", "hnsw", "hnsw_sq8", "ivf_flat", "ivf_pq", "pq4_scan")
 HNSW_TYPES = ("hnsw", "hnsw_sq8")
 IVF_TYPES = ("ivf_flat", "ivf_pq")
 
 
 def auto_index_type(num_labels: int) -> str:
-    """The index type for a catalog of `num_labels` labels.
+    """The index type for a catalog of `num_labels` labels: the fastest that reaches recall@10
+    0.95 where bench/scale.py measured it.
 
     From `bench/scale.py` (d = 384, synthetic label spaces fitted to the Home Depot vectors, one
     thread per query): an exact scan costs about 1.1 ms a query at 20K labels and grows
     linearly (7 ms at 100K, 65 ms at 1M). HNSW is the fastest index at every recall level
-    measured: recall@10 0.997 in 1.1 ms at 100K, 0.969 in 3.2 ms at 1M (efSearch 256, see
-    `hnsw_ef_search`), where IVF-Flat needs 19 ms for 0.87 and IVF-PQ tops out near 0.8. From
-    1M labels the graph over 8-bit vectors is as good for less than half the time and memory,
-    and it stays ahead of IVF-PQ at 10M (fitted recall about 0.83 in 9.5 ms against IVF-PQ's
-    measured 0.60 at 29 ms, in 6.1 GiB against 7.7). So: exact up to EXACT_MAX_LABELS, HNSW up to
-    HNSW_FP32_MAX_LABELS, hnsw_sq8 beyond. IVF-Flat and IVF-PQ build in minutes where a 10M
-    graph takes hours on 2 cores: `--index` picks them.
+    measured up to 1M: recall@10 0.997 in 1.1 ms at 100K, 0.969 in 3.2 ms at 1M (efSearch 256,
+    see `hnsw_ef_search`), where IVF-Flat needs 19 ms for 0.87 and IVF-PQ tops out near 0.8.
+    From 1M labels the graph over 8-bit vectors is as good for less than half the time and
+    memory, up to 2M (0.958 in 6.3 ms). Beyond, a graph's recall falls with K on this space
+    (0.871 at 5M in 8.2 ms, at most about 0.83 fitted at 10M) while its build grows to hours;
+    the scan of 4-bit PQ codes reads every label, so it keeps recall@10 >= 0.95 (0.962 in 16 ms
+    at 5M, 0.959 in 30 ms at 10M, see `pq4_refine_k`) at a cost that grows linearly with K, and
+    builds in under a minute (59 s at 10M, in 3.9 GiB). So: exact up to EXACT_MAX_LABELS, HNSW up to
+    HNSW_FP32_MAX_LABELS, hnsw_sq8 up to HNSW_SQ8_MAX_LABELS, pq4_scan beyond. Where latency
+    matters more than recall beyond 2M, `--index hnsw_sq8` keeps the graph.
     """
     if num_labels <= EXACT_MAX_LABELS:
         return "flat"
-    return "hnsw" if num_labels <= HNSW_FP32_MAX_LABELS else "hnsw_sq8"
+    if num_labels <= HNSW_FP32_MAX_LABELS:
+        return "hnsw"
+    return "hnsw_sq8" if num_labels <= HNSW_SQ8_MAX_LABELS else "pq4_scan"
 
 
 def hnsw_ef_search(num_labels: int) -> int:
@@ -89,9 +112,17 @@ def ivf_lists(num_labels: int) -> int:
     return max(1, min(nearest, num_labels))
 
 
-def pq_codes(dim: int) -> int:
-    """PQ sub-vectors m: the largest divisor of `dim` that is at most dim / PQ_DIMS_PER_CODE."""
-    return max(m for m in range(1, max(1, dim // PQ_DIMS_PER_CODE) + 1) if dim % m == 0)
+def pq_codes(dim: int, dims_per_code: int = PQ_DIMS_PER_CODE) -> int:
+    """PQ sub-vectors m: the largest divisor of `dim` that is at most dim / dims_per_code."""
+    return max(m for m in range(1, max(1, dim // dims_per_code) + 1) if dim % m == 0)
+
+
+def pq4_refine_k(num_labels: int) -> int:
+    """pq4_scan's re-ranking factor for a catalog of `num_labels`: recall@10 >= 0.95."""
+    return next(
+        (k for most, k in PQ4_REFINE_K_BY_SIZE if num_labels <= most),
+        PQ4_REFINE_K_BY_SIZE[-1][1],
+    )
 
 
 def default_index_spec(num_labels: int, index_type: str = "auto", dim: int = 384) -> IndexSpec:
@@ -111,6 +142,9 @@ def default_index_spec(num_labels: int, index_type: str = "auto", dim: int = 384
         if index_type == "ivf_pq":
             params |= {"m": pq_codes(dim), **PQ_DEFAULTS}
         return IndexSpec(type=index_type, params=params)
+    if index_type == "pq4_scan":
+        params = {"m": pq_codes(dim, PQ4_DIMS_PER_CODE), "refine_k": pq4_refine_k(num_labels)}
+        return IndexSpec(type=index_type, params=params)
     raise ValueError(f"index type {index_type!r}: expected auto or one of {', '.join(INDEX_TYPES)}")
 
 
@@ -127,6 +161,9 @@ def _empty_index(dim: int, spec: IndexSpec) -> faiss.Index:
         index.hnsw.efConstruction = params["ef_construction"]
         index.hnsw.efSearch = params["ef_search"]
         return index
+    if spec.type == "pq4_scan":
+        codes = faiss.IndexPQFastScan(dim, params["m"], 4, faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexRefine(codes, _sq8_index(dim))
     quantizer = faiss.IndexFlatIP(dim)
     if spec.type == "ivf_flat":
         return faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
@@ -141,12 +178,33 @@ def _empty_index(dim: int, spec: IndexSpec) -> faiss.Index:
     return faiss.IndexRefine(index, fp16)
 
 
+def code_centroids(spec: IndexSpec) -> int:
+    """How many centroids a sub-vector's PQ code learns (0 for types without PQ codes): k-means
+    needs at least that many vectors."""
+    if spec.type == "pq4_scan":
+        return 16
+    return 1 << spec.params["nbits"] if spec.type == "ivf_pq" else 0
+
+
+def _sq8_index(dim: int) -> faiss.IndexScalarQuantizer:
+    """Vectors in 8 bits per dimension, a range learnt per dimension (pq4_scan's re-ranking)."""
+    sq8 = faiss.ScalarQuantizer.QT_8bit
+    return faiss.IndexScalarQuantizer(dim, sq8, faiss.METRIC_INNER_PRODUCT)
+
+
 def build_index(vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
     """Build an inner-product index over `vectors` [n, d] (float32, or float16 / memory-mapped:
     they are converted in chunks) as `spec` describes. IVF lists are trained by k-means on a
-    random sample of IVF_TRAIN_POINTS_PER_LIST·nlist vectors, the 8-bit quantiser's ranges on
-    SQ_TRAIN_POINTS (seeded: the same input gives the same index)."""
+    random sample of IVF_TRAIN_POINTS_PER_LIST·nlist vectors, the 8-bit quantiser's ranges (and
+    pq4_scan's 16 centroids a sub-vector) on SQ_TRAIN_POINTS (seeded: the same input gives the
+    same index)."""
     num_vectors, dim = vectors.shape
+    centroids = code_centroids(spec)
+    if num_vectors < centroids:
+        raise ValueError(
+            f"index type {spec.type}: needs at least {centroids} vectors to learn its codes' "
+            f"{centroids} centroids, got {num_vectors}; use flat or hnsw"
+        )
     index = _empty_index(dim, spec)
     if not index.is_trained:
         if spec.type in IVF_TYPES:
@@ -169,10 +227,16 @@ def ivf_search_parameters(params: dict[str, int]) -> faiss.SearchParameters:
     return faiss.IndexRefineSearchParameters(k_factor=params["refine_k"], base_index_params=ivf)
 
 
+def pq4_search_parameters(params: dict[str, int], effort: float) -> faiss.SearchParameters:
+    """Search parameters of a pq4_scan spec: refine_k·k candidates re-ranked (scaled by
+    `effort`, at least k: the scan itself always reads every code)."""
+    return faiss.IndexRefineSearchParameters(k_factor=max(1.0, params["refine_k"] * effort))
+
+
 def stored_vectors(index: faiss.Index) -> np.ndarray:
     """The vectors an index holds, float32 [n, d]: exact for flat and HNSW, decoded from 8 bits
-    for hnsw_sq8, the fp16 re-ranking copy for IVF-PQ with refinement, the PQ reconstruction
-    (lossy) without it."""
+    for hnsw_sq8 and pq4_scan, the fp16 re-ranking copy for IVF-PQ with refinement, the PQ
+    reconstruction (lossy) without it."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and not isinstance(index, faiss.IndexRefine):
         ivf.make_direct_map()  # IVF lists are addressed by list, not by id, until asked
@@ -244,8 +308,8 @@ class AnnIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, label ids) per query row; ids are -1 where fewer than k exist.
 
-        `effort` < 1 scales HNSW's efSearch down (never below k), for callers that only need
-        candidates they rescore themselves; the other index types ignore it.
+        `effort` < 1 scales HNSW's efSearch and pq4_scan's re-ranking down (never below k), for
+        callers that only need candidates they rescore themselves; the other types ignore it.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, self.index.ntotal)
@@ -257,7 +321,22 @@ class AnnIndex:
             return self.index.search(queries, k, params=params)
         if self.spec.type in IVF_TYPES:
             return self.index.search(queries, k, params=ivf_search_parameters(self.spec.params))
+        if self.spec.type == "pq4_scan":
+            return self._pq4_search(queries, k, effort)
         return self.index.search(queries, k)
+
+    def _pq4_search(
+        self, queries: np.ndarray, k: int, effort: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """pq4_scan's search. FAISS's 4-bit scan never returns the labels tied at a query's
+        lowest quantised score (about 6 % of a catalog of 1,000 when asked for all of them),
+        so where its candidates run short, as when k·refine_k nears the catalog's size, the
+        8-bit vectors are scanned instead: the scores re-ranking would have given, none lost."""
+        params = pq4_search_parameters(self.spec.params, effort)
+        scores, ids = self.index.search(queries, k, params=params)
+        if (ids < 0).any():
+            return self.index.refine_index.search(queries, k)
+        return scores, ids
 
 
 class _GpuCopy:

@@ -223,7 +223,8 @@ def test_mach_tables_from_the_real_json_show_exact_the_fewest_buckets_and_the_de
     memory = render_mach_memory({"mach_decode.json": record, "scale.json": scale})
     assert memory.startswith("| K | MACH output layer (R·hidden·B fp32) |")
     assert f"{first['memory_mib']['mach_output_layer']:,.1f} MiB" in memory
-    assert memory.splitlines()[0].endswith("| ASTRA's index (hnsw_sq8) |")
+    assert memory.splitlines()[0].endswith("| ASTRA's index (the service's choice at K) |")
+    assert "| hnsw: " in memory and "| pq4_scan: " in memory  # 1M, and 10M and beyond
     # K not built by bench.scale is carried from the largest size that was, and says so.
     assert "B/label at" in memory
 

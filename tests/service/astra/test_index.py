@@ -52,6 +52,21 @@ def test_k_larger_than_the_catalog_returns_every_label() -> None:
     assert ids.shape == (2, 7) and sorted(ids[0]) == list(range(7))
 
 
+@pytest.mark.parametrize(("index_type", "fewest"), [("pq4_scan", 16), ("ivf_pq", 256)])
+def test_pq_codes_refuse_a_catalog_smaller_than_their_centroids(
+    index_type: str, fewest: int
+) -> None:
+    """k-means cannot learn 16 (4-bit) or 256 (8-bit) centroids from fewer vectors: the build
+    says so and what to use instead, and from that many vectors on it builds."""
+    spec = default_index_spec(fewest - 1, index_type, dim=8)
+    with pytest.raises(ValueError, match=f"needs at least {fewest} vectors.*use flat or hnsw"):
+        build_index(unit_vectors(fewest - 1, 8, 6), spec)
+    labels = unit_vectors(fewest, 8, 6)
+    index = AnnIndex(build_index(labels, spec), spec)
+    _, ids = index.search(labels[:2], 50)  # k beyond the re-ranked candidates: all labels
+    assert (ids >= 0).all() and len(set(ids[0])) == min(50, fewest)
+
+
 def test_round_trip_and_mismatch(tmp_path: Path) -> None:
     labels = unit_vectors(30, 8, 5)
     spec = IndexSpec(type="flat")

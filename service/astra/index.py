@@ -87,9 +87,9 @@ def auto_index_type(num_labels: int) -> str:
     (0.871 at 5M in 8.2 ms, at most about 0.83 fitted at 10M) while its build grows to hours;
     the scan of 4-bit PQ codes reads every label, so it keeps recall@10 >= 0.95 (0.962 in 16 ms
     at 5M, 0.959 in 30 ms at 10M, see `pq4_refine_k`) at a cost that grows linearly with K, and
-    builds in under a minute (59 s at 10M, in 3.9 GiB). So: exact up to EXACT_MAX_LABELS, HNSW up to
-    HNSW_FP32_MAX_LABELS, hnsw_sq8 up to HNSW_SQ8_MAX_LABELS, pq4_scan beyond. Where latency
-    matters more than recall beyond 2M, `--index hnsw_sq8` keeps the graph.
+    builds in under a minute (59 s at 10M, in 3.9 GiB). So: exact up to EXACT_MAX_LABELS, HNSW
+    up to HNSW_FP32_MAX_LABELS, hnsw_sq8 up to HNSW_SQ8_MAX_LABELS, pq4_scan beyond. Where
+    latency matters more than recall beyond 2M, `--index hnsw_sq8` keeps the graph.
     """
     if num_labels <= EXACT_MAX_LABELS:
         return "flat"

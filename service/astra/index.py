@@ -74,8 +74,8 @@ IVF_TYPES = ("ivf_flat", "ivf_pq")
 
 
 def auto_index_type(num_labels: int) -> str:
-    """The index type for a catalog of `num_labels` labels: the fastest that reaches recall@10
-    0.95 where bench/scale.py measured it.
+    """The index type for a catalog of `num_labels` labels: one that reached recall@10 0.95 at
+    that size where bench/scale.py measured it, a graph as long as one does.
 
     From `bench/scale.py` (d = 384, synthetic label spaces fitted to the Home Depot vectors, one
     thread per query): an exact scan costs about 1.1 ms a query at 20K labels and grows

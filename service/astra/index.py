@@ -64,6 +64,7 @@ SQ_TRAIN_POINTS = 100_000
 # (24 ms a query at 10M on one core here, 416 bytes a label with the 8-bit copy) and a build
 # of a minute instead of hours.
 PQ4_DIMS_PER_CODE = 6
+PQ4_BITS = 4
 # refine_k by catalog size, (up to this many labels, refine_k): the smallest that reached
 # recall@10 >= 0.95 where bench/scale.py measured it (0.968 at 100K, 0.959 at 1M, 0.979 at 2M,
 # 0.962 at 5M, 0.959 at 10M in 30 ms); beyond 10M unmeasured, the last row holds.
@@ -98,12 +99,15 @@ def auto_index_type(num_labels: int) -> str:
     return "hnsw_sq8" if num_labels <= HNSW_SQ8_MAX_LABELS else "pq4_scan"
 
 
+def _by_size(table: tuple[tuple[int, int], ...], num_labels: int) -> int:
+    """The value of the first (up to this many labels, value) row that holds `num_labels`; the
+    last row's beyond them all."""
+    return next((value for most, value in table if num_labels <= most), table[-1][1])
+
+
 def hnsw_ef_search(num_labels: int) -> int:
     """HNSW efSearch for a catalog of `num_labels`: recall@10 >= 0.95 as the catalog grows."""
-    return next(
-        (ef for most, ef in HNSW_EF_SEARCH_BY_SIZE if num_labels <= most),
-        HNSW_EF_SEARCH_BY_SIZE[-1][1],
-    )
+    return _by_size(HNSW_EF_SEARCH_BY_SIZE, num_labels)
 
 
 def ivf_lists(num_labels: int) -> int:
@@ -119,10 +123,7 @@ def pq_codes(dim: int, dims_per_code: int = PQ_DIMS_PER_CODE) -> int:
 
 def pq4_refine_k(num_labels: int) -> int:
     """pq4_scan's re-ranking factor for a catalog of `num_labels`: recall@10 >= 0.95."""
-    return next(
-        (k for most, k in PQ4_REFINE_K_BY_SIZE if num_labels <= most),
-        PQ4_REFINE_K_BY_SIZE[-1][1],
-    )
+    return _by_size(PQ4_REFINE_K_BY_SIZE, num_labels)
 
 
 def default_index_spec(num_labels: int, index_type: str = "auto", dim: int = 384) -> IndexSpec:
@@ -162,8 +163,8 @@ def _empty_index(dim: int, spec: IndexSpec) -> faiss.Index:
         index.hnsw.efSearch = params["ef_search"]
         return index
     if spec.type == "pq4_scan":
-        codes = faiss.IndexPQFastScan(dim, params["m"], 4, faiss.METRIC_INNER_PRODUCT)
-        return faiss.IndexRefine(codes, _sq8_index(dim))
+        codes = faiss.IndexPQFastScan(dim, params["m"], PQ4_BITS, faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexRefine(codes, _scalar_quantised(dim, faiss.ScalarQuantizer.QT_8bit))
     quantizer = faiss.IndexFlatIP(dim)
     if spec.type == "ivf_flat":
         return faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
@@ -172,24 +173,21 @@ def _empty_index(dim: int, spec: IndexSpec) -> faiss.Index:
     )
     if not params["refine_k"]:
         return index
-    fp16 = faiss.IndexScalarQuantizer(
-        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-    )
-    return faiss.IndexRefine(index, fp16)
+    return faiss.IndexRefine(index, _scalar_quantised(dim, faiss.ScalarQuantizer.QT_fp16))
 
 
 def code_centroids(spec: IndexSpec) -> int:
     """How many centroids a sub-vector's PQ code learns (0 for types without PQ codes): k-means
     needs at least that many vectors."""
     if spec.type == "pq4_scan":
-        return 16
+        return 1 << PQ4_BITS
     return 1 << spec.params["nbits"] if spec.type == "ivf_pq" else 0
 
 
-def _sq8_index(dim: int) -> faiss.IndexScalarQuantizer:
-    """Vectors in 8 bits per dimension, a range learnt per dimension (pq4_scan's re-ranking)."""
-    sq8 = faiss.ScalarQuantizer.QT_8bit
-    return faiss.IndexScalarQuantizer(dim, sq8, faiss.METRIC_INNER_PRODUCT)
+def _scalar_quantised(dim: int, qtype: int) -> faiss.IndexScalarQuantizer:
+    """The vectors a re-ranking step reads, each dimension stored as `qtype` (fp16 for IVF-PQ;
+    8 bits over a range learnt per dimension for pq4_scan)."""
+    return faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
 
 
 def build_index(vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:

@@ -1063,10 +1063,11 @@ def render_astra_train_scale(record: dict[str, Any]) -> str:
             f"{run['labels']:,}",
             f"{run['distractors']:,}",
             f"{run['trained_labels']:,}",
-            run["mining_index"]["type"],
+            f"{run['mining_index']['type']} / {run['fixed_index']['type']}",
             f"{run['step_s_p50']:.2f} / {run['step_s_p90']:.2f}",
-            f"{sum(run['refresh_s']) / len(run['refresh_s']):.1f} every "
+            f"{sum(run['refresh_s']) / len(run['refresh_s']):.2f} every "
             f"{run['refresh_every']} steps",
+            f"{run['fixed_index_s']:.1f}",
             f"{run['peak_rss_bytes'] / gib:.1f}",
             f"{run['vector_bytes'] / gib:.2f}",
         ]
@@ -1075,16 +1076,17 @@ def render_astra_train_scale(record: dict[str, Any]) -> str:
     for run in record["runs"]:
         if "exit_code" in run:
             failed = f"did not finish: exit code {run['exit_code']}"
-            rows.append(["—", f"{run['distractors']:,}", "—", "—", failed, "—", "—", "—"])
+            rows.append(["—", f"{run['distractors']:,}", "—", "—", failed, "—", "—", "—", "—"])
     headers = [
         "labels L",
         "of which distractors",
         "trained rows",
-        "mining index",
+        "mining indexes: trained / the others",
         "s per step p50 / p90",
-        "s per index refresh",
+        "s per refresh (trained labels' index)",
+        "s to build the others' index, once",
         "peak RSS GiB while training",
-        "classifier matrix GiB",
+        "text vectors GiB (fp16)",
     ]
     first = finished[0]
     return (

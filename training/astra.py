@@ -6,11 +6,13 @@ never seen in training is still searchable. Classifier vectors are used at unit 
 trained and text-only labels share one scale. Each step trains both parts on one batch:
 
 - the classifier vectors with binary cross-entropy over each query's positives and a shared set
-  of negatives: hard negatives (the top labels for each query in a FAISS index over the
+  of negatives: hard negatives (the top labels for each query in FAISS indexes over the
   *current* classifier vectors, rebuilt every `refresh_every` steps and stale in between, as in
-  ASTRA), importance-sampled negatives drawn from q(l) ~ (freq_l + 1)^alpha and weighted by p/q
-  so they estimate the loss over all labels, uniform negatives, pairs judged below the positive
-  threshold, and the other queries' positives;
+  ASTRA; the text-only labels' vectors do not change while training, so their index is built
+  once and only the trained labels' is rebuilt), importance-sampled negatives drawn from
+  q(l) ~ (freq_l + 1)^alpha and weighted by p/q so they estimate the loss over all labels,
+  uniform negatives, pairs judged below the positive threshold, and the other queries'
+  positives;
 - the encoder with a softmax loss between queries and label texts. With `label_tower="shared"`
   (the default) the texts of one sampled positive per query go through the same trainable
   encoder (in-batch negatives), and at the end every text-only label is re-embedded with the
@@ -43,7 +45,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from service.astra.index import AnnIndex, build_index, default_index_spec
+from service.astra.index import (
+    AnnIndex,
+    IndexSpec,
+    build_index,
+    code_centroids,
+    default_index_spec,
+)
+from service.ranking import top_k
 from training.data import Split, XCDataset
 from training.distributed import (
     Runtime,
@@ -65,12 +74,18 @@ from training.evaluate import EVAL_DEPTH, EvalSet
 from training.rowwise import RowwiseAdagrad
 
 # An exact FAISS scan of up to this many classifier vectors costs milliseconds per batch.
-# Beyond, the mining index is IVF-Flat: it is rebuilt every `refresh_every` steps, and at 1M
-# labels an IVF-Flat build takes 22 s on 2 cores where HNSW's takes 24 min (bench/scale.py),
-# longer than the 100 steps between refreshes. A stale index mines approximate negatives
-# anyway: IVF-Flat's recall@10 at 1M (0.55 at nprobe 64 on bench.synthetic's space) costs
-# less than a graph rebuilt for longer than the training between refreshes.
+# Beyond, a mining index is IVF-Flat: the trained labels' index is rebuilt every
+# `refresh_every` steps, and at 1M labels an IVF-Flat build takes 22 s on 2 cores where HNSW's
+# takes 24 min (bench/scale.py), longer than the 100 steps between refreshes. A stale index
+# mines approximate negatives anyway: IVF-Flat's recall@10 at 1M (0.55 at nprobe 64 on
+# bench.synthetic's space) costs less than a graph rebuilt for longer than the training
+# between refreshes.
 MINING_EXACT_MAX_LABELS = 200_000
+# The text-only labels' index is built once, so beyond this many labels it is IVF-PQ: 56 bytes a
+# label (codes and id) against IVF-Flat's 1,544, which at 10M labels would not fit in 24 GiB
+# beside the text vectors themselves. Its PQ scores rank the mined labels as they are, without
+# the fp16 re-ranking copy the service's IVF-PQ keeps (a stale index mines approximately anyway).
+MINING_IVF_FLAT_MAX_LABELS = 2_000_000
 LOG = logging.getLogger(__name__)
 
 
@@ -136,13 +151,17 @@ class AstraModel(torch.nn.Module):
         super().__init__()
         self.encoder = encoder
         self.sparse_rows = sparse_rows  # classifier gradients as sparse rows (row-wise Adagrad)
-        base = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32))
+        # fp16 text vectors stay fp16 (half the memory of a large catalog; read as fp32)
+        dtype = np.float16 if text_vectors.dtype == np.float16 else np.float32
+        base = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=dtype))
         slots = torch.full((base.shape[0],), -1, dtype=torch.long)
         slots[torch.from_numpy(trained_labels)] = torch.arange(len(trained_labels))
         self.register_buffer("text_vectors", base)
         self.register_buffer("slots", slots)
         self.register_buffer("trained_ids", torch.from_numpy(trained_labels).long())
-        self.trained_vectors = torch.nn.Parameter(base[self.trained_ids].clone())
+        self.trained_vectors = torch.nn.Parameter(
+            base[self.trained_ids].to(torch.float32, copy=True)
+        )
         self.bias = torch.nn.Parameter(torch.tensor(-5.0))
 
     def classifiers(self, labels: torch.Tensor) -> torch.Tensor:
@@ -156,12 +175,17 @@ class AstraModel(torch.nn.Module):
             slots.clamp(min=0), self.trained_vectors, sparse=self.sparse_rows
         )
         trained = torch.nn.functional.normalize(rows, dim=1)
-        return torch.where((slots >= 0).unsqueeze(1), trained, self.text_vectors[labels])
+        return torch.where((slots >= 0).unsqueeze(1), trained, self.text_vectors[labels].float())
+
+    @torch.no_grad()
+    def trained_classifiers(self) -> np.ndarray:
+        """The trained labels' unit-length classifier vectors [T, d], in `trained_ids` order."""
+        return torch.nn.functional.normalize(self.trained_vectors, dim=1).cpu().numpy()
 
     @torch.no_grad()
     def all_classifiers(self) -> np.ndarray:
-        """The full [K, d] classifier matrix as served."""
-        matrix = self.text_vectors.clone()
+        """The full [K, d] classifier matrix as served (fp32)."""
+        matrix = self.text_vectors.to(torch.float32, copy=True)  # never a view of the buffer
         matrix[self.trained_ids] = torch.nn.functional.normalize(self.trained_vectors, dim=1)
         return matrix.cpu().numpy()
 
@@ -213,15 +237,54 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed + rank)
 
 
-def mining_index_type(requested: str, num_labels: int) -> str:
-    """The hard-negative index: exact while a scan is cheap, IVF-Flat beyond (or as requested)."""
+def mining_index_type(requested: str, num_labels: int, rebuilt: bool = True) -> str:
+    """A hard-negative index over `num_labels` vectors: exact while a scan is cheap, IVF-Flat
+    beyond; one built once (not `rebuilt`) is IVF-PQ beyond MINING_IVF_FLAT_MAX_LABELS. A type
+    asked for is used as asked."""
     if requested != "auto":
         return requested
-    return "flat" if num_labels <= MINING_EXACT_MAX_LABELS else "ivf_flat"
+    if num_labels <= MINING_EXACT_MAX_LABELS:
+        return "flat"
+    if rebuilt or num_labels <= MINING_IVF_FLAT_MAX_LABELS:
+        return "ivf_flat"
+    return "ivf_pq"
+
+
+def mining_spec(requested: str, num_labels: int, rebuilt: bool) -> IndexSpec:
+    """The spec of a mining index over `num_labels` vectors (exact where too few vectors to
+    learn the codes of the type asked for; IVF-PQ without its re-ranking copy)."""
+    spec = default_index_spec(num_labels, mining_index_type(requested, num_labels, rebuilt))
+    if num_labels < code_centroids(spec):
+        return default_index_spec(num_labels, "flat")
+    if spec.type == "ivf_pq":
+        return IndexSpec(type=spec.type, params={**spec.params, "refine_k": 0})
+    return spec
+
+
+class LabelRows:
+    """Rows `ids` of a label matrix (numpy or torch, any device), read a slice at a time as
+    float32 numpy: what `build_index` needs to index a subset without copying it whole."""
+
+    def __init__(self, matrix: np.ndarray | torch.Tensor, ids: np.ndarray) -> None:
+        self.matrix, self.ids = matrix, ids
+        self.shape = (len(ids), matrix.shape[1])
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        rows = self.matrix[self.ids[key]]
+        if isinstance(rows, torch.Tensor):
+            rows = rows.cpu().numpy()
+        return np.asarray(rows, dtype=np.float32)
 
 
 class NegativeSampler:
-    """Draws the three kinds of sampled negatives for a batch."""
+    """Draws the three kinds of sampled negatives for a batch.
+
+    Hard negatives come from two indexes searched together: one over the labels without a
+    training query, whose classifier vectors are their text vectors and stay fixed while
+    training (re-embedded only after the last epoch), built at the first refresh and kept; and
+    one over the trained labels' current vectors, rebuilt at every refresh. So a refresh costs
+    what the trained labels cost, however many products the catalog holds.
+    """
 
     def __init__(self, config: AstraConfig, label_freq: np.ndarray, rng: np.random.Generator):
         self.config = config
@@ -233,28 +296,58 @@ class NegativeSampler:
         # O(labels) a step (35 ms at 4M labels); searching it draws the very same labels.
         self.cdf = self.proposal.cumsum()
         self.cdf /= self.cdf[-1]
-        self.mining_spec = default_index_spec(
-            self.num_labels, mining_index_type(config.mining_index, self.num_labels)
-        )
-        self.index: AnnIndex | None = None
+        # as AstraModel: a label with a training query is trained, the others keep their text
+        self.trained_ids = np.flatnonzero(label_freq > 0)
+        self.fixed_ids = np.flatnonzero(label_freq <= 0)
+        self.trained_spec = mining_spec(config.mining_index, len(self.trained_ids), True)
+        self.fixed_spec = mining_spec(config.mining_index, len(self.fixed_ids), False)
+        self.trained_index: AnnIndex | None = None
+        self.fixed_index: AnnIndex | None = None
+        self.fixed_seconds = 0.0  # building the fixed labels' index, once
         self.refreshes = 0
 
-    def refresh(self, classifiers: np.ndarray) -> None:
-        """Rebuild the mining index over the current classifier vectors. The old index is let
-        go first: holding both is what ran a 4M-label run out of memory at its second refresh
-        (bench/astra_train_scale.py)."""
-        self.index = None
-        self.index = AnnIndex(build_index(classifiers, self.mining_spec), self.mining_spec)
+    def refresh(self, text_vectors: np.ndarray | torch.Tensor, trained: np.ndarray) -> None:
+        """Rebuild the trained labels' index over their current vectors `trained` [T, d] (in
+        `trained_ids` order); at the first call also build the other labels' index over their
+        rows of `text_vectors` [K, d]. The old index is let go first: holding both is what ran a
+        4M-label run out of memory at its second refresh (bench/astra_train_scale.py)."""
+        if len(trained) != len(self.trained_ids):
+            raise ValueError(f"trained: {len(trained)} rows, expected {len(self.trained_ids)}")
+        if self.fixed_index is None and len(self.fixed_ids):
+            began = time.perf_counter()
+            rows = LabelRows(text_vectors, self.fixed_ids)
+            self.fixed_index = AnnIndex(build_index(rows, self.fixed_spec), self.fixed_spec)
+            self.fixed_seconds = time.perf_counter() - began
+        self.trained_index = None
+        if len(trained):
+            self.trained_index = AnnIndex(
+                build_index(trained, self.trained_spec), self.trained_spec
+            )
         self.refreshes += 1
 
+    def search(self, queries: np.ndarray, depth: int) -> np.ndarray:
+        """The `depth` best labels [n, depth] over both indexes (-1 where fewer exist)."""
+        scores, labels = [], []
+        for index, ids in (
+            (self.trained_index, self.trained_ids),
+            (self.fixed_index, self.fixed_ids),
+        ):
+            if index is None:
+                continue
+            found_scores, found = index.search(queries, depth)
+            scores.append(found_scores)
+            labels.append(np.where(found >= 0, ids[np.maximum(found, 0)], -1))
+        if not labels:
+            raise RuntimeError("NegativeSampler.search before refresh")
+        return top_k(np.concatenate(scores, axis=1), np.concatenate(labels, axis=1), depth)[1]
+
     def hard(self, queries: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
-        """Top-scoring non-positive labels per query from the (stale) index."""
-        assert self.index is not None
+        """Top-scoring non-positive labels per query from the (stale) indexes."""
         want = self.config.hard_negatives
         if want == 0 or not positives:
             return np.empty(0, dtype=np.int64)
         depth = want + max(len(p) for p in positives)
-        _, found = self.index.search(queries, depth)
+        found = self.search(queries, depth)
         picked = []
         for row, pos in zip(found, positives, strict=True):
             row = row[(row >= 0) & ~np.isin(row, pos)]
@@ -426,7 +519,7 @@ def batch_loss(
             batch_titles = gather_rows(titles.float()[: hi - lo], runtime, sizes)
             loss_t = text_loss(batch_queries, (batch_titles, picked), positives, None, config)
         else:
-            label_vectors = (model.text_vectors[label_ids], targets)
+            label_vectors = (model.text_vectors[label_ids].float(), targets)
             loss_t = text_loss(batch_queries, None, positives, label_vectors, config)
         loss = loss + config.text_loss_weight * loss_t
     return ShareOfBatch(
@@ -475,8 +568,8 @@ def reembed_cold_labels(model: AstraModel, label_tokenizer, label_texts: list[st
     vectors = embed_texts(
         model.encoder, label_tokenizer, [label_texts[i] for i in cold], desc="re-embedding labels"
     )
-    device = model.text_vectors.device
-    model.text_vectors[torch.from_numpy(cold).to(device)] = torch.from_numpy(vectors).to(device)
+    target = model.text_vectors
+    target[torch.from_numpy(cold).to(target.device)] = torch.from_numpy(vectors).to(target)
 
 
 def set_dropout(encoder: SentenceEncoder, probability: float) -> None:
@@ -658,7 +751,7 @@ def train_astra(
         "fp32; hard-negative mining on CPU (FAISS %s)",
         runtime.describe(),
         "bf16 autocast" if runtime.precision == "bf16" else "fp32",
-        sampler.mining_spec.type,
+        f"{sampler.trained_spec.type} over trained labels, {sampler.fixed_spec.type} over the rest",
     )
     step = 0
     progress = tqdm(total=total, desc="astra", unit="step", disable=not runtime.is_main)
@@ -671,7 +764,7 @@ def train_astra(
                 break
             if step % config.refresh_every == 0:
                 # Every rank rebuilds its own index from identical classifier vectors.
-                sampler.refresh(model.all_classifiers())
+                sampler.refresh(model.text_vectors, model.trained_classifiers())
             batch = data.batch([data.usable[i] for i in order[start : start + config.batch_size]])
             share = batch_loss(
                 towers, model, sampler, batch, tokenizers, dataset.label_texts, config, runtime

@@ -19,7 +19,9 @@ def test_distractors_grow_the_label_space_not_the_trained_rows(demo_data: Path) 
     # Distractors are never positives: the rows trained (and the optimiser's state) stay.
     assert grown["trained_labels"] == small["trained_labels"] > 0
     assert len(grown["refresh_s"]) == 2 and grown["steps"] == 4
-    assert grown["mining_index"]["type"] == "flat"
+    assert grown["mining_index"]["type"] == grown["fixed_index"]["type"] == "flat"
+    # the distractors' index is built once, at the first refresh, and timed apart
+    assert grown["fixed_index_s"] > 0 and small["fixed_index_s"] > 0
     assert grown["peak_rss_bytes"] > grown["vector_bytes"] > small["vector_bytes"]
 
 
@@ -33,6 +35,6 @@ def test_each_size_runs_in_its_own_process_and_lands_in_the_json(
     assert [run["distractors"] for run in record["runs"]] == [0, 500]
     assert record["command"].startswith("python -m bench.astra_train_scale")
     table = render_astra_train_scale(record)
-    assert table.startswith("| labels L | of which distractors |") and "| flat |" in table
+    assert table.startswith("| labels L | of which distractors |") and "| flat / flat |" in table
     failed = {**record, "runs": [*record["runs"], {"distractors": 10**7, "exit_code": -9}]}
     assert "| did not finish: exit code -9 |" in render_astra_train_scale(failed)

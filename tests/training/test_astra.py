@@ -116,9 +116,10 @@ def test_negative_sampler_mixes_the_three_kinds(tiny_dataset, monkeypatch) -> No
     config = AstraConfig(hard_negatives=5, importance_negatives=200, uniform_negatives=7)
     freq = tiny_dataset.label_frequencies(tiny_dataset.split("train"))
     sampler = NegativeSampler(config, freq, np.random.default_rng(0))
+    assert len(sampler.trained_ids) and len(sampler.fixed_ids)  # both indexes are searched
     vectors = np.random.default_rng(1).standard_normal((tiny_dataset.num_labels, 8))
     vectors = vectors.astype(np.float32)
-    sampler.refresh(vectors)
+    sampler.refresh(vectors, vectors[sampler.trained_ids])
     assert sampler.refreshes == 1
     positives = [np.array([0, 1]), np.array([2])]
     hard = sampler.hard(vectors[[0, 2]], positives)
@@ -133,21 +134,50 @@ def test_negative_sampler_mixes_the_three_kinds(tiny_dataset, monkeypatch) -> No
     # frequent labels are drawn more often and weighted less
     assert weights[freq[labels] == freq.max()].max() <= weights[freq[labels] == 0].min()
     assert len(sampler.uniform()) == 7
-    # A refresh lets the old index go before building the new one (one index in memory).
+    # A refresh rebuilds only the trained labels' index, letting the old one go first (one in
+    # memory); the other labels' index, over fixed text vectors, was built once.
     seen = []
     real_build = astra_module.build_index
 
     def build(vectors, spec):
-        seen.append(sampler.index)
+        seen.append((sampler.trained_index, len(vectors)))
         return real_build(vectors, spec)
 
     monkeypatch.setattr(astra_module, "build_index", build)
-    sampler.refresh(vectors)
-    assert seen == [None] and sampler.refreshes == 2 and sampler.index is not None
+    fixed = sampler.fixed_index
+    sampler.refresh(vectors, vectors[sampler.trained_ids])
+    assert seen == [(None, len(sampler.trained_ids))] and sampler.refreshes == 2
+    assert sampler.fixed_index is fixed and sampler.trained_index is not None
+    with pytest.raises(ValueError, match="trained: 3 rows"):
+        sampler.refresh(vectors, vectors[:3])
     # Drawn from the cumulative sum kept once: the same labels as `Generator.choice(p=)`.
     again = NegativeSampler(config, freq, np.random.default_rng(3))
     expected = np.random.default_rng(3).choice(len(freq), size=200, p=again.proposal)
     np.testing.assert_array_equal(again.importance()[0], expected)
+
+
+def test_split_mining_indexes_find_what_one_index_over_every_classifier_finds() -> None:
+    """The trained labels' index (current vectors) and the others' (their text vectors, kept
+    from the first refresh) together rank as one exact index over the whole matrix would."""
+    from service.astra.index import build_index, default_index_spec
+
+    rng = np.random.default_rng(0)
+    freq = np.where(rng.random(500) < 0.3, rng.integers(1, 9, 500), 0)
+    text = rng.standard_normal((500, 16)).astype(np.float16)  # held as fp16, read as fp32
+    sampler = NegativeSampler(AstraConfig(), freq, rng)
+    trained = rng.standard_normal((len(sampler.trained_ids), 16)).astype(np.float32)
+    sampler.refresh(torch.from_numpy(text), rng.standard_normal(trained.shape, np.float32))
+    sampler.refresh(torch.from_numpy(text), trained)  # the fixed index is not rebuilt
+    whole = text.astype(np.float32)
+    whole[sampler.trained_ids] = trained
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    _, expected = build_index(whole, default_index_spec(500, "flat")).search(queries, 12)
+    np.testing.assert_array_equal(sampler.search(queries, 12), expected)
+    # fewer labels than asked for: -1 fills the rest
+    few = NegativeSampler(AstraConfig(), np.array([1, 0, 2]), rng)
+    few.refresh(whole[:3], whole[[0, 2]])
+    found = few.search(queries[:2], 5)
+    assert (found[:, 3:] == -1).all() and sorted(found[0, :3]) == [0, 1, 2]
 
 
 @pytest.mark.slow  # trains
@@ -155,9 +185,9 @@ def test_hard_negative_index_is_rebuilt_every_n_steps(tiny_dataset, monkeypatch)
     calls = []
     original = NegativeSampler.refresh
 
-    def counting(self, classifiers):
-        calls.append(classifiers.copy())
-        original(self, classifiers)
+    def counting(self, text_vectors, trained):
+        calls.append(trained.copy())
+        original(self, text_vectors, trained)
 
     monkeypatch.setattr(NegativeSampler, "refresh", counting)
     train_astra(tiny_dataset, AstraConfig(**{**TINY, "refresh_every": 3}, seed=0))
@@ -203,12 +233,24 @@ def test_training_beats_the_untrained_encoder_on_unseen_demo_queries(
 
 
 def test_mining_index_is_exact_until_a_scan_gets_expensive() -> None:
-    from training.astra import MINING_EXACT_MAX_LABELS, mining_index_type
+    from training.astra import (
+        MINING_EXACT_MAX_LABELS,
+        MINING_IVF_FLAT_MAX_LABELS,
+        mining_index_type,
+        mining_spec,
+    )
 
     assert mining_index_type("auto", MINING_EXACT_MAX_LABELS) == "flat"
     assert mining_index_type("auto", MINING_EXACT_MAX_LABELS + 1) == "ivf_flat"
-    assert mining_index_type("auto", 10_000_000) == "ivf_flat"
+    assert mining_index_type("auto", 10_000_000) == "ivf_flat"  # rebuilt: fast to build
+    assert mining_index_type("auto", MINING_IVF_FLAT_MAX_LABELS, rebuilt=False) == "ivf_flat"
+    # built once: compact (IVF-PQ's codes and fp16 copy, not a second fp32 copy)
+    assert mining_index_type("auto", MINING_IVF_FLAT_MAX_LABELS + 1, rebuilt=False) == "ivf_pq"
     assert mining_index_type("hnsw", 10) == "hnsw"
+    # a type asked for that cannot learn its codes from so few vectors falls back to exact
+    assert mining_spec("ivf_pq", 100, rebuilt=False).type == "flat"
+    compact = mining_spec("auto", MINING_IVF_FLAT_MAX_LABELS + 1, rebuilt=False)
+    assert compact.type == "ivf_pq" and compact.params["refine_k"] == 0  # no fp16 copy
 
 
 def test_rowwise_adagrad_trains_only_the_step_rows_and_keeps_one_float_per_row(
@@ -241,3 +283,26 @@ def test_rowwise_adagrad_trains_only_the_step_rows_and_keeps_one_float_per_row(
 def test_an_unknown_classifier_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match="classifier_optimizer"):
         AstraConfig(classifier_optimizer="sgd")
+
+
+def test_fp16_text_vectors_stay_fp16_and_read_as_fp32() -> None:
+    """A large catalog's text vectors can be held in fp16 (half the memory); the classifiers
+    read from them are fp32, and the exported matrix is a copy, never the buffer itself."""
+    from training.astra import AstraModel
+
+    rng = np.random.default_rng(0)
+    text = rng.standard_normal((50, 8)).astype(np.float16)
+    for dtype in (np.float16, np.float32):
+        model = AstraModel(torch.nn.Identity(), text.astype(dtype), np.array([1, 4, 9]))
+        assert model.text_vectors.dtype == torch.from_numpy(text.astype(dtype)).dtype
+        assert model.trained_vectors.dtype == torch.float32
+        picked = model.classifiers(torch.tensor([0, 1, 2]))
+        assert picked.dtype == torch.float32
+        np.testing.assert_allclose(picked[0].detach().numpy(), text[0].astype(np.float32))
+        before = model.text_vectors.clone()
+        whole = model.all_classifiers()
+        assert whole.dtype == np.float32 and np.allclose(
+            np.linalg.norm(whole[[1, 4, 9]], axis=1), 1
+        )
+        assert torch.equal(model.text_vectors, before)  # the buffer was not written
+        np.testing.assert_allclose(model.trained_classifiers(), whole[[1, 4, 9]])

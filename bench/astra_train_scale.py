@@ -1,7 +1,7 @@
 """Whole ASTRA training steps against the label count: Home Depot plus synthetic distractors.
 
     python -m bench.astra_train_scale --data ../shared/data/homedepot/xc \\
-        --distractors 0 1000000 2000000 4000000
+        --distractors 0 1000000 2000000 4000000 10000000
 
 `bench.astra_optimizer` times the classifier update alone; this runs real steps of
 `training.astra` (the encoder's forward and backward passes, the mined, importance-sampled and
@@ -19,7 +19,7 @@ peak resident memory is its own. Reported per size:
 - seconds per refresh: building the trained labels' index from their current vectors; and,
   apart, the seconds the first refresh spent on the other labels' index, built once;
 - peak resident memory while training (counted from the first step: the generator's own peak
-  is left out, Linux's VmHWM reset through /proc/self/clear_refs), and the classifier matrix;
+  is left out, Linux's VmHWM reset through /proc/self/clear_refs), and the text vectors' size;
 - for a size that did not finish, its exit code (-9: killed for memory).
 
 Results: `bench/results/astra_train_scale.json` (BENCHMARKS.md, "Classifier vectors at scale").

@@ -71,6 +71,7 @@ def run_size(data: Path, distractors: int, args: argparse.Namespace) -> dict:
         batch_loss,
         build_optimizer,
         optimizer_step,
+        trained_labels,
     )
     from training.data import load_dataset
     from training.distributed import Runtime
@@ -90,7 +91,7 @@ def run_size(data: Path, distractors: int, args: argparse.Namespace) -> dict:
     model = AstraModel(
         encoder,
         vectors,
-        np.flatnonzero(label_freq > 0),
+        trained_labels(label_freq),
         sparse_rows=config.rowwise,
     )
     del vectors
@@ -133,7 +134,7 @@ def run_size(data: Path, distractors: int, args: argparse.Namespace) -> dict:
     return {
         "labels": num_labels,
         "distractors": distractors,
-        "trained_labels": int((label_freq > 0).sum()),
+        "trained_labels": len(model.trained_ids),
         "optimizer": args.optimizer,
         "mining_index": sampler.trained_spec.model_dump(),
         "fixed_index": sampler.fixed_spec.model_dump(),

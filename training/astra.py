@@ -237,6 +237,13 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed + rank)
 
 
+def trained_labels(label_freq: np.ndarray) -> np.ndarray:
+    """The labels that get a trainable classifier vector: those with a training query. The
+    others keep their text vector (see AstraModel) and are mined from an index built once (see
+    NegativeSampler)."""
+    return np.flatnonzero(label_freq > 0)
+
+
 def mining_index_type(requested: str, num_labels: int, rebuilt: bool = True) -> str:
     """A hard-negative index over `num_labels` vectors: exact while a scan is cheap, IVF-Flat
     beyond; one built once (not `rebuilt`) is IVF-PQ beyond MINING_IVF_FLAT_MAX_LABELS. A type
@@ -296,9 +303,10 @@ class NegativeSampler:
         # O(labels) a step (35 ms at 4M labels); searching it draws the very same labels.
         self.cdf = self.proposal.cumsum()
         self.cdf /= self.cdf[-1]
-        # as AstraModel: a label with a training query is trained, the others keep their text
-        self.trained_ids = np.flatnonzero(label_freq > 0)
-        self.fixed_ids = np.flatnonzero(label_freq <= 0)
+        self.trained_ids = trained_labels(label_freq)
+        self.fixed_ids = np.setdiff1d(
+            np.arange(self.num_labels), self.trained_ids, assume_unique=True
+        )
         self.trained_spec = mining_spec(config.mining_index, len(self.trained_ids), True)
         self.fixed_spec = mining_spec(config.mining_index, len(self.fixed_ids), False)
         self.trained_index: AnnIndex | None = None
@@ -639,8 +647,9 @@ def build_model(
         (dataset.num_labels, encoder.dim),
         runtime,
     )
-    trained_labels = np.flatnonzero(label_freq > 0)
-    model = AstraModel(encoder, text_vectors, trained_labels, sparse_rows=config.rowwise)
+    model = AstraModel(
+        encoder, text_vectors, trained_labels(label_freq), sparse_rows=config.rowwise
+    )
     model = model.to(runtime.device)
     return model, (query_tokenizer, label_tokenizer)
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.astra_train_scale import main, parse_args, run_size
 from bench.report import render_astra_train_scale
+
+pytestmark = pytest.mark.bench_run  # each test trains: make test-bench, not make test
 
 
 def test_distractors_grow_the_label_space_not_the_trained_rows(demo_data: Path) -> None:

@@ -392,6 +392,7 @@ TINY_LOAD = [
 ]
 
 
+@pytest.mark.bench_run  # every phase of the load run, about 10 s: make test-bench
 @pytest.mark.parametrize("fake_server", [True, False], indirect=True, ids=["metrics", "no-metrics"])
 def test_main_against_fake_server(
     fake_server: str, demo_data: Path, tmp_path: Path, request: pytest.FixtureRequest
@@ -461,6 +462,7 @@ def test_main_against_fake_server(
 
 
 @pytest.mark.slow
+@pytest.mark.bench_run  # make test-bench, not make test
 def test_main_starts_the_service_on_the_demo_bundle(
     demo_bundle: Path, demo_data: Path, tmp_path: Path
 ) -> None:

@@ -305,13 +305,16 @@ def test_folds_with_stacked_rows_learn_from_all_of_them_and_never_from_the_held_
 
 @pytest.fixture(scope="module")
 def half_bundles(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """The demo recipe fitted on each half of train alone (train-a, then train-b)."""
+    """The demo recipe fitted on each half of train alone (train-a, then train-b), a few steps
+    each: the tests check which queries each helper scores, not how well."""
     from tests.support.configs import demo_train_args
 
     halves = []
     for half in ("train-a", "train-b"):
         out = tmp_path_factory.mktemp("half") / f"demo-{half}"
-        args = demo_train_args(demo_data, out, "--batch-size", "32", "--train-split", half)
+        args = demo_train_args(
+            demo_data, out, "--batch-size", "32", "--train-split", half, "--max-steps", "6"
+        )
         assert main(args) == 0
         halves.append(out)
     return halves

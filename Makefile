@@ -120,7 +120,7 @@ test-bench: lint
 # runtime and trainer images built, then `docker compose up` of the default profile (demo bundle,
 # api on :8000) and of the fleet profile (PostgreSQL, three replicas, HAProxy on :8080) with a
 # search through each, non-root checks and one replica killed. NOT part of `make test`: about
-# 10 minutes on 2 cores with warm caches, longer on a fresh machine, and it needs root for
+# 11 minutes on 2 cores with warm caches, longer on a fresh machine, and it needs root for
 # dockerd and debootstrap; CI's budget is kept for the suite.
 .PHONY: test-docker
 test-docker:

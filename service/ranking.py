@@ -1,4 +1,5 @@
-"""Ranking primitives every model shares: the one top-k, exact inner products, and `Hit`.
+"""Ranking primitives every model shares: the one top-k (and its merge of disjoint lists),
+exact inner products, and `Hit`.
 
 **The ranking rule.** Every ranked list the service produces (ASTRA, MACH's decoders, BM25,
 hybrid, the catalog overlay) comes out of `top_k`: best score first and, between equal scores,
@@ -103,6 +104,16 @@ def top_k(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, n
         pick[tied] = full
     out_scores[:, :kk], out_labels[:, :kk] = keyed[rows, pick], labels[rows, pick]
     return out_scores, out_labels
+
+
+def merge_top_k(
+    ranked: Sequence[tuple[np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of several ranked lists per row, by the ranking rule: each list is (scores,
+    labels) [n, c_i] over the same n rows, and no label is in two lists (two indexes over
+    disjoint products)."""
+    scores = np.concatenate([found[0] for found in ranked], axis=1)
+    return top_k(scores, np.concatenate([found[1] for found in ranked], axis=1), k)
 
 
 def _best_of_row(keyed: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -52,7 +52,7 @@ from service.astra.index import (
     code_centroids,
     default_index_spec,
 )
-from service.ranking import top_k
+from service.ranking import merge_top_k
 from training.data import Split, XCDataset
 from training.distributed import (
     Runtime,
@@ -335,19 +335,18 @@ class NegativeSampler:
 
     def search(self, queries: np.ndarray, depth: int) -> np.ndarray:
         """The `depth` best labels [n, depth] over both indexes (-1 where fewer exist)."""
-        scores, labels = [], []
+        ranked = []
         for index, ids in (
             (self.trained_index, self.trained_ids),
             (self.fixed_index, self.fixed_ids),
         ):
             if index is None:
                 continue
-            found_scores, found = index.search(queries, depth)
-            scores.append(found_scores)
-            labels.append(np.where(found >= 0, ids[np.maximum(found, 0)], -1))
-        if not labels:
+            scores, found = index.search(queries, depth)
+            ranked.append((scores, np.where(found >= 0, ids[np.maximum(found, 0)], -1)))
+        if not ranked:
             raise RuntimeError("NegativeSampler.search before refresh")
-        return top_k(np.concatenate(scores, axis=1), np.concatenate(labels, axis=1), depth)[1]
+        return merge_top_k(ranked, depth)[1]
 
     def hard(self, queries: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
         """Top-scoring non-positive labels per query from the (stale) indexes."""

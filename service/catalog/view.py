@@ -29,7 +29,7 @@ from service.astra.index import AnnIndex
 from service.astra.lexical import LexicalIndex, Matches
 from service.mach.exact import MachScores
 from service.mach.model import MachModel
-from service.ranking import Hit, hits_of, inner_products, top_k
+from service.ranking import Hit, hits_of, inner_products, merge_top_k, top_k
 
 
 def served_version(bundle_version: str, catalog_version: int) -> str:
@@ -59,14 +59,6 @@ def _without(
         if depth >= enough or (np.count_nonzero(labels >= 0, axis=1) >= wanted).all():
             return top_k(scores, labels, k)
         depth = enough
-
-
-def _merge(
-    first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The top-k of two ranked lists per row (their labels are disjoint)."""
-    scores = np.concatenate([first[0], second[0]], axis=1)
-    return top_k(scores, np.concatenate([first[1], second[1]], axis=1), k)
 
 
 @dataclass(kw_only=True, frozen=True, eq=False)
@@ -109,7 +101,7 @@ class CatalogView:
             return main
         scores = vectors @ self.vectors.T
         labels = np.broadcast_to(np.where(self.live, self.slot_labels, -1), scores.shape)
-        return _merge(main, top_k(scores, labels, k), k)
+        return merge_top_k([main, top_k(scores, labels, k)], k)
 
     def mach_top(
         self, mach: MachModel, scores: MachScores, k: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.ranking import Hit, hits_of, result_records, top_k
+from service.ranking import Hit, hits_of, merge_top_k, result_records, top_k
 
 
 def reference(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +51,18 @@ def test_real_labels_scoring_minus_infinity_still_rank_after_finite_ones() -> No
 def test_top_k_refuses_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="scores and labels"):
         top_k(np.zeros((2, 3)), np.zeros((2, 4), np.int64), 1)
+
+
+def test_merging_disjoint_ranked_lists_equals_one_top_k_over_their_union() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, size=(6, 9)).astype(np.float32)  # ties across the lists
+    labels = np.tile(rng.permutation(9), (6, 1))
+    labels[1, 7:] = -1  # empty slots in the second list
+    whole = top_k(scores, labels, 5)
+    parts = [top_k(scores[:, :4], labels[:, :4], 4), top_k(scores[:, 4:], labels[:, 4:], 5)]
+    merged = merge_top_k(parts, 5)
+    np.testing.assert_array_equal(merged[1], whole[1])
+    np.testing.assert_array_equal(merged[0], whole[0])
 
 
 def test_hits_drop_empty_slots_and_records_are_the_answer_shape() -> None:

@@ -184,10 +184,11 @@ class AstraModel(torch.nn.Module):
 
     @torch.no_grad()
     def all_classifiers(self) -> np.ndarray:
-        """The full [K, d] classifier matrix as served (fp32)."""
-        matrix = self.text_vectors.to(torch.float32, copy=True)  # never a view of the buffer
-        matrix[self.trained_ids] = torch.nn.functional.normalize(self.trained_vectors, dim=1)
-        return matrix.cpu().numpy()
+        """The full [K, d] classifier matrix as served (fp32): the text vectors, with the trained
+        labels' rows replaced by `trained_classifiers`."""
+        matrix = self.text_vectors.to(torch.float32, copy=True).cpu().numpy()  # not the buffer
+        matrix[self.trained_ids.cpu().numpy()] = self.trained_classifiers()
+        return matrix
 
 
 class EncoderTowers(torch.nn.Module):
